@@ -1,0 +1,34 @@
+"""Shared pytest fixtures for speechbrain-mrl."""
+import os
+import pathlib
+
+import pytest
+
+SHARED_DATA_ENV = "MRL_SHARED_DATA"
+TEST_DATA = pathlib.Path(__file__).parent / "data"
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--shared-data",
+        default=os.environ.get(SHARED_DATA_ENV),
+        help=f"folder with speech_commands/ and librispeech_train_clean_100/ (or set ${SHARED_DATA_ENV})",
+    )
+
+
+@pytest.fixture(scope="session")
+def shared_data(request):
+    """Path to the real-speech folder; skips the test when it is not given."""
+    path = request.config.getoption("--shared-data")
+    if not path or not pathlib.Path(path, "speech_commands").is_dir():
+        pytest.skip(
+            f"real-speech data not found: pass --shared-data or set ${SHARED_DATA_ENV} "
+            "to a folder holding speech_commands/"
+        )
+    return pathlib.Path(path)
+
+
+@pytest.fixture(scope="session")
+def test_data():
+    """Folder of data files shipped with the tests (ReDimNet reference outputs)."""
+    return TEST_DATA
