@@ -1,0 +1,283 @@
+#!/usr/bin/env python3
+"""Packages a trained Matryoshka ReDimNet as a HuggingFace Hub model and uploads it.
+
+Takes a finished recipe output folder (its ``model/`` written by
+``speechbrain_mrl.packaging.write_model_folder``) and the scoring results of
+``speaker_verification_cosine.py`` (``results.json``) and writes a hub-ready
+folder: ``hyperparams.yaml``, the checkpoints, ``calibration.json``,
+``model_info.json``, ``custom_interface.py``, ``results.json`` and a
+``README.md`` model card (YAML front matter, a results table per Matryoshka
+size, usage, training recipe, citation). Then it uploads the folder with
+``huggingface_hub`` (token from ``$HF_TOKEN``), unless ``--dry-run``.
+
+Usage::
+
+    python hub_upload/package_model.py --recipe_output results/mrl_b2 \\
+        --scores results/scoring_b2 [--official_scores results/scoring_official] \\
+        --out hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry-run]
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import sys
+
+from huggingface_hub import HfApi
+
+HERE = pathlib.Path(__file__).resolve().parent
+MODEL_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
+               "model_info.json")
+INTERFACE_FILE = "custom_interface.py"
+
+CITATIONS = """\
+```bibtex
+@inproceedings{yakovlev2024redimnet,
+  title     = {Reshape Dimensions Network for Speaker Recognition},
+  author    = {Yakovlev, Ivan and Makarov, Rostislav and Balykin, Andrei and Malov, Pavel
+               and Okhotnikov, Anton and Torgashov, Nikita},
+  booktitle = {Interspeech},
+  year      = {2024}
+}
+@inproceedings{kusupati2022matryoshka,
+  title     = {Matryoshka Representation Learning},
+  author    = {Kusupati, Aditya and others},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2022}
+}
+@misc{speechbrain,
+  title         = {{SpeechBrain}: A General-Purpose Speech Toolkit},
+  author        = {Ravanelli, Mirco and others},
+  year          = {2021},
+  eprint        = {2106.04624},
+  archivePrefix = {arXiv}
+}
+```
+"""
+
+
+def find_model_folder(recipe_output):
+    """``<recipe_output>/model`` (or ``recipe_output`` itself when it is the model folder)."""
+    recipe_output = pathlib.Path(recipe_output)
+    for cand in (recipe_output / "model", recipe_output):
+        if (cand / "hyperparams.yaml").is_file():
+            missing = [f for f in MODEL_FILES if not (cand / f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"model folder {cand} lacks {missing}")
+            return cand
+    raise FileNotFoundError(
+        f"no model folder in {recipe_output}: expected {recipe_output}/model/hyperparams.yaml "
+        "(written by write_model_folder at the end of train.py)"
+    )
+
+
+def read_results(scores):
+    """``results.json`` of a scoring run (folder or file) -> dict."""
+    path = pathlib.Path(scores)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"scoring results not found: {path}")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected {{'<dim>': {{'EER': ..}}}}")
+    for dim, res in data.items():
+        if not str(dim).isdigit() or "EER" not in res:
+            raise ValueError(f"{path}: entry {dim!r} is not a per-size result with an EER")
+    info_path = path.parent / "scoring_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return data, info
+
+
+def _fmt(x, nd):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def results_table(results, official=None):
+    """Markdown table: one row per Matryoshka size (plus the official embedding)."""
+    kinds = ["cosine"] + [k for k in ("s-norm", "as-norm") if k in next(iter(results.values()))]
+    head = "| model | size |" + "".join(
+        f" EER % ({k}) | minDCF@0.01 ({k}) | minDCF@0.05 ({k}) |" for k in kinds)
+    lines = [head, "|---|---:|" + "---:|" * (3 * len(kinds))]
+
+    def row(label, dim, r):
+        cells = []
+        for k in kinds:
+            m = r if k == "cosine" else r.get(k, {})
+            cells += [_fmt(m.get("EER"), 2), _fmt(m.get("minDCF@0.01"), 4),
+                      _fmt(m.get("minDCF@0.05"), 4)]
+        return f"| {label} | {dim} | " + " | ".join(cells) + " |"
+
+    for dim in sorted(results, key=int):
+        lines.append(row("Matryoshka", dim, results[dim]))
+    if official:
+        for dim in sorted(official, key=int):
+            lines.append(row("official ReDimNet", dim, official[dim]))
+    return "\n".join(lines)
+
+
+def model_card(model_info, calibration, results, scoring_info, repo_id, official=None,
+               language="en", license_id="apache-2.0", datasets=("voxceleb",)):
+    """README.md text with YAML front matter."""
+    dims = model_info["mrl_dims"]
+    cfg = model_info.get("model_config", {})
+    extra = model_info.get("extra_info", {}) or {}
+    front = [
+        "---",
+        f"language: {language}",
+        f"license: {license_id}",
+        "library_name: speechbrain",
+        "tags:",
+        *[f"- {t}" for t in ("speechbrain", "speaker-verification", "speaker-recognition",
+                             "speaker-embedding", "matryoshka", "redimnet", "pytorch")],
+        "datasets:",
+        *[f"- {d}" for d in datasets],
+        "metrics:",
+        "- eer",
+        "- mindcf",
+        "pipeline_tag: audio-classification",
+        "---",
+    ]
+    thr = calibration.get("thresholds", {})
+    thr_line = ", ".join(f"{d}: {float(v):.3f}" for d, v in sorted(thr.items(), key=lambda x: int(x[0])))
+    trials = scoring_info.get("trials", "the evaluation trial list")
+    repo = repo_id or "<this folder>"
+    body = f"""
+# Matryoshka ReDimNet speaker embeddings (speechbrain-mrl)
+
+A ReDimNet speaker-embedding model (`F={cfg.get('F')}`, `C={cfg.get('C')}`) with a
+Matryoshka projection head: one forward pass gives a {model_info['embed_dim']}-dimensional
+embedding whose first `d` coordinates are themselves speaker embeddings, for
+`d` in {dims}. Small prefixes serve fast search and compact storage; the full
+vector keeps the accuracy. Input: 16 kHz mono audio (other rates are resampled,
+channels averaged).
+
+## Results
+
+Cosine scoring on `{pathlib.Path(str(trials)).name}` ({scoring_info.get('n_trials', '?')} trials){
+' with s-norm / adaptive s-norm (top-' + str(scoring_info.get('cohort_topk')) + ' cohort)' if 's-norm' in next(iter(results.values())) else ''}:
+
+{results_table(results, official)}
+
+minDCF is unnormalised (c_miss = c_fa = 1), as `speechbrain.utils.metric_stats.minDCF`
+returns it. Default verification thresholds (cosine, calibrated at training time):
+{thr_line or 'none'}.
+
+## Usage
+
+```bash
+pip install speechbrain-mrl   # the lobe, front end and interface live in this package
+```
+
+```python
+from speechbrain_mrl.inference import MRLEncoderClassifier
+
+model = MRLEncoderClassifier.from_hparams(source="{repo}", savedir="pretrained_models/mrl")
+emb = model.encode_file("speech.wav", target_dim={dims[len(dims) // 2]})   # [1, 1, {dims[len(dims) // 2]}]
+# wavs: [batch, time] at 16 kHz, wav_lens: relative lengths in (0, 1]
+all_sizes = model.encode_batch_all(wavs, wav_lens)        # {{d: [batch, d]}} from one pass
+score, same = model.verify_files("a.wav", "b.wav", target_dim={dims[0]})  # calibrated threshold
+```
+
+Or through SpeechBrain's `foreign_class` (the package must still be installed):
+
+```python
+from speechbrain.inference.interfaces import foreign_class
+
+model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
+                      classname="CustomInterface", savedir="pretrained_models/mrl")
+```
+
+## Training
+
+Trained with the VoxCeleb recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
+
+```bash
+python train.py hparams/mrl_b2.yaml --data_folder=<voxceleb> --output_folder=<out>
+python speaker_verification_cosine.py hparams/verification.yaml --model_folder=<out>/model \\
+    --enrol_csv=... --test_csv=... --trials=... --train_csv=... --output_folder=<scores>
+python hub_upload/package_model.py --recipe_output <out> --scores <scores> --out <hub folder>
+```
+"""
+    if extra:
+        body += "\nTraining details:\n\n" + "\n".join(
+            f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items()) + "\n"
+    body += "\n## Citation\n\n" + CITATIONS + "\n## License\n\n" + (
+        f"{license_id}. The ReDimNet architecture (and, when the backbone was initialised "
+        "from them, its weights) come from IDR&D's official ReDimNet release; see its "
+        "license as well.\n")
+    return "\n".join(front) + "\n" + body
+
+
+def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=None,
+                     language="en", license_id="apache-2.0", datasets=("voxceleb",)):
+    """Writes the hub-ready folder; returns the list of its files."""
+    model = find_model_folder(recipe_output)
+    results, scoring_info = read_results(scores)
+    official = read_results(official_scores)[0] if official_scores else None
+    info = json.loads((model / "model_info.json").read_text())
+    calibration = json.loads((model / "calibration.json").read_text())
+    unknown = [d for d in results if int(d) not in info["mrl_dims"]]
+    if unknown:
+        raise ValueError(f"scores for sizes {unknown} that the model does not have ({info['mrl_dims']})")
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        shutil.copy2(model / name, out / name)
+    shutil.copy2(HERE / INTERFACE_FILE, out / INTERFACE_FILE)
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "README.md").write_text(model_card(info, calibration, results, scoring_info, repo_id,
+                                              official, language, license_id, datasets))
+    return sorted(p.name for p in out.iterdir() if p.is_file())
+
+
+def upload(folder, repo_id, private=False, token=None, commit_message=None):
+    """Creates (if needed) and uploads the hub repository; returns the commit info."""
+    token = token if token is not None else os.environ.get("HF_TOKEN")
+    if not token:
+        raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
+    api = HfApi(token=token)
+    api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
+    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+                             commit_message=commit_message or "Upload Matryoshka ReDimNet model")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--recipe_output", required=True,
+                   help="train.py output folder (holding model/) or the model folder itself")
+    p.add_argument("--scores", required=True, help="scoring output folder (results.json)")
+    p.add_argument("--official_scores", help="scoring of the official embedding, for comparison")
+    p.add_argument("--out", required=True, help="hub-ready folder to write")
+    p.add_argument("--repo_id", help="user/name on the HuggingFace Hub")
+    p.add_argument("--private", action="store_true", help="create the repository as private")
+    p.add_argument("--dry-run", action="store_true", dest="dry_run",
+                   help="write the folder and list what would be uploaded, upload nothing")
+    p.add_argument("--language", default="en")
+    p.add_argument("--license", default="apache-2.0", dest="license_id")
+    p.add_argument("--datasets", nargs="+", default=["voxceleb"])
+    args = p.parse_args(argv)
+    files = build_hub_folder(args.recipe_output, args.scores, args.out, args.repo_id,
+                             args.official_scores, args.language, args.license_id,
+                             tuple(args.datasets))
+    out = pathlib.Path(args.out)
+    target = args.repo_id or "<--repo_id not given>"
+    vis = "private" if args.private else "public"
+    if args.dry_run or not args.repo_id:
+        print(f"[dry run] would upload to {target} ({vis}):")
+        for f in files:
+            print(f"  {f}  ({(out / f).stat().st_size} bytes)")
+        if not args.repo_id and not args.dry_run:
+            print("no --repo_id given: nothing uploaded")
+        return files
+    info = upload(out, args.repo_id, private=args.private)
+    print(f"uploaded {len(files)} files to https://huggingface.co/{args.repo_id} ({vis}): {info}")
+    return files
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() is not None else 1)

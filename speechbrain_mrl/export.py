@@ -1,0 +1,224 @@
+"""TorchScript and ONNX export of a Matryoshka ReDimNet: waveform -> every-size embedding.
+
+The exported graph contains the whole pipeline: the log-mel front end
+(:class:`~speechbrain_mrl.features.ReDimNetFbank`, ``torch.stft`` included),
+the ReDimNet lobe and the Matryoshka head. Input ``wavs`` ``[batch, time]``
+(16 kHz, float32; both axes dynamic; the utterances of one batch share their
+length: no padding mask in the exported graph), outputs ``embedding_<d>``
+``[batch, d]`` for every Matryoshka size ``d`` (prefixes of one projection,
+not normalised; identical to ``MRLEncoderClassifier.encode_batch``).
+
+ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
+``torch.stft``; the legacy TorchScript-based exporter cannot export it.
+
+Command line::
+
+    python -m speechbrain_mrl.export --model_folder results/mrl_b2/model --out mrl_b2.onnx \\
+        [--torchscript mrl_b2.pt] [--check]
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import argparse
+import logging
+import pathlib
+import warnings
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "MRLWaveformEncoder",
+    "load_waveform_encoder",
+    "export_torchscript",
+    "export_onnx",
+    "onnx_parity",
+]
+
+
+class MRLWaveformEncoder(nn.Module):
+    """Waveforms ``[B, T]`` -> tuple of embeddings, one per Matryoshka size.
+
+    Arguments
+    ---------
+    compute_features : torch.nn.Module
+        Waveform -> features ``[B, frames, F]``.
+    embedding_model : torch.nn.Module
+        ReDimNet lobe with ``pool_features``.
+    mrl_head : torch.nn.Module
+        :class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`.
+
+    Example
+    -------
+    >>> from speechbrain_mrl.features import ReDimNetFbank
+    >>> from speechbrain_mrl.redimnet import ReDimNet
+    >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
+    >>> lobe = ReDimNet(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2,
+    ...                 embed_dim=8)
+    >>> enc = MRLWaveformEncoder(ReDimNetFbank(n_mels=16), lobe,
+    ...                          MatryoshkaProjection(lobe.pool_dim, 8, [4, 8])).eval()
+    >>> [e.shape for e in enc(torch.randn(2, 8000))]
+    [torch.Size([2, 4]), torch.Size([2, 8])]
+    >>> enc.output_names
+    ['embedding_4', 'embedding_8']
+    """
+
+    def __init__(self, compute_features, embedding_model, mrl_head):
+        super().__init__()
+        self.compute_features = compute_features
+        self.embedding_model = embedding_model
+        self.mrl_head = mrl_head
+        self.mrl_dims = [int(d) for d in mrl_head.mrl_dims]
+
+    @property
+    def output_names(self):
+        """``embedding_<d>`` for every size."""
+        return [f"embedding_{d}" for d in self.mrl_dims]
+
+    def forward(self, wavs):
+        """Embeds equal-length waveforms ``[B, T]``; returns ``(emb_d1, emb_d2, ...)``."""
+        feats = self.compute_features(wavs)
+        pool = getattr(self.embedding_model, "pool_features", None)
+        if pool is None:
+            pool = self.embedding_model.pool_stats
+        emb = self.mrl_head(pool(feats))
+        return tuple(emb[:, :d] for d in self.mrl_dims)
+
+
+def load_waveform_encoder(model_folder):
+    """:class:`MRLWaveformEncoder` (CPU, eval) of a ``write_model_folder`` folder."""
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+
+    model = MRLEncoderClassifier.from_hparams(source=str(model_folder), run_opts={"device": "cpu"})
+    enc = MRLWaveformEncoder(model.mods.compute_features, model.mods.embedding_model,
+                             model.mods.mrl_head)
+    return enc.eval()
+
+
+def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return 0.1 * torch.randn(batch, int(seconds * sample_rate), generator=g)
+
+
+def export_torchscript(encoder, path, example=None):
+    """Traces the encoder to TorchScript and saves it.
+
+    Arguments
+    ---------
+    encoder : MRLWaveformEncoder
+        In eval mode.
+    path : str or os.PathLike
+        Output ``.pt`` file (``torch.jit.load`` reads it).
+    example : torch.Tensor, optional
+        Example input ``[B, T]`` (default: 2 x 2 s of noise).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    encoder = encoder.eval()
+    example = _example() if example is None else example
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape checks of the lobe/head become constants: expected, not a problem
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(encoder, (example,), check_trace=False, strict=False)
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    traced.save(str(path))
+    return path
+
+
+def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
+                sample_rate=16000, opset_version=18, optimize=True):
+    """Exports the encoder to ONNX with dynamic batch and time axes.
+
+    Arguments
+    ---------
+    encoder : MRLWaveformEncoder
+        In eval mode.
+    path : str or os.PathLike
+        Output ``.onnx`` file (weights embedded).
+    example : torch.Tensor, optional
+        Example input ``[B, T]`` (default: 2 x 2 s of noise).
+    min_seconds, max_seconds : float
+        Range of the dynamic time axis.
+    sample_rate : int
+        Sample rate of the model.
+    opset_version : int
+        ONNX opset.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    encoder = encoder.eval()
+    example = _example() if example is None else example
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    time = torch.export.Dim("time", min=int(min_seconds * sample_rate),
+                            max=int(max_seconds * sample_rate))
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            encoder, (example,), dynamo=True, input_names=["wavs"],
+            output_names=encoder.output_names, dynamic_shapes={"wavs": {0: batch, 1: time}},
+            opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
+        )
+    program.save(str(path), external_data=False)
+    return path
+
+
+def onnx_parity(encoder, onnx_path, wavs):
+    """Max absolute difference between PyTorch and onnxruntime outputs.
+
+    Arguments
+    ---------
+    encoder : MRLWaveformEncoder
+        Reference module.
+    onnx_path : str or os.PathLike
+        Exported model.
+    wavs : torch.Tensor
+        Input ``[B, T]``.
+
+    Returns
+    -------
+    float
+    """
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"wavs": wavs.float().numpy()})
+    with torch.no_grad():
+        refs = encoder(wavs.float())
+    if len(outs) != len(refs):
+        raise RuntimeError(f"ONNX model gives {len(outs)} outputs, expected {len(refs)}")
+    return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, refs))
+
+
+def main(argv=None):
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description="Export a Matryoshka ReDimNet (waveform -> embeddings)")
+    p.add_argument("--model_folder", required=True, help="folder written by write_model_folder")
+    p.add_argument("--out", required=True, help="output .onnx file")
+    p.add_argument("--torchscript", help="also write a TorchScript .pt file here")
+    p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--check", action="store_true",
+                   help="compare onnxruntime with PyTorch on random audio (max abs diff)")
+    args = p.parse_args(argv)
+    enc = load_waveform_encoder(args.model_folder)
+    out = export_onnx(enc, args.out, opset_version=args.opset)
+    print(f"ONNX model: {out} (outputs {enc.output_names})")
+    if args.torchscript:
+        print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
+    if args.check:
+        diff = onnx_parity(enc, out, _example(seconds=3.1, batch=3, seed=1))
+        print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
+    return out
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    main()

@@ -1,0 +1,469 @@
+"""Ready-to-use interface for Matryoshka ReDimNet speaker embeddings.
+
+:class:`MRLEncoderClassifier` is a SpeechBrain
+:class:`~speechbrain.inference.classifiers.EncoderClassifier` whose calls take
+a ``target_dim``: one forward pass gives the nested embedding, and the first
+``target_dim`` coordinates are returned (any size from 1 to ``embed_dim``;
+the sizes in ``mrl_dims`` are the trained ones).
+
+It loads a folder written by :func:`speechbrain_mrl.packaging.write_model_folder`
+(or a HuggingFace Hub repository made from one by ``hub_upload/``)::
+
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+    model = MRLEncoderClassifier.from_hparams(source="results/mrl_b2/model",
+                                              savedir="pretrained/mrl_b2")
+    emb = model.encode_file("speech.wav", target_dim=128)        # [1, 1, 128]
+    score, same = model.verify_files("a.wav", "b.wav", target_dim=64)
+
+Input audio of any sample rate is resampled to the model rate (16 kHz) and
+multi-channel audio is averaged to mono. Empty, silent (all-zero), non-finite,
+too short or unreadable audio raises :class:`ValueError` naming the problem.
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import logging
+import numbers
+import pathlib
+
+import torch
+import torch.nn.functional as F
+import torchaudio
+from speechbrain.inference.classifiers import EncoderClassifier
+from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MRLEncoderClassifier", "AudioError"]
+
+
+class AudioError(ValueError):
+    """Raised for audio the model cannot embed (empty, silent, NaN/Inf, too short, unreadable)."""
+
+
+class MRLEncoderClassifier(EncoderClassifier):
+    """Matryoshka speaker embeddings and cosine verification, any size.
+
+    Expects the modules ``compute_features`` (waveform -> log-mel),
+    ``embedding_model`` (:class:`~speechbrain_mrl.redimnet.ReDimNet`) and
+    ``mrl_head`` (:class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`),
+    and the hparams ``embed_dim``, ``mrl_dims`` and (optionally)
+    ``thresholds``, ``sample_rate``, ``min_duration``.
+
+    Arguments
+    ---------
+    *args, **kwargs
+        Forwarded to :class:`~speechbrain.inference.interfaces.Pretrained`.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_mrl.redimnet import ReDimNet
+    >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
+    >>> from speechbrain_mrl.packaging import write_model_folder
+    >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2,
+    ...            embed_dim=8, hop_length=160, spec_params={})
+    >>> lobe = ReDimNet(**cfg)
+    >>> head = MatryoshkaProjection(lobe.pool_dim, embed_dim=8, mrl_dims=[4, 8])
+    >>> folder = write_model_folder(tempfile.mkdtemp(), cfg, lobe.state_dict(),
+    ...                             head.state_dict(), 8, [4, 8], thresholds={4: 0.3, 8: 0.4})
+    >>> model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    >>> wavs = torch.randn(2, 16000)
+    >>> model.encode_batch(wavs, target_dim=4).shape
+    torch.Size([2, 1, 4])
+    >>> {d: e.shape for d, e in model.encode_batch_all(wavs).items()}
+    {4: torch.Size([2, 4]), 8: torch.Size([2, 8])}
+    >>> model.threshold_for(4)
+    0.3
+    """
+
+    MODULES_NEEDED = ["compute_features", "embedding_model", "mrl_head"]
+    HPARAMS_NEEDED = ["embed_dim", "mrl_dims"]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        missing = [m for m in self.MODULES_NEEDED if m not in self.mods]
+        if missing:
+            raise ValueError(f"hyperparams 'modules' lacks {missing} (needs {self.MODULES_NEEDED})")
+        self.embed_dim = int(self.hparams.embed_dim)
+        self.mrl_dims = [int(d) for d in self.hparams.mrl_dims]
+        self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
+        self.min_duration = float(getattr(self.hparams, "min_duration", 0.0) or 0.0)
+        thr = getattr(self.hparams, "thresholds", None) or {}
+        self.thresholds = {int(k): float(v) for k, v in thr.items()}
+        self.similarity = torch.nn.CosineSimilarity(dim=-1, eps=1e-6)
+
+    # ------------------------------------------------------------ loading
+    @classmethod
+    def from_hparams(cls, source, hparams_file="hyperparams.yaml", savedir=None,
+                     local_strategy=LocalStrategy.SYMLINK, fetch_config=None, **kwargs):
+        """Loads a model folder or hub repository (see ``Pretrained.from_hparams``).
+
+        The ``calibration.json`` next to the hyperparameters, when present,
+        gives the default thresholds (it takes precedence over the copy in
+        ``hyperparams.yaml``).
+
+        Arguments
+        ---------
+        source : str or os.PathLike
+            Local folder or HuggingFace Hub repo id.
+        hparams_file : str
+            Hyperparameter file name.
+        savedir : str or os.PathLike, optional
+            Where to collect the files. For a local ``source`` it may be left
+            out: files are then read in place (no links, nothing written).
+        local_strategy : LocalStrategy
+            How local files are placed into ``savedir``.
+        fetch_config : FetchConfig, optional
+            Fetching options (e.g. ``FetchConfig(allow_network=False)``). Default:
+            for a local ``source`` with a ``savedir``, links are always renewed
+            (``overwrite=True``), so a ``savedir`` reused for another folder
+            never serves stale files; otherwise SpeechBrain's defaults.
+        **kwargs
+            Forwarded (``run_opts``, ``overrides``, ...).
+
+        Returns
+        -------
+        MRLEncoderClassifier
+        """
+        source = str(source) if isinstance(source, pathlib.Path) else source
+        if isinstance(source, str) and pathlib.Path(source).is_dir():
+            source = str(pathlib.Path(source).resolve())
+            if savedir is not None and pathlib.Path(savedir).resolve() == pathlib.Path(source):
+                # collecting a folder into itself would make self-referencing symlinks
+                savedir = None
+            if fetch_config is None and savedir is not None:
+                fetch_config = FetchConfig(overwrite=True)
+        if fetch_config is None:
+            fetch_config = FetchConfig()
+        model = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir,
+                                     local_strategy=local_strategy, fetch_config=fetch_config,
+                                     **kwargs)
+        try:
+            path = fetch(filename="calibration.json", source=source, savedir=savedir,
+                         local_strategy=local_strategy, fetch_config=fetch_config)
+        except Exception as err:  # noqa: BLE001 - the file is optional
+            logger.info("no calibration.json in %s (%s); using hyperparams thresholds", source, err)
+        else:
+            model.load_calibration(path)
+        return model
+
+    def load_calibration(self, path):
+        """Sets the default thresholds from a ``calibration.json`` file.
+
+        Arguments
+        ---------
+        path : str or os.PathLike
+            ``{"thresholds": {"<dim>": value}}``.
+        """
+        from speechbrain_mrl.packaging import read_calibration
+
+        thr = read_calibration(path)
+        if self.thresholds and thr and thr != self.thresholds:
+            logger.warning("calibration.json thresholds %s differ from hyperparams.yaml %s; "
+                           "using calibration.json", thr, self.thresholds)
+        if thr:
+            self.thresholds = thr
+
+    def threshold_for(self, target_dim=None):
+        """Calibrated default cosine threshold for an embedding size.
+
+        Arguments
+        ---------
+        target_dim : int, optional
+            Embedding size (None: ``embed_dim``).
+
+        Returns
+        -------
+        float
+
+        Raises
+        ------
+        ValueError
+            When no threshold was calibrated for that size.
+        """
+        d = self._check_dim(target_dim)
+        if d not in self.thresholds:
+            raise ValueError(
+                f"no calibrated threshold for target_dim={d} (calibrated sizes: "
+                f"{sorted(self.thresholds)}); pass threshold= explicitly"
+            )
+        return self.thresholds[d]
+
+    def _check_dim(self, target_dim):
+        if target_dim is None:
+            return self.embed_dim
+        if isinstance(target_dim, torch.Tensor) and target_dim.dim() == 0 \
+                and not target_dim.is_floating_point():
+            target_dim = int(target_dim)
+        if isinstance(target_dim, bool) or not isinstance(target_dim, numbers.Integral):
+            raise ValueError(f"target_dim must be an int or None, got {target_dim!r}")
+        if not 1 <= target_dim <= self.embed_dim:
+            raise ValueError(f"target_dim must be in [1, {self.embed_dim}], got {target_dim}")
+        return int(target_dim)
+
+    # ------------------------------------------------------------ audio
+    def load_audio(self, path, savedir=None):
+        """Loads an audio file as a mono waveform at the model sample rate.
+
+        Arguments
+        ---------
+        path : str or os.PathLike
+            Audio file (any format torchaudio/soundfile can read).
+        savedir : str, optional
+            Unused (kept for the parent signature).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[T]`` float waveform.
+        """
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise AudioError(f"audio file not found: {path}")
+        signal, sr = _read_audio(path)
+        if signal.numel() == 0:
+            raise AudioError(f"audio file {path} is empty (no samples)")
+        return self._to_model_rate(signal, sr, what=str(path))
+
+    def _to_model_rate(self, signal, sample_rate, what="input"):
+        """``[T]`` or ``[T, C]`` (time-major) -> mono ``[T]`` at the model rate.
+
+        Uses the toolkit's ``AudioNormalizer`` (hparams ``audio_normalizer``:
+        resampling, then channel averaging).
+        """
+        if signal.dim() not in (1, 2):
+            raise AudioError(f"{what}: expected [time] or [time, channels] audio, got {tuple(signal.shape)}")
+        signal = signal.float()
+        if not torch.isfinite(signal).all():
+            raise AudioError(f"{what}: audio contains NaN or Inf values")
+        signal = self.audio_normalizer(signal, int(sample_rate))
+        if signal.dim() == 2:  # an audio_normalizer that keeps channels
+            signal = signal.mean(dim=1)
+        return signal
+
+    def _check_batch(self, wavs, wav_lens):
+        """Validates a padded batch: shape, finiteness, silence, minimum length."""
+        if not isinstance(wavs, torch.Tensor):
+            raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__}")
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wavs.dim() == 3:  # [batch, time, channels]
+            wavs = wavs.mean(dim=2)
+        if wavs.dim() != 2:
+            raise AudioError(f"wavs must be [batch, time] (or [batch, time, channels]), got {tuple(wavs.shape)}")
+        if wavs.shape[0] == 0 or wavs.shape[1] == 0:
+            raise AudioError(f"empty audio: wavs has shape {tuple(wavs.shape)}")
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0])
+        wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).flatten()
+        if wav_lens.numel() != wavs.shape[0]:
+            raise AudioError(f"wav_lens has {wav_lens.numel()} entries for a batch of {wavs.shape[0]}")
+        if not torch.isfinite(wav_lens).all() or (wav_lens <= 0).any() or (wav_lens > 1 + 1e-6).any():
+            raise AudioError(f"wav_lens must be relative lengths in (0, 1], got {wav_lens.tolist()}")
+        total = wavs.shape[1]
+        n = torch.round(wav_lens * total).long().clamp(1, total)
+        min_samples = max(int(round(self.min_duration * self.sample_rate)), 1)
+        x = wavs.detach()
+        valid = torch.arange(total, device=x.device)[None, :] < n.to(x.device)[:, None]
+        bad_value = (~torch.isfinite(x) & valid).any(dim=1).cpu()
+        silent = ~((x != 0) & valid).any(dim=1).cpu()
+        for i in range(wavs.shape[0]):  # report the first problem, naming the utterance
+            if bool(bad_value[i]):
+                raise AudioError(f"utterance {i}: audio contains NaN or Inf values")
+            if int(n[i]) < min_samples:
+                raise AudioError(
+                    f"utterance {i}: audio too short ({int(n[i]) / self.sample_rate:.3f} s < "
+                    f"minimum {self.min_duration} s)"
+                )
+            if bool(silent[i]):
+                raise AudioError(f"utterance {i}: audio is all zeros (silence); cannot embed")
+        if not bool(valid.all()):  # padding is ignored: make it clean zeros
+            wavs = wavs.masked_fill(~valid, 0.0)
+        return wavs.float(), wav_lens
+
+    # ------------------------------------------------------------ embedding
+    def _full_embedding(self, wavs, wav_lens=None, sample_rate=None):
+        if sample_rate is not None and int(sample_rate) != self.sample_rate:
+            if not isinstance(wavs, torch.Tensor):
+                raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__}")
+            if wavs.dim() == 3:
+                wavs = wavs.mean(dim=2)
+            # relative lengths are unchanged by resampling
+            wavs = torchaudio.functional.resample(wavs.float(), int(sample_rate), self.sample_rate)
+        wavs, wav_lens = self._check_batch(wavs, wav_lens)
+        wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        with torch.no_grad():
+            feats = self.mods.compute_features(wavs, wav_lens)
+            frame_lens = self.mods.compute_features.frame_lengths(wav_lens, wavs.shape[1])
+            lobe = self.mods.embedding_model
+            pool = getattr(lobe, "pool_features", None) or lobe.pool_stats
+            stats = pool(feats, frame_lens)
+            return self.mods.mrl_head(stats)
+
+    def encode_batch(self, wavs, wav_lens=None, normalize=False, target_dim=None, sample_rate=None):
+        """Embeds a batch of waveforms, returning the size-``target_dim`` prefix.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[batch, time]`` or ``[batch, time, channels]`` (channels are
+            averaged) or ``[time]``.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in ``(0, 1]``; padding is ignored.
+        normalize : bool
+            L2-normalise the returned prefix (the model has no embedding
+            mean/variance normalisation).
+        target_dim : int, optional
+            Embedding size (default ``embed_dim``).
+        sample_rate : int, optional
+            Rate of ``wavs`` when it is not the model rate (resampled).
+
+        Returns
+        -------
+        torch.Tensor
+            ``[batch, 1, target_dim]``.
+        """
+        d = self._check_dim(target_dim)
+        emb = self._full_embedding(wavs, wav_lens, sample_rate)[:, :d]
+        if normalize:
+            emb = F.normalize(emb, dim=-1)
+        return emb.unsqueeze(1)
+
+    def encode_batch_all(self, wavs, wav_lens=None, normalize=False, sample_rate=None):
+        """Every Matryoshka size from one forward pass.
+
+        Arguments
+        ---------
+        wavs, wav_lens, sample_rate
+            As in :meth:`encode_batch`.
+        normalize : bool
+            L2-normalise each prefix.
+
+        Returns
+        -------
+        dict of int to torch.Tensor
+            ``{d: [batch, d]}`` for every ``d`` in ``mrl_dims``.
+        """
+        emb = self._full_embedding(wavs, wav_lens, sample_rate)
+        out = {}
+        for d in self.mrl_dims:
+            e = emb[:, :d]
+            out[d] = F.normalize(e, dim=-1) if normalize else e
+        return out
+
+    def encode_file(self, path, target_dim=None, normalize=False):
+        """Embeds one audio file (any rate / channel count).
+
+        Arguments
+        ---------
+        path : str or os.PathLike
+            Audio file.
+        target_dim : int, optional
+            Embedding size.
+        normalize : bool
+            L2-normalise.
+
+        Returns
+        -------
+        torch.Tensor
+            ``[1, 1, target_dim]``.
+        """
+        wav = self.load_audio(path)
+        return self.encode_batch(wav.unsqueeze(0), torch.ones(1), normalize=normalize,
+                                 target_dim=target_dim)
+
+    def classify_batch(self, wavs, wav_lens=None):
+        """Not available: the packaged model has no speaker classifier."""
+        raise NotImplementedError("MRLEncoderClassifier has no classifier; use encode_batch/verify_batch")
+
+    def classify_file(self, path, **kwargs):
+        """Not available: the packaged model has no speaker classifier."""
+        raise NotImplementedError("MRLEncoderClassifier has no classifier; use encode_file/verify_files")
+
+    def forward(self, wavs, wav_lens=None):
+        """Full-size embeddings ``[batch, 1, embed_dim]``."""
+        return self.encode_batch(wavs, wav_lens)
+
+    # ------------------------------------------------------------ verification
+    def verify_batch(self, wavs1, wavs2, wav1_lens=None, wav2_lens=None, threshold=None,
+                     target_dim=None):
+        """Cosine verification of paired utterances.
+
+        Arguments
+        ---------
+        wavs1, wavs2 : torch.Tensor
+            Two batches of waveforms (same batch size).
+        wav1_lens, wav2_lens : torch.Tensor, optional
+            Relative lengths.
+        threshold : float, optional
+            Decision threshold; default: the calibrated one for ``target_dim``
+            (see :meth:`threshold_for`).
+        target_dim : int, optional
+            Embedding size.
+
+        Returns
+        -------
+        score : torch.Tensor
+            Cosine scores ``[batch, 1]``.
+        decision : torch.Tensor
+            ``score > threshold`` (True: same speaker).
+        """
+        d = self._check_dim(target_dim)
+        thr = self.threshold_for(d) if threshold is None else float(threshold)
+        emb1 = self.encode_batch(wavs1, wav1_lens, target_dim=d)
+        emb2 = self.encode_batch(wavs2, wav2_lens, target_dim=d)
+        if emb1.shape[0] != emb2.shape[0]:
+            raise ValueError(f"batch sizes differ: {emb1.shape[0]} vs {emb2.shape[0]}")
+        score = self.similarity(emb1, emb2)
+        return score, score > thr
+
+    def verify_files(self, path_x, path_y, threshold=None, target_dim=None):
+        """Cosine verification of two audio files.
+
+        Arguments
+        ---------
+        path_x, path_y : str or os.PathLike
+            Audio files.
+        threshold : float, optional
+            Decision threshold (default: calibrated for ``target_dim``).
+        target_dim : int, optional
+            Embedding size.
+
+        Returns
+        -------
+        score : torch.Tensor
+            Scalar cosine score.
+        decision : torch.Tensor
+            Scalar bool.
+        """
+        d = self._check_dim(target_dim)
+        thr = self.threshold_for(d) if threshold is None else float(threshold)
+        ex = self.encode_file(path_x, target_dim=d)
+        ey = self.encode_file(path_y, target_dim=d)
+        score = self.similarity(ex, ey)[0, 0]
+        return score, score > thr
+
+
+def _read_audio(path):
+    """Reads a file as time-major ``[T, C]`` float, with a clear error if unreadable."""
+    errors = []
+    try:
+        import soundfile as sf
+
+        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
+        return torch.from_numpy(data), int(sr)
+    except Exception as err:  # noqa: BLE001 - fall back to the toolkit loader
+        errors.append(f"soundfile: {err}")
+    try:
+        from speechbrain.dataio import audio_io
+
+        signal, sr = audio_io.load(str(path), channels_first=False)
+        if signal.dim() == 1:
+            signal = signal.unsqueeze(1)
+        return signal.float(), int(sr)
+    except Exception as err:  # noqa: BLE001
+        errors.append(f"speechbrain audio_io: {err}")
+    raise AudioError(f"cannot read audio file {path}: " + "; ".join(errors))
+

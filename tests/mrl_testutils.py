@@ -1,0 +1,123 @@
+"""Helpers shared by the scoring / inference / hub / export tests (developer D).
+
+A tiny Matryoshka ReDimNet (small F/C, one or two stages) with non-trivial
+BatchNorm statistics, written to disk with ``write_model_folder``, and
+generated speech-like audio (voiced harmonics with a per-speaker pitch and
+formants, syllable envelopes, a little noise).
+"""
+import math
+import pathlib
+
+import soundfile as sf
+import torch
+
+from speechbrain_mrl.matryoshka import MatryoshkaProjection
+from speechbrain_mrl.packaging import write_model_folder
+from speechbrain_mrl.redimnet import ReDimNet
+
+TINY_CONFIG = dict(
+    F=16, C=4, block_1d_type="conv+att", block_2d_type="convnext_like",
+    stages_setup=[(1, 1, 1, [(3, 3)], 4), (2, 1, 2, [(3, 3)], None)],
+    group_divisor=2, out_channels=None, embed_dim=12, hop_length=160,
+    pooling_func="ASTP", feat_type="pt", global_context_att=True, emb_bn=False,
+    spec_params=dict(do_spec_aug=False, freq_mask_width=[0, 6], time_mask_width=[0, 8]),
+    tf_optimized_arch=False,
+)
+EMBED_DIM = 16
+MRL_DIMS = [4, 8, 16]
+THRESHOLDS = {4: 0.31, 8: 0.42, 16: 0.53}
+
+
+def speech_like(seconds=1.0, sample_rate=16000, f0=120.0, formants=(500.0, 1500.0, 2500.0),
+                seed=0, channels=1):
+    """Voiced, syllable-modulated harmonic audio ``[T]`` (or ``[T, channels]``)."""
+    g = torch.Generator().manual_seed(seed)
+    n = int(round(seconds * sample_rate))
+    t = torch.arange(n, dtype=torch.float64) / sample_rate
+    vib = 1.0 + 0.03 * torch.sin(2 * math.pi * (4.0 + torch.rand(1, generator=g).item()) * t)
+    phase = 2 * math.pi * torch.cumsum(f0 * vib, 0) / sample_rate
+    x = torch.zeros(n, dtype=torch.float64)
+    for h in range(1, 30):
+        fh = f0 * h
+        if fh > sample_rate / 2 - 200:
+            break
+        amp = sum(math.exp(-((fh - fm) / 180.0) ** 2) for fm in formants) + 0.02
+        x += amp / h ** 0.5 * torch.sin(h * phase + 2 * math.pi * torch.rand(1, generator=g).item())
+    rate = 3.0 + 2.0 * torch.rand(1, generator=g).item()
+    env = 0.5 * (1 - torch.cos(2 * math.pi * rate * t)).clamp(min=0) ** 1.5
+    x = x * env + 0.01 * torch.randn(n, generator=g, dtype=torch.float64)
+    x = (0.3 * x / x.abs().max()).float()
+    if channels > 1:
+        x = torch.stack([x * (1.0 - 0.1 * c) for c in range(channels)], dim=1)
+    return x
+
+
+def speaker_voice(spk, utt, seconds=1.0, sample_rate=16000, channels=1):
+    """Speech-like audio of utterance ``utt`` of synthetic speaker ``spk``."""
+    f0 = 90.0 + 37.0 * spk
+    formants = (400.0 + 90.0 * spk, 1300.0 + 170.0 * (spk % 4), 2400.0 + 110.0 * (spk % 3))
+    return speech_like(seconds, sample_rate, f0 * (1 + 0.02 * utt), formants,
+                       seed=1000 * spk + utt, channels=channels)
+
+
+def pool(lobe, feats, lens=None):
+    """Pooled statistics of the lobe (``pool_features``; older name ``pool_stats``)."""
+    fn = getattr(lobe, "pool_features", None) or getattr(lobe, "pool_stats")
+    return fn(feats, lens)
+
+
+def tiny_modules(seed=0):
+    """A tiny ReDimNet lobe and Matryoshka head in eval mode, with set BN statistics."""
+    torch.manual_seed(seed)
+    lobe = ReDimNet(**TINY_CONFIG)
+    head = MatryoshkaProjection(getattr(lobe, 'pool_dim', None) or lobe.pool_out_dim, embed_dim=EMBED_DIM, mrl_dims=MRL_DIMS)
+    # run a few batches in train mode so BatchNorm running stats are realistic
+    from speechbrain_mrl.features import ReDimNetFbank
+
+    fbank = ReDimNetFbank(n_mels=TINY_CONFIG["F"], hop_length=160)
+    lobe.train()
+    head.train()
+    for m in list(lobe.modules()) + list(head.modules()):
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    with torch.no_grad():
+        for i in range(3):
+            wavs = torch.stack([speaker_voice(s, i, 0.6) for s in range(4)])
+            head(pool(lobe, fbank(wavs)))
+    return lobe.eval(), head.eval()
+
+
+def write_tiny_model(folder, seed=0, thresholds=THRESHOLDS):
+    """Writes the tiny model with ``write_model_folder``; returns (folder, lobe, head)."""
+    lobe, head = tiny_modules(seed)
+    config = dict(getattr(lobe, "model_config", None) or TINY_CONFIG)  # as train.py does
+    folder = write_model_folder(folder, config, lobe.state_dict(), head.state_dict(),
+                                EMBED_DIM, MRL_DIMS, thresholds=thresholds,
+                                extra_info={"note": "tiny test model"})
+    return folder, lobe, head
+
+
+def reference_embedding(lobe, head, wavs, wav_lens=None):
+    """Training-time computation (as train.py): ``head(ReDimNetEncoder.pool_features(wavs))``."""
+    from speechbrain_mrl.features import ReDimNetFbank
+    from speechbrain_mrl.official import ReDimNetEncoder
+
+    spec = dict(TINY_CONFIG["spec_params"])
+    fbank = ReDimNetFbank(n_mels=TINY_CONFIG["F"], hop_length=TINY_CONFIG["hop_length"], **spec)
+    enc = ReDimNetEncoder(fbank, lobe).eval()
+    with torch.no_grad():
+        return head(enc.pool_features(wavs, wav_lens))
+
+
+def write_voice_corpus(folder, n_spk=4, n_utt=3, seconds=0.8, prefix="id1"):
+    """Writes ``<spk>/<video>/<utt>.wav`` files; returns ``{rel_path: (spk, abs_path)}``."""
+    folder = pathlib.Path(folder)
+    out = {}
+    for s in range(n_spk):
+        for u in range(n_utt):
+            rel = f"{prefix}{s:04d}/vid{u % 2}/{u:05d}.wav"
+            path = folder / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            sf.write(str(path), speaker_voice(s, u, seconds + 0.1 * u).numpy(), 16000)
+            out[rel] = (f"{prefix}{s:04d}", path)
+    return out

@@ -1,0 +1,207 @@
+"""Tests of hub_upload/package_model.py, the foreign_class path and hub-id loading."""
+import importlib.util
+import json
+import pathlib
+import shutil
+import socket
+
+import pytest
+import torch
+import yaml
+
+from mrl_testutils import MRL_DIMS, THRESHOLDS, reference_embedding, speaker_voice, write_tiny_model
+from speechbrain_mrl.inference import MRLEncoderClassifier
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+pkg = _load("package_model", ROOT / "hub_upload" / "package_model.py")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+def _fake_results(dims, norms=True):
+    out = {}
+    for i, d in enumerate(dims):
+        r = {"EER": 5.0 - i, "minDCF@0.01": 0.5 - 0.01 * i, "minDCF@0.05": 0.3, "n_trials": 36}
+        if norms:
+            r["s-norm"] = {"EER": 4.5 - i, "minDCF@0.01": 0.45, "minDCF@0.05": 0.28}
+            r["as-norm"] = {"EER": 4.4 - i, "minDCF@0.01": 0.44, "minDCF@0.05": 0.27}
+        out[str(d)] = r
+    return out
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hub")
+    _, lobe, head = write_tiny_model(root / "recipe_out" / "model")
+    scores = root / "scores"
+    scores.mkdir()
+    (scores / "results.json").write_text(json.dumps(_fake_results(MRL_DIMS)))
+    (scores / "scoring_info.json").write_text(json.dumps(
+        {"trials": "/data/veri_test2.txt", "n_trials": 36, "cohort_topk": 300}))
+    official = root / "official_scores"
+    official.mkdir()
+    (official / "results.json").write_text(json.dumps(_fake_results([12], norms=False)))
+    out = root / "hub_folder"
+    files = pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(scores),
+                      "--official_scores", str(official), "--out", str(out),
+                      "--repo_id", "someone/mrl-tiny", "--dry-run"])
+    return root, out, files, lobe, head
+
+
+def test_hub_folder_and_model_card(hub, capsys):
+    root, out, files, _, _ = hub
+    assert files == sorted(["README.md", "calibration.json", "custom_interface.py",
+                            "embedding_model.ckpt", "hyperparams.yaml", "model_info.json",
+                            "mrl_head.ckpt", "results.json"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\n")
+    front = yaml.safe_load(card.split("---\n")[1])
+    assert front["language"] == "en" and front["license"] == "apache-2.0"
+    assert "voxceleb" in front["datasets"] and {"eer", "mindcf"} <= set(front["metrics"])
+    assert "matryoshka" in front["tags"] and "speechbrain" in front["tags"]
+    for d in MRL_DIMS:
+        assert f"| Matryoshka | {d} |" in card
+    assert "| official ReDimNet | 12 |" in card
+    assert 'source="someone/mrl-tiny"' in card and "target_dim=" in card
+    assert "@inproceedings{yakovlev2024redimnet" in card and "veri_test2.txt" in card
+    # dry run lists and uploads nothing
+    pkg.main(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
+              str(root / "scores" / "results.json"), "--out", str(root / "again"), "--dry-run"])
+    printed = capsys.readouterr().out
+    assert "[dry run] would upload" in printed and "mrl_head.ckpt" in printed
+
+
+def test_hub_folder_loads_offline_and_matches_training(hub, tmp_path, no_network):
+    _, out, _, lobe, head = hub
+    m = MRLEncoderClassifier.from_hparams(source=str(out), savedir=str(tmp_path / "sv"),
+                                          run_opts={"device": "cpu"})
+    wavs = torch.stack([speaker_voice(s, 2, 0.9) for s in range(2)])
+    lens = torch.tensor([1.0, 0.8])
+    ref = reference_embedding(lobe, head, wavs, lens)
+    for d in MRL_DIMS:
+        torch.testing.assert_close(m.encode_batch(wavs, lens, target_dim=d)[:, 0], ref[:, :d],
+                                   atol=1e-5, rtol=0)
+    assert m.thresholds == THRESHOLDS
+
+
+def test_foreign_class_path(hub, tmp_path, no_network):
+    from speechbrain.inference.interfaces import foreign_class
+
+    _, out, _, lobe, head = hub
+    m = foreign_class(source=str(out), pymodule_file="custom_interface.py",
+                      classname="CustomInterface", savedir=str(tmp_path / "fc"),
+                      run_opts={"device": "cpu"})
+    assert type(m).__name__ == "CustomInterface" and isinstance(m, MRLEncoderClassifier)
+    wavs = speaker_voice(3, 0, 1.0).unsqueeze(0)
+    ref = reference_embedding(lobe, head, wavs)
+    torch.testing.assert_close(m.encode_batch(wavs, target_dim=8)[:, 0], ref[:, :8],
+                               atol=1e-5, rtol=0)
+    assert m.threshold_for(8) == THRESHOLDS[8]  # from the copy in hyperparams.yaml
+
+
+def test_hub_repo_id_source(hub, tmp_path, monkeypatch, no_network):
+    """A repo id goes through huggingface_hub (served here from the built folder)."""
+    import speechbrain.utils.fetching as fetching
+
+    _, out, _, lobe, head = hub
+    calls = []
+
+    def fake_download(repo_id, filename, **kwargs):
+        calls.append((repo_id, filename))
+        src = out / filename
+        if not src.exists():
+            raise FileNotFoundError(filename)
+        dst = tmp_path / "hf_cache" / filename
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src, dst)
+        return str(dst)
+
+    monkeypatch.setattr(fetching.huggingface_hub, "hf_hub_download", fake_download)
+    m = MRLEncoderClassifier.from_hparams(source="someone/mrl-tiny", savedir=str(tmp_path / "sv"),
+                                          run_opts={"device": "cpu"})
+    assert {f for _, f in calls} >= {"hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt",
+                                     "calibration.json"}
+    assert all(r == "someone/mrl-tiny" for r, _ in calls)
+    wavs = speaker_voice(0, 0, 1.0).unsqueeze(0)
+    torch.testing.assert_close(m.encode_batch(wavs)[:, 0], reference_embedding(lobe, head, wavs),
+                               atol=1e-5, rtol=0)
+    assert m.thresholds == THRESHOLDS
+
+
+def test_upload_with_mocked_hfapi(hub, monkeypatch, tmp_path):
+    root, out, _, _, _ = hub
+    calls = []
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls.append(("init", token))
+
+        def create_repo(self, **kw):
+            calls.append(("create_repo", kw))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+            return "commit-123"
+
+    monkeypatch.setattr(pkg, "HfApi", FakeApi)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    dest = tmp_path / "up"
+    pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+              "--out", str(dest), "--repo_id", "someone/mrl-tiny", "--private"])
+    assert calls[0] == ("init", "hf_test_token")
+    assert calls[1] == ("create_repo", {"repo_id": "someone/mrl-tiny", "repo_type": "model",
+                                        "private": True, "exist_ok": True})
+    assert calls[2][0] == "upload_folder"
+    assert calls[2][1]["folder_path"] == str(dest) and calls[2][1]["repo_id"] == "someone/mrl-tiny"
+    monkeypatch.delenv("HF_TOKEN")
+    with pytest.raises(RuntimeError, match="HF_TOKEN"):
+        pkg.upload(dest, "someone/mrl-tiny")
+
+
+def test_bad_inputs(hub, tmp_path):
+    root = hub[0]
+    with pytest.raises(FileNotFoundError, match="no model folder"):
+        pkg.build_hub_folder(tmp_path, root / "scores", tmp_path / "o")
+    with pytest.raises(FileNotFoundError, match="scoring results not found"):
+        pkg.build_hub_folder(root / "recipe_out", tmp_path, tmp_path / "o")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "results.json").write_text(json.dumps(_fake_results([4, 999])))
+    with pytest.raises(ValueError, match="999"):
+        pkg.build_hub_folder(root / "recipe_out", bad, tmp_path / "o")
+
+
+def test_top_level_hparams_template():
+    from speechbrain_mrl.packaging import HYPERPARAMS_TEMPLATE
+
+    assert (ROOT / "hparams" / "hyperparams_template.yaml").read_text() == HYPERPARAMS_TEMPLATE
+
+
+def test_top_level_b2_hparams_builds_consistent_model():
+    from hyperpyyaml import load_hyperpyyaml
+
+    with open(ROOT / "hparams" / "mrl_redimnet_b2.yaml") as f:
+        hp = load_hyperpyyaml(f)
+    assert hp["mrl_dims"] == [64, 128, 192, 256] and hp["thresholds"] == {}
+    assert hp["mrl_head"].input_size == hp["embedding_model"].pool_dim
+    assert hp["compute_features"].n_mels == hp["embedding_model"].F
+    assert set(hp["pretrainer"].loadables) == {"embedding_model", "mrl_head"}
+    assert not hp["pretrainer"].paths  # collected from the from_hparams source

@@ -1,0 +1,213 @@
+"""Tests of speechbrain_mrl.inference.MRLEncoderClassifier and packaging.write_model_folder."""
+import json
+import os
+import socket
+
+import pytest
+import soundfile as sf
+import torch
+import torchaudio
+
+from mrl_testutils import (EMBED_DIM, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding,
+                           speaker_voice, write_tiny_model)
+from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
+from speechbrain_mrl.packaging import read_calibration, write_model_folder
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """HF offline mode and any socket connection raising."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    folder, lobe, head = write_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+    return folder, lobe, head
+
+
+@pytest.fixture(scope="module")
+def model(tiny):
+    return MRLEncoderClassifier.from_hparams(source=str(tiny[0]), run_opts={"device": "cpu"})
+
+
+def test_model_folder_contents(tiny):
+    folder = tiny[0]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        ["hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
+         "model_info.json"])
+    assert read_calibration(folder / "calibration.json") == THRESHOLDS
+    info = json.loads((folder / "model_info.json").read_text())
+    assert info["mrl_dims"] == MRL_DIMS and info["extra_info"]["note"] == "tiny test model"
+    sd = torch.load(folder / "mrl_head.ckpt", weights_only=True)
+    assert torch.equal(sd["linear.weight"], tiny[2].linear.weight)
+
+
+def test_write_model_folder_rejects_bad_input(tmp_path, tiny):
+    _, lobe, head = tiny
+    args = (TINY_CONFIG, lobe.state_dict(), head.state_dict())
+    with pytest.raises(ValueError, match="end with embed_dim"):
+        write_model_folder(tmp_path, *args, EMBED_DIM, [4, 8])
+    with pytest.raises(ValueError, match="not in mrl_dims"):
+        write_model_folder(tmp_path, *args, EMBED_DIM, MRL_DIMS, thresholds={5: 0.3})
+    with pytest.raises(ValueError, match="projects to 16 dims"):
+        write_model_folder(tmp_path, *args, 8, [4, 8])
+    with pytest.raises(ValueError, match="not finite"):
+        write_model_folder(tmp_path, *args, EMBED_DIM, MRL_DIMS, thresholds={4: float("nan")})
+
+
+@pytest.mark.parametrize("with_savedir", [False, True])
+def test_offline_local_load_matches_training_model(tiny, tmp_path, no_network, with_savedir):
+    folder, lobe, head = tiny
+    savedir = tmp_path / "collected" if with_savedir else None
+    m = MRLEncoderClassifier.from_hparams(source=str(folder), savedir=savedir,
+                                          run_opts={"device": "cpu"})
+    if with_savedir:
+        assert (savedir / "embedding_model.ckpt").exists()
+    else:  # read in place: nothing written next to the model
+        assert sorted(p.name for p in folder.iterdir()) == sorted(
+            ["hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
+             "model_info.json"])
+    wavs = torch.stack([speaker_voice(s, 1, 1.0) for s in range(3)])
+    lens = torch.tensor([1.0, 0.75, 0.55])
+    ref = reference_embedding(lobe, head, wavs, lens)
+    full = m.encode_batch(wavs, lens)
+    assert full.shape == (3, 1, EMBED_DIM)
+    torch.testing.assert_close(full[:, 0], ref, atol=1e-5, rtol=0)
+    allv = m.encode_batch_all(wavs, lens)
+    assert list(allv) == MRL_DIMS
+    for d in MRL_DIMS:
+        e = m.encode_batch(wavs, lens, target_dim=d)
+        assert e.shape == (3, 1, d)
+        torch.testing.assert_close(e[:, 0], ref[:, :d], atol=1e-5, rtol=0)
+        torch.testing.assert_close(allv[d], ref[:, :d], atol=1e-5, rtol=0)
+        n = m.encode_batch(wavs, lens, normalize=True, target_dim=d)[:, 0]
+        torch.testing.assert_close(n, torch.nn.functional.normalize(ref[:, :d], dim=1),
+                                   atol=1e-5, rtol=0)
+    # a padded utterance gives the same embedding as alone
+    alone = m.encode_batch(wavs[2:, : int(0.55 * wavs.shape[1])])
+    torch.testing.assert_close(alone[0], full[2], atol=1e-4, rtol=0)
+
+
+def test_files_resampling_and_channels(model, tmp_path):
+    mono16 = speaker_voice(1, 0, 1.2)
+    p16 = tmp_path / "a16.wav"
+    sf.write(str(p16), mono16.numpy(), 16000, subtype="FLOAT")
+    ref = model.encode_batch(mono16.unsqueeze(0))
+    torch.testing.assert_close(model.encode_file(p16), ref, atol=1e-5, rtol=0)
+    # 44.1 kHz stereo file: resampled and averaged to mono
+    stereo = speaker_voice(1, 0, 1.2, sample_rate=44100, channels=2)
+    p44 = tmp_path / "a44.flac"
+    sf.write(str(p44), stereo.numpy(), 44100)
+    stereo = torch.from_numpy(sf.read(str(p44), dtype="float32")[0])  # as stored (24 bit)
+    mono = torchaudio.functional.resample(stereo.mean(1), 44100, 16000)
+    want = model.encode_batch(mono.unsqueeze(0), target_dim=8)
+    got = model.encode_file(str(p44), target_dim=8)
+    assert got.shape == (1, 1, 8)
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=0)
+    # [batch, time, channels] and sample_rate= in encode_batch
+    got_b = model.encode_batch(stereo.unsqueeze(0), sample_rate=44100, target_dim=8)
+    torch.testing.assert_close(got_b, want, atol=1e-4, rtol=0)
+
+
+def test_verification_thresholds(model, tmp_path):
+    assert model.thresholds == THRESHOLDS
+    a = torch.stack([speaker_voice(0, 0, 1.0), speaker_voice(2, 0, 1.0)])
+    b = torch.stack([speaker_voice(0, 1, 1.0), speaker_voice(3, 1, 1.0)])
+    for d in MRL_DIMS:
+        score, dec = model.verify_batch(a, b, target_dim=d)
+        ea, eb = model.encode_batch(a, target_dim=d), model.encode_batch(b, target_dim=d)
+        torch.testing.assert_close(score, torch.nn.functional.cosine_similarity(ea, eb, dim=-1))
+        assert torch.equal(dec, score > THRESHOLDS[d])
+        _, dec_lo = model.verify_batch(a, b, target_dim=d, threshold=-1.0)
+        assert bool(dec_lo.all())
+    with pytest.raises(ValueError, match="no calibrated threshold for target_dim=5"):
+        model.verify_batch(a, b, target_dim=5)
+    import numpy as np
+
+    assert model.encode_batch(a, target_dim=np.int64(4)).shape == (2, 1, 4)
+    s5, _ = model.verify_batch(a, b, target_dim=5, threshold=0.0)
+    assert s5.shape == (2, 1)
+    pa, pb = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(str(pa), a[0].numpy(), 16000, subtype="FLOAT")
+    sf.write(str(pb), b[0].numpy(), 16000, subtype="FLOAT")
+    s, d = model.verify_files(pa, pb, target_dim=4)
+    assert s.dim() == 0 and bool(d) == bool(s > THRESHOLDS[4])
+    torch.testing.assert_close(s, model.verify_batch(a[:1], b[:1], target_dim=4)[0][0, 0],
+                               atol=1e-5, rtol=0)
+    for bad in (0, EMBED_DIM + 1, 2.5, "8"):
+        with pytest.raises(ValueError, match="target_dim"):
+            model.encode_batch(a, target_dim=bad)
+
+
+def test_bad_audio_errors(model, tmp_path):
+    good = speaker_voice(0, 0, 1.0)
+    cases = {
+        "empty": (torch.zeros(1, 0), "empty audio"),
+        "zeros": (torch.zeros(1, 16000), "all zeros"),
+        "nan": (torch.cat([good[:8000], torch.tensor([float("nan")]), good[8001:]])[None], "NaN or Inf"),
+        "inf": (torch.cat([good[:100], torch.tensor([float("inf")]), good[101:]])[None], "NaN or Inf"),
+        "short": (good[None, :1600], "too short"),
+    }
+    for name, (wav, msg) in cases.items():
+        with pytest.raises(AudioError, match=msg):
+            model.encode_batch(wav)
+    # a silent utterance in a batch is named by its index
+    with pytest.raises(AudioError, match="utterance 1: audio is all zeros"):
+        model.encode_batch(torch.stack([good, torch.zeros_like(good)]))
+    # NaN in the padding is ignored, too-short valid part is not
+    padded = torch.stack([good, torch.cat([good[:12000], torch.full((4000,), float("nan"))])])
+    emb = model.encode_batch(padded, torch.tensor([1.0, 0.75]))
+    torch.testing.assert_close(emb[1], model.encode_batch(good[None, :12000])[0], atol=1e-4, rtol=0)
+    with pytest.raises(AudioError, match="utterance 1: audio too short"):
+        model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 0.2]))
+    with pytest.raises(AudioError, match="relative lengths"):
+        model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 1.5]))
+    # files
+    with pytest.raises(AudioError, match="not found"):
+        model.encode_file(tmp_path / "missing.wav")
+    junk = tmp_path / "junk.wav"
+    junk.write_bytes(b"RIFF this is not audio at all" * 10)
+    with pytest.raises(AudioError, match="cannot read audio file"):
+        model.encode_file(junk)
+    empty = tmp_path / "empty.wav"
+    sf.write(str(empty), torch.zeros(0).numpy(), 16000)
+    with pytest.raises(AudioError, match="empty"):
+        model.encode_file(empty)
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), torch.zeros(16000).numpy(), 16000)
+    with pytest.raises(AudioError, match="all zeros"):
+        model.encode_file(silent)
+    assert issubclass(AudioError, ValueError)
+
+
+def test_from_hparams_same_folder_as_savedir(tiny, no_network):
+    """savedir == source must not create self-referencing symlinks."""
+    folder = tiny[0]
+    m = MRLEncoderClassifier.from_hparams(source=str(folder), savedir=str(folder),
+                                          run_opts={"device": "cpu"})
+    assert not os.path.islink(folder / "embedding_model.ckpt")
+    assert m.embed_dim == EMBED_DIM
+
+
+def test_reused_savedir_never_serves_stale_files(tiny, tmp_path, no_network):
+    folder_a = tiny[0]
+    folder_b, lobe_b, head_b = write_tiny_model(tmp_path / "other", seed=3,
+                                                thresholds={4: 0.1, 8: 0.2, 16: 0.3})
+    savedir = tmp_path / "shared_savedir"
+    wav = speaker_voice(1, 1, 1.0).unsqueeze(0)
+    ma = MRLEncoderClassifier.from_hparams(source=str(folder_a), savedir=savedir,
+                                           run_opts={"device": "cpu"})
+    mb = MRLEncoderClassifier.from_hparams(source=str(folder_b), savedir=savedir,
+                                           run_opts={"device": "cpu"})
+    torch.testing.assert_close(mb.encode_batch(wav)[:, 0], reference_embedding(lobe_b, head_b, wav),
+                               atol=1e-5, rtol=0)
+    assert not torch.allclose(ma.encode_batch(wav), mb.encode_batch(wav))
+    assert mb.thresholds == {4: 0.1, 8: 0.2, 16: 0.3}

@@ -1,0 +1,145 @@
+"""Data preparation of the VoxCeleb MRL recipe and of the demo (generated audio)."""
+import csv
+import os
+
+import pytest
+
+from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
+
+import demo_prepare  # noqa: E402  (recipe folder on sys.path via recipe_data)
+import voxceleb_prepare as vp  # noqa: E402
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture
+def vox(tmp_path):
+    """Two VoxCeleb-style folders (e.g. vox1 + vox2) with bad files and a trial list."""
+    vox1, vox2 = tmp_path / "vox1", tmp_path / "vox2" / "wav"
+    make_voxceleb(vox1, speakers=("id10001", "id10002", "id10270", "id10271"))
+    make_voxceleb(vox2, speakers=("id20001", "id20002"), ext="flac")
+    (vox1 / "id10001" / "vid0" / "bad.wav").write_bytes(b"not audio at all")
+    write_wav(vox1 / "id10002" / "vid0" / "empty.wav", voice(0, 0, 0))
+    write_wav(vox2 / "id20001" / "vid0" / "short.flac", voice(0, 1600, 0))  # 0.1 s
+    (vox2 / "id20002" / "vid1" / "clip.m4a").write_bytes(b"\x00" * 64)  # undecodable m4a
+    trials = tmp_path / "trials.txt"
+    trials.write_text("1 id10270/vid0/00001.wav id10270/vid1/00002.wav\n"
+                      "0 id10270/vid0/00001.wav id10271/vid0/00002.wav\n")
+    return tmp_path, [str(vox1), str(tmp_path / "vox2")], trials
+
+
+def test_prepare_voxceleb(vox, capsys):
+    tmp, folders, trials = vox
+    save = tmp / "prep"
+    out = vp.prepare_voxceleb(folders, save, trials, split_ratio=(75, 25), min_duration=0.5)
+    assert "skipped 4 unreadable, empty or too-short file(s)" in capsys.readouterr().out
+    assert out["n_skipped"] == 4
+    skipped = (save / "skipped_files.txt").read_text()
+    for name, why in (("bad.wav", "unreadable"), ("empty.wav", "empty"),
+                      ("short.flac", "too short"), ("clip.m4a", "unreadable")):
+        assert any(name in line and why in line for line in skipped.splitlines()), name
+    train, dev = read_csv(save / "train.csv"), read_csv(save / "dev.csv")
+    assert list(train[0]) == ["ID", "duration", "wav", "start", "stop", "spk_id"]
+    spks = {r["spk_id"] for r in train + dev}
+    # both folders used, trial speakers never in training
+    assert spks == {"id10001", "id10002", "id20001", "id20002"}
+    # utterance split: every speaker in train, a quarter of its files in dev
+    assert {r["spk_id"] for r in train} == spks and len(dev) == 4 and len(train) == 12
+    assert not {r["ID"] for r in train} & {r["ID"] for r in dev}
+    enrol, test = read_csv(save / "enrol.csv"), read_csv(save / "test.csv")
+    assert [r["ID"] for r in enrol] == ["id10270/vid0/00001"]
+    assert {r["ID"] for r in test} == {"id10270/vid1/00002", "id10271/vid0/00002"}
+    row = train[0]
+    assert int(row["stop"]) - int(row["start"]) == 19200 and float(row["duration"]) == 1.2
+
+
+def test_prepare_skip_if_prepared_and_options(vox):
+    tmp, folders, trials = vox
+    save = tmp / "prep"
+    vp.prepare_voxceleb(folders, save, trials)
+    mtime = os.path.getmtime(save / "train.csv")
+    out = vp.prepare_voxceleb(folders, save, trials)  # same options: skipped
+    assert os.path.getmtime(save / "train.csv") == mtime and "n_skipped" not in out
+    vp.prepare_voxceleb(folders, save, trials, dev_split="speaker", split_ratio=(50, 50),
+                        seg_dur=0.5, min_duration=0.3)  # other options: prepared again
+    train, dev = read_csv(save / "train.csv"), read_csv(save / "dev.csv")
+    assert not {r["spk_id"] for r in train} & {r["spk_id"] for r in dev}
+    assert len({r["spk_id"] for r in dev}) == 2
+    # 1.2-s training files cut into 0.5-s segments (the 0.2-s tail is too short)
+    assert all(int(r["stop"]) - int(r["start"]) == 8000 for r in train)
+    assert vp.prepare_voxceleb(folders, save, trials, skip_prep=True) == {}
+
+
+def test_prepare_voxceleb_errors(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        vp.prepare_voxceleb(tmp_path / "missing", tmp_path / "out", splits=["train"])
+    make_voxceleb(tmp_path / "v", speakers=("id1", "id2"))
+    with pytest.raises(ValueError, match="verification_pairs_file"):
+        vp.prepare_voxceleb(tmp_path / "v", tmp_path / "out")
+    bad = tmp_path / "bad_trials.txt"
+    bad.write_text("1 only_one_path\n")
+    with pytest.raises(ValueError, match="expected"):
+        vp.read_trials(bad)
+
+
+def test_make_trials_balanced():
+    rows = [[f"s{s}_{u}", 1.0, "x", 0, 1, f"s{s}"] for s in range(5) for u in range(4)]
+    trials = vp.make_trials(rows, 40, seed=3)
+    assert len(trials) == 40 and sum(t[0] for t in trials) == 20
+    assert len({tuple(sorted(t[1:])) for t in trials}) == 40
+    spk = {r[0]: r[5] for r in rows}
+    assert all((spk[a] == spk[b]) == bool(lab) for lab, a, b in trials)
+    assert trials == vp.make_trials(rows, 40, seed=3)
+
+
+def test_prepare_demo(tmp_path):
+    data = make_speech_commands(tmp_path / "data")
+    bad = data / "speech_commands" / "00000001" / "word_9.flac"
+    bad.write_bytes(b"garbage")
+    out = demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
+                                    libri_seg_dur=1.0)
+    train, dev = read_csv(out["train"]), read_csv(out["dev"])
+    test_spks = set((data / "speech_commands/splits/test_speakers.txt").read_text().split())
+    assert not test_spks & {r["spk_id"] for r in train + dev}
+    assert len({r["spk_id"] for r in dev}) == 2
+    assert not {r["spk_id"] for r in dev} & {r["spk_id"] for r in train}
+    libri = [r for r in train if r["spk_id"].startswith("libri")]
+    # 3.5 s -> 3 x 1 s + a 0.5-s tail (>= min_duration)
+    assert sorted(float(r["duration"]) for r in libri) == [0.5] * 2 + [1.0] * 6
+    assert "word_9.flac" in (tmp_path / "prep" / "skipped_files.txt").read_text()
+    trials = vp.read_trials(out["test_trials"])
+    ids = {r["ID"] for r in read_csv(out["enrol"]) + read_csv(out["test"])}
+    assert len(trials) == 60 and all(a in ids and b in ids for _, a, b in trials)
+    assert len(vp.read_trials(out["val_trials"])) == 20
+    mtime = os.path.getmtime(out["train"])
+    demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
+                              libri_seg_dur=1.0)
+    assert os.path.getmtime(out["train"]) == mtime
+
+
+def test_demo_regroup_and_seeded_split(tmp_path):
+    raw = tmp_path / "raw"
+    for word in ("yes", "no"):
+        for spk in ("aaaa1111", "bbbb2222", "cccc3333", "dddd4444"):
+            for n in range(2):
+                write_wav(raw / word / f"{spk}_nohash_{n}.wav", voice(0, 8000, n))
+    write_wav(raw / "_background_noise_" / "noise.wav", voice(0, 8000, 0))
+    sc = tmp_path / "speech_commands"
+    demo_prepare.regroup_speech_commands(raw, sc)
+    assert sorted(p.name for p in (sc / "aaaa1111").iterdir()) == [
+        "no_0.wav", "no_1.wav", "yes_0.wav", "yes_1.wav"]
+    demo_prepare.make_splits(sc, seed=17, n_trials=20)
+    test = (sc / "splits" / "test_speakers.txt").read_text().split()
+    assert len(test) == 1
+    with pytest.raises(FileNotFoundError):
+        demo_prepare.prepare_demo(tmp_path / "nowhere", tmp_path / "p")
+
+
+def test_prepare_demo_real_data(shared_data, tmp_path):
+    out = demo_prepare.prepare_demo(shared_data, tmp_path / "prep")
+    train = read_csv(out["train"])
+    assert len({r["spk_id"] for r in train}) == 159 + 251
+    assert len(vp.read_trials(out["test_trials"])) == 20000

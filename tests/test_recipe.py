@@ -1,0 +1,179 @@
+"""The MRL recipe through the real Brain on tiny generated data.
+
+Stages of the demo: from-scratch ReDimNet, frozen-backbone Matryoshka stage
+(backbone bit-identical afterwards), scoring with speaker_verification_cosine.py;
+plus interruption mid-epoch and resumption from the intra-epoch checkpoint.
+"""
+import json
+
+import pytest
+import torch
+
+from recipe_data import RECIPE, demo_args, make_speech_commands, scratch_overrides
+
+import run_demo  # noqa: E402  (recipe folder on sys.path via recipe_data)
+import train  # noqa: E402
+
+N_CLASSES = 8  # 6 train speakers (2 held out for validation) + 2 LibriSpeech readers
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """The whole demo (run_demo.py) once on tiny data: scratch, frozen MRL, timing, scoring."""
+    tmp = tmp_path_factory.mktemp("recipe")
+    data = make_speech_commands(tmp / "data")
+    out = tmp / "out"
+    summary = run_demo.main(demo_args(data, out, N_CLASSES))
+    brains = summary["brains"]
+    return dict(data=data, out=out, backbone=out / "scratch" / "backbone.pt", summary=summary,
+                scratch=(brains["scratch"], _results(out / "scratch")),
+                mrl=(brains["mrl"], _results(out / "mrl")))
+
+
+def _results(folder):
+    res = json.loads((folder / "results.json").read_text())
+    return {k: ({int(d): m for d, m in v.items()} if isinstance(v, dict) else v)
+            for k, v in res.items()}
+
+
+def test_scratch_stage(demo_run):
+    brain, res = demo_run["scratch"]
+    assert demo_run["backbone"].is_file()
+    assert set(res["test"]) == {16} and 0 <= res["test"][16]["EER"] <= 100
+    assert len(res["epoch_times_s"]) == 1 and not res["frozen_backbone"]
+    # every backbone parameter trained and in the optimiser
+    opt_ids = {id(p) for g in brain.optimizer.param_groups for p in g["params"]}
+    assert all(id(p) in opt_ids for p in brain.modules.backbone.parameters())
+    # the exported backbone is a loadable official-format checkpoint with the trained weights
+    from speechbrain_mrl.official import load_official_redimnet
+
+    loaded = load_official_redimnet(str(demo_run["backbone"]))
+    trained = brain.modules.backbone.state_dict()
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+
+
+def test_frozen_backbone_untouched(demo_run):
+    """Parameters AND BatchNorm buffers bit-identical after optimiser steps through Brain.fit."""
+    from speechbrain_mrl.official import load_official_redimnet
+
+    brain, res = demo_run["mrl"]
+    assert brain.optimizer_step > 0
+    ref = load_official_redimnet(str(demo_run["backbone"])).state_dict()
+    now = brain.modules.backbone.state_dict()
+    bn_buffers = [k for k in ref if "running_" in k or "num_batches_tracked" in k]
+    assert bn_buffers
+    for k, v in ref.items():
+        assert torch.equal(v, now[k]), k
+    bb = list(brain.modules.backbone.parameters())
+    assert not any(p.requires_grad for p in bb) and not brain.modules.backbone.training
+    opt_ids = {id(p) for g in brain.optimizer.param_groups for p in g["params"]}
+    assert not opt_ids & {id(p) for p in bb}
+    # ... while the head did train (differs from its PCA initialisation)
+    init = torch.load(demo_run["out"] / "mrl" / "initial_head.ckpt", weights_only=True)
+    head = brain.modules.mrl_head.state_dict()
+    assert not torch.equal(init["linear.weight"], head["linear.weight"])
+    # the head's input BatchNorm (copied from the backbone) kept its running statistics
+    for k in ("norm.running_mean", "norm.running_var"):
+        assert torch.equal(init[k], head[k]), k
+
+
+def test_mrl_stage_outputs_and_scoring(demo_run):
+    brain, res = demo_run["mrl"]
+    out = demo_run["out"]
+    assert set(res["test"]) == {4, 8, 16} and set(res["test_pca"]) == {4, 8, 16}
+    # the PCA-initialised head keeps the backbone's cosine scores at full size
+    assert res["test_pca"][16]["EER"] == pytest.approx(res["test_backbone"][16]["EER"], abs=1e-3)
+    log = (out / "mrl" / "train_log.txt").read_text()
+    assert "epoch: 0" in log and "epoch: 1" in log  # validated before the first epoch too
+    model = out / "mrl" / "model"
+    calib = json.loads((model / "calibration.json").read_text())
+    assert set(calib["thresholds"]) == {"4", "8", "16"}
+    for d, thr in calib["thresholds"].items():
+        assert thr == pytest.approx(res["valid"][int(d)]["threshold"])
+    # the demo scored the test trials with the scoring script, every size at once
+    summary = demo_run["summary"]
+    table = {k: {int(d): v for d, v in t.items()} for k, t in summary["table"].items()}
+    assert set(table["matryoshka"]) == set(table["pca"]) == {4, 8, 16}
+    assert set(table["backbone"]) == {16}
+    for d in (4, 8, 16):
+        assert table["matryoshka"][d]["EER"] == pytest.approx(res["test"][d]["EER"], abs=0.5)
+        assert table["pca"][d]["EER"] == pytest.approx(res["test_pca"][d]["EER"], abs=0.5)
+    assert table["pca"][16]["EER"] == pytest.approx(table["backbone"][16]["EER"], abs=0.5)
+    for name in ("summary.json", "results.md", "eer_vs_size.png"):
+        assert (out / name).stat().st_size > 0
+    saved = json.loads((out / "summary.json").read_text())
+    assert {"frozen_epoch_s", "finetune_epoch_s", "speedup_frozen_vs_finetune"} <= set(saved["times"])
+    # the timing run: one epoch with the backbone unfrozen from epoch 1
+    assert len(_results(out / "finetune_timing")["epoch_times_s"]) == 1
+    ckpt = sorted((out / "finetune_timing" / "save").glob("CKPT*"))[-1]
+    tuned = torch.load(ckpt / "backbone.ckpt", weights_only=True)
+    frozen = brain.modules.backbone.state_dict()
+    assert any(not torch.equal(v, frozen[k]) for k, v in tuned.items() if v.is_floating_point())
+
+
+def test_resume_mid_epoch(tmp_path, monkeypatch):
+    """Interrupted after an intra-epoch checkpoint, a rerun continues from the saved step."""
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = scratch_overrides(data, out, N_CLASSES, epochs=2, extra=["--ckpt_interval_steps", "2"])
+    orig = train.MRLBrain.fit_batch
+    seen = []
+
+    def interrupted(self, batch):
+        if self.hparams.epoch_counter.current == 1 and self.step == 3:
+            raise KeyboardInterrupt("simulated crash")
+        seen.append((self.hparams.epoch_counter.current, self.step))
+        return orig(self, batch)
+
+    monkeypatch.setattr(train.MRLBrain, "fit_batch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(argv)
+    assert seen == [(1, 1), (1, 2)]
+    ckpts = list((out / "scratch" / "save").glob("CKPT*"))
+    assert len(ckpts) == 1 and "intra" in (ckpts[0] / "CKPT.yaml").read_text().lower()
+
+    seen.clear()
+    monkeypatch.setattr(train.MRLBrain, "fit_batch", lambda self, b: (
+        seen.append((self.hparams.epoch_counter.current, self.step)), orig(self, b))[1])
+    brain, res = train.main(argv)
+    n_batches = len(brain.train_sampler) // 8 if brain.train_sampler is not None else None
+    # resumed at step 3 of epoch 1 (no batch repeated), then a full epoch 2
+    assert seen[0] == (1, 3)
+    epoch1 = [s for e, s in seen if e == 1]
+    epoch2 = [s for e, s in seen if e == 2]
+    assert epoch1 == list(range(3, 3 + len(epoch1))) and epoch2[0] == 1
+    assert n_batches is None or len(epoch1) + 2 == n_batches == len(epoch2)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (RECIPE / "hparams").glob("*.yaml")))
+def test_hparams_load_and_every_key_used(name, tmp_path):
+    """Every yaml builds (no download: a local tiny backbone) and each key is used."""
+    import re
+
+    import yaml
+    from hyperpyyaml import load_hyperpyyaml
+    from speechbrain.core import RunOptions
+
+    from recipe_data import TINY_REDIMNET
+    from speechbrain_mrl.official import ReDimNetEncoder
+
+    text = (RECIPE / "hparams" / name).read_text()
+    keys = [m.group(1) for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*):", text, re.M)]
+    if name == "verification.yaml":
+        script = (RECIPE / "speaker_verification_cosine.py").read_text()
+    else:
+        script = (RECIPE / "train.py").read_text()
+    run_opts = set(RunOptions().as_dict())
+    unused = [k for k in keys if not k.startswith("__") and k not in run_opts
+              and not re.search(rf"\b{k}\b", script) and f"<{k}" not in text]
+    assert not unused, f"{name}: keys not used by the script: {unused}"
+    if name == "verification.yaml":
+        return
+    backbone = tmp_path / "bb.pt"
+    train.export_backbone(ReDimNetEncoder.from_config(yaml.safe_load(TINY_REDIMNET)), backbone)
+    overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "o")}
+    if "pretrained_backbone:" in text:
+        overrides["pretrained_backbone"] = str(backbone)
+    hp = load_hyperpyyaml(text, overrides)
+    assert set(hp["modules"]) <= {"backbone", "mrl_head", "loss"}
+    assert hp["modules"]["loss"].mrl_dims[-1] == hp["embed_dim"] or "mrl_head" not in hp["modules"]
