@@ -81,10 +81,7 @@ class MRLWaveformEncoder(nn.Module):
     def forward(self, wavs):
         """Embeds equal-length waveforms ``[B, T]``; returns ``(emb_d1, emb_d2, ...)``."""
         feats = self.compute_features(wavs)
-        pool = getattr(self.embedding_model, "pool_features", None)
-        if pool is None:
-            pool = self.embedding_model.pool_stats
-        emb = self.mrl_head(pool(feats))
+        emb = self.mrl_head(self.embedding_model.pool_features(feats))
         return tuple(emb[:, :d] for d in self.mrl_dims)
 
 

@@ -297,9 +297,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         with torch.no_grad():
             feats = self.mods.compute_features(wavs, wav_lens)
             frame_lens = self.mods.compute_features.frame_lengths(wav_lens, wavs.shape[1])
-            lobe = self.mods.embedding_model
-            pool = getattr(lobe, "pool_features", None) or lobe.pool_stats
-            stats = pool(feats, frame_lens)
+            stats = self.mods.embedding_model.pool_features(feats, frame_lens)
             return self.mods.mrl_head(stats)
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False, target_dim=None, sample_rate=None):

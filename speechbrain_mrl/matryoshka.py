@@ -125,7 +125,7 @@ class MatryoshkaProjection(nn.Module):
     Arguments
     ---------
     input_size : int
-        Size of the pooled statistics (e.g. ReDimNet's ``pool_out_dim``).
+        Size of the pooled statistics (e.g. ReDimNet's ``pool_dim``).
     embed_dim : int
         Full embedding size (default 256).
     mrl_dims : sequence of int, optional

@@ -995,11 +995,6 @@ class ReDimNet(nn.Module):
         """Builds a preset of :data:`REDIMNET_PRESETS` (``b0``..``b6``, ``M``)."""
         return cls(**redimnet_config(name, **overrides))
 
-    @property
-    def pool_out_dim(self):
-        """Alias of :attr:`pool_dim` (official name)."""
-        return self.pool_dim
-
     def pool_features(self, feats, lengths=None):
         """Backbone + attentive statistics pooling.
 

@@ -1,6 +1,7 @@
 """Shared pytest fixtures for speechbrain-mrl."""
 import os
 import pathlib
+import socket
 
 import pytest
 
@@ -32,3 +33,16 @@ def shared_data(request):
 def test_data():
     """Folder of data files shipped with the tests (ReDimNet reference outputs)."""
     return TEST_DATA
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """HF offline mode and any socket connection raising."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def refuse(*args, **kwargs):
+        raise OSError("network access attempted in an offline test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)

@@ -61,16 +61,15 @@ def speaker_voice(spk, utt, seconds=1.0, sample_rate=16000, channels=1):
 
 
 def pool(lobe, feats, lens=None):
-    """Pooled statistics of the lobe (``pool_features``; older name ``pool_stats``)."""
-    fn = getattr(lobe, "pool_features", None) or getattr(lobe, "pool_stats")
-    return fn(feats, lens)
+    """Pooled statistics of the lobe."""
+    return lobe.pool_features(feats, lens)
 
 
 def tiny_modules(seed=0):
     """A tiny ReDimNet lobe and Matryoshka head in eval mode, with set BN statistics."""
     torch.manual_seed(seed)
     lobe = ReDimNet(**TINY_CONFIG)
-    head = MatryoshkaProjection(getattr(lobe, 'pool_dim', None) or lobe.pool_out_dim, embed_dim=EMBED_DIM, mrl_dims=MRL_DIMS)
+    head = MatryoshkaProjection(lobe.pool_dim, embed_dim=EMBED_DIM, mrl_dims=MRL_DIMS)
     # run a few batches in train mode so BatchNorm running stats are realistic
     from speechbrain_mrl.features import ReDimNetFbank
 

@@ -3,7 +3,6 @@ import importlib.util
 import json
 import pathlib
 import shutil
-import socket
 
 import pytest
 import torch
@@ -23,17 +22,6 @@ def _load(name, path):
 
 
 pkg = _load("package_model", ROOT / "hub_upload" / "package_model.py")
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 def _fake_results(dims, norms=True):

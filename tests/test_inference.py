@@ -1,7 +1,6 @@
 """Tests of speechbrain_mrl.inference.MRLEncoderClassifier and packaging.write_model_folder."""
 import json
 import os
-import socket
 
 import pytest
 import soundfile as sf
@@ -12,19 +11,6 @@ from mrl_testutils import (EMBED_DIM, MRL_DIMS, THRESHOLDS, TINY_CONFIG, referen
                            speaker_voice, write_tiny_model)
 from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
 from speechbrain_mrl.packaging import read_calibration, write_model_folder
-
-
-@pytest.fixture
-def no_network(monkeypatch):
-    """HF offline mode and any socket connection raising."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def refuse(*args, **kwargs):
-        raise OSError("network access attempted in an offline test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
 
 
 @pytest.fixture(scope="module")

@@ -64,16 +64,12 @@ def unwrap(module):
 
 def pool(backbone, wavs, lens):
     """Pooled statistics of a ReDimNetEncoder (waveforms -> ``[B, pool_dim]``)."""
-    backbone = unwrap(backbone)
-    fn = getattr(backbone, "pool_features", None) or getattr(backbone, "pool_stats")
-    return fn(wavs, lens)
+    return unwrap(backbone).pool_features(wavs, lens)
 
 
 def model_config(backbone):
     """Official-style ``model_config`` of a ReDimNetEncoder."""
-    backbone = unwrap(backbone)
-    cfg = getattr(backbone, "model_config", None)
-    return dict(cfg if cfg is not None else backbone.config)
+    return dict(unwrap(backbone).model_config)
 
 
 # --------------------------------------------------------------------- metrics
