@@ -138,8 +138,93 @@ def test_demo_regroup_and_seeded_split(tmp_path):
         demo_prepare.prepare_demo(tmp_path / "nowhere", tmp_path / "p")
 
 
+def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
+    """download=True without a local copy: archive fetched (file:// here), extracted, regrouped."""
+    import tarfile
+
+    raw = tmp_path / "archive_src"
+    spks = [f"{i:04x}abcd" for i in range(8)]
+    for word in ("yes", "no", "up"):
+        for s, spk in enumerate(spks):
+            for n in range(2):
+                write_wav(raw / word / f"{spk}_nohash_{n}.wav", voice(s, 8000, n))
+    write_wav(raw / "_background_noise_" / "noise.wav", voice(0, 8000, 0))
+    archive = tmp_path / "served" / "speech_commands_test_set_v0.02.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(raw, arcname=".")
+    monkeypatch.setattr(demo_prepare, "SC_URL", archive.as_uri())
+    data = tmp_path / "data"
+    out = demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=1, n_val_trials=10,
+                                    download=True)
+    sc = data / "speech_commands"
+    assert sorted(p.name for p in sc.iterdir() if p.name != "splits") == spks
+    assert sorted(p.name for p in (sc / spks[0]).iterdir()) == [
+        "no_0.wav", "no_1.wav", "up_0.wav", "up_1.wav", "yes_0.wav", "yes_1.wav"]
+    test_spks = (sc / "splits" / "test_speakers.txt").read_text().split()
+    assert len(test_spks) == 2
+    trials = vp.read_trials(out["test_trials"])
+    assert trials and {lab for lab, _, _ in trials} == {0, 1}
+    assert all(vp.speaker_of(p) in test_spks for _, a, b in trials for p in (a, b))
+    assert not {r["spk_id"] for r in read_csv(out["train"])} & set(test_spks)
+    # the archive is kept: a second preparation elsewhere does not download again
+    monkeypatch.setattr(demo_prepare, "SC_URL", (tmp_path / "gone" / archive.name).as_uri())
+    (data / "speech_commands" / "splits" / "trials_test.txt").unlink()
+    demo_prepare.prepare_demo(data, tmp_path / "prep2", n_val_speakers=1, n_val_trials=10,
+                              download=True)
+    assert (data / "speech_commands" / "splits" / "trials_test.txt").is_file()
+
+
 def test_prepare_demo_real_data(shared_data, tmp_path):
     out = demo_prepare.prepare_demo(shared_data, tmp_path / "prep")
     train = read_csv(out["train"])
     assert len({r["spk_id"] for r in train}) == 159 + 251
     assert len(vp.read_trials(out["test_trials"])) == 20000
+
+
+def encode_m4a(path, data):
+    """Writes ``data`` (16 kHz mono) as AAC in an .m4a file with torchcodec (needs FFmpeg)."""
+    import torch
+
+    try:
+        from torchcodec.encoders import AudioEncoder
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        AudioEncoder(torch.from_numpy(data)[None], sample_rate=16000).to_file(str(path))
+    except (ImportError, RuntimeError, OSError) as err:
+        if os.environ.get("MRL_REQUIRE_FFMPEG"):
+            raise
+        pytest.skip(f"torchcodec cannot encode m4a here (FFmpeg libraries missing? "
+                    f"apt-get install ffmpeg): {err}")
+
+
+def test_prepare_voxceleb2_m4a(tmp_path):
+    """VoxCeleb2 layout (dev/aac/<spk>/<video>/<utt>.m4a) decoded through torchcodec."""
+    import numpy as np
+
+    import speaker_verification_cosine as svc
+
+    root = tmp_path / "vox2"
+    clips = {}
+    for s, spk in enumerate(("id00012", "id00015")):
+        for v in range(2):
+            rel = f"{spk}/vid{v}/00001.m4a"
+            clips[rel] = voice(s, 24000, 10 * s + v)  # 1.5 s
+            encode_m4a(root / "dev" / "aac" / rel, clips[rel])
+    save = tmp_path / "prep"
+    out = vp.prepare_voxceleb(str(root), save, splits=["train", "dev"], split_ratio=(50, 50),
+                              seg_dur=1.0, min_duration=0.3)
+    assert out["n_skipped"] == 0
+    rows = read_csv(save / "train.csv") + read_csv(save / "dev.csv")
+    assert {r["spk_id"] for r in rows} == {"id00012", "id00015"}
+    assert sorted({r["wav"] for r in rows}) == sorted(str(root / "dev" / "aac" / r) for r in clips)
+    assert len(rows) == 8  # 1.5 s files in 1-s segments: [0, 1) and the 0.5-s tail [1, 1.5)
+    for r in rows:
+        start, stop = int(r["start"]), int(r["stop"])
+        src = clips[os.path.relpath(r["wav"], root / "dev" / "aac")][start:stop]
+        for sig in (vp.read_audio(r["wav"], start, stop, 16000),
+                    svc.read_segment(r["wav"], start, stop, 16000)):
+            assert abs(sig.shape[0] - src.shape[0]) <= 1024  # AAC frame granularity
+            n = min(sig.shape[0], src.shape[0])
+            corr = np.corrcoef(sig[:n].numpy(), src[:n])[0, 1]
+            assert corr > 0.95, corr

@@ -5,6 +5,7 @@ Stages of the demo: from-scratch ReDimNet, frozen-backbone Matryoshka stage
 plus interruption mid-epoch and resumption from the intra-epoch checkpoint.
 """
 import json
+import pathlib
 
 import pytest
 import torch
@@ -177,3 +178,59 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     hp = load_hyperpyyaml(text, overrides)
     assert set(hp["modules"]) <= {"backbone", "mrl_head", "loss"}
     assert hp["modules"]["loss"].mrl_dims[-1] == hp["embed_dim"] or "mrl_head" not in hp["modules"]
+
+
+@pytest.mark.parametrize("kind", ["tensorboard", "wandb"])
+def test_extra_logger(kind, tmp_path, monkeypatch):
+    """The optional second logger records the per-epoch validation EER (wandb offline)."""
+    pytest.importorskip("tensorboard" if kind == "tensorboard" else "wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    logs = tmp_path / "logs"
+    train.main(scratch_overrides(data, out, N_CLASSES, epochs=2,
+                                 extra=["--extra_logger", kind, "--extra_logger_folder", str(logs)]))
+    if kind == "tensorboard":
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        acc = EventAccumulator(str(logs))
+        acc.Reload()
+        eer = acc.Scalars("EER/valid")  # SpeechBrain tags are <stat>/<set>
+        assert [e.step for e in eer] == [1, 2]
+        assert all(0 <= e.value <= 100 for e in eer)
+    else:
+        runs = list((logs / "wandb").glob("offline-run-*/run-*.wandb"))
+        assert len(runs) == 1
+        history = [r.history for r in wandb_records(runs[0]) if r.WhichOneof("record_type") == "history"]
+        rows = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in h.item}
+                for h in history]
+        assert [r["epoch"] for r in rows] == [1, 2]
+        assert all(0 <= r["valid/EER"] <= 100 and r["train/loss"] > 0 for r in rows)
+    with pytest.raises(ValueError, match="extra_logger must be"):
+        train.main(scratch_overrides(data, tmp_path / "o2", N_CLASSES,
+                                     extra=["--extra_logger", "mlflow"]))
+
+
+def wandb_records(path):
+    """Protobuf records of a wandb run file (LevelDB-log framing: 32 KiB blocks, 7-byte headers)."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = pathlib.Path(path).read_bytes()
+    assert data[:4] == b":W&B", "not a wandb run file"
+    block, pos, buf = 32768, 7, b""
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        buf += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST fragment
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(buf)
+            yield record
+            buf = b""

@@ -45,13 +45,15 @@ SC_DIR = "speech_commands"
 LIBRI_DIR = "librispeech_train_clean_100"
 
 
-def download_speech_commands(data_folder, seed=17, n_trials=20000, url=SC_URL):
+def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     """Downloads the Speech Commands test set and regroups it by speaker.
 
-    The archive holds ``<word>/<speaker>_nohash_<n>.wav``; the result is
+    The archive (``url``, default :data:`SC_URL`; downloaded once, kept in
+    ``data_folder``) holds ``<word>/<speaker>_nohash_<n>.wav``; the result is
     ``<data_folder>/speech_commands/<speaker>/<word>_<n>.wav`` plus a seeded
     ``splits/`` folder (see the module docstring).
     """
+    url = url or SC_URL
     data_folder = pathlib.Path(data_folder)
     data_folder.mkdir(parents=True, exist_ok=True)
     archive = data_folder / os.path.basename(url)

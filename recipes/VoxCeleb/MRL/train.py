@@ -632,6 +632,14 @@ class MultiLogger:
         for lg in self.loggers:
             lg.log_stats(*args, **kwargs)
 
+    def close(self):
+        """Flushes and closes the loggers that hold a run or a file (wandb, TensorBoard)."""
+        for lg in self.loggers:
+            if getattr(lg, "run", None) is not None:
+                lg.run.finish()
+            if getattr(lg, "writer", None) is not None:
+                lg.writer.close()
+
 
 def make_extra_logger(hparams):
     """wandb (offline mode) or TensorBoard logger from speechbrain.utils.train_logger."""
@@ -647,10 +655,10 @@ def make_extra_logger(hparams):
     if kind == "wandb":
         import wandb
 
-        os.environ.setdefault("WANDB_MODE", "offline")
         return train_logger.WandBLogger(
-            initializer=wandb.init, project="speechbrain-mrl", dir=folder, mode="offline",
-            name=os.path.basename(os.path.normpath(hparams["output_folder"])), resume="allow")
+            initializer=wandb.init, project="speechbrain-mrl", dir=folder,
+            mode=os.environ.get("WANDB_MODE", "offline"),  # WANDB_MODE=online to sync live
+            name=os.path.basename(os.path.normpath(hparams["output_folder"])))
     raise ValueError(f"extra_logger must be wandb, tensorboard or null, got {kind!r}")
 
 
@@ -746,6 +754,8 @@ def main(argv):
             if split in results:
                 logger.info("%s: %s", split, {d: round(m["EER"], 2) for d, m in
                                                results[split].items()})
+    if isinstance(hparams["train_logger"], MultiLogger):
+        hparams["train_logger"].close()
     return brain, results
 
 
