@@ -57,8 +57,11 @@ def test_intermediates(name, reference, ckpt_dir):
         feats = encoder.compute_features(reference["wav"])
         backbone = encoder.embedding_model.backbone(feats)
         pooled = encoder.embedding_model.pool(backbone)
-    # ours are time-major, the official ones channel-major
-    assert (feats.transpose(1, 2) - inter["features"]).abs().max() < 1e-5
+    # ours are time-major, the official ones channel-major. The log of tiny mel
+    # energies amplifies FFT rounding, which differs between CPUs (up to 3e-5 seen);
+    # a wrong window or filterbank moves features by more than 1e-2.
+    feat_diff = (feats.transpose(1, 2) - inter["features"]).abs()
+    assert feat_diff.max() < 1e-4 and feat_diff.mean() < 2e-6
     assert (backbone.transpose(1, 2) - inter["backbone"]).abs().max() < 1e-4
     assert (pooled - inter["pooled"]).abs().max() < 1e-4
 
