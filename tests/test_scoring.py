@@ -154,6 +154,8 @@ def scoring_setup(tmp_path_factory):
         # segment rows (start/stop) with C's "--" IDs
         trows.append([rel.rsplit(".", 1)[0].replace("/", "--"), f"{n / 16000:.3f}", str(path),
                       0, n // 2 + 4000, spk])
+    # a 0.2-s segment, shorter than the model's minimum: left out of the cohort, not fatal
+    trows.append([trows[0][0] + "_tail", "0.200", trows[0][2], 0, 3200, trows[0][5]])
     _write_manifest(root / "train.csv", trows)
     rels = sorted(test)
     lines = []
@@ -190,6 +192,7 @@ def test_end_to_end_mrl_model(scoring_setup):
     assert "| 16 |" in md and "as-norm" in md
     info = json.loads((out / "scoring_info.json").read_text())
     assert info["n_utterances"] == 9 and info["cohort_speakers"] == 4
+    assert info["cohort_utterances"] == 8 and info["cohort_too_short"] == 1
     saved_emb = torch.load(out / "embeddings.pt", weights_only=True)
     assert saved_emb["embeddings"].shape == (9, MRL_DIMS[-1]) and len(saved_emb["ids"]) == 9
     # the plain cosine equals the interface's verification scores

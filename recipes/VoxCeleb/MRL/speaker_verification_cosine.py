@@ -434,7 +434,11 @@ def score_trials(emb, index, labels, enrol_ids, test_ids, dims, cohort=None, coh
 
 # --------------------------------------------------------------------------- models
 def load_embedder(hparams, device):
-    """``(embed_fn, dims, name)`` for the Matryoshka model or the official checkpoint."""
+    """``(embed_fn, dims, name, min_duration)`` for the Matryoshka model or the official checkpoint.
+
+    ``min_duration`` (seconds) is the shortest audio the model accepts (0 for an
+    official checkpoint).
+    """
     model_folder = hparams.get("model_folder")
     official = hparams.get("official_checkpoint")
     if bool(model_folder) == bool(official):
@@ -449,7 +453,7 @@ def load_embedder(hparams, device):
             return enc(wavs.to(device), lens.to(device))
 
         dims = [int(enc.embed_dim)]
-        return embed, dims, f"official ReDimNet ({pathlib.Path(str(official)).name})"
+        return embed, dims, f"official ReDimNet ({pathlib.Path(str(official)).name})", 0.0
 
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
@@ -460,15 +464,29 @@ def load_embedder(hparams, device):
         return model.encode_batch(wavs, lens)[:, 0]
 
     dims = list(model.mrl_dims)
-    return embed, dims, f"Matryoshka ReDimNet ({model_folder})"
+    return embed, dims, f"Matryoshka ReDimNet ({model_folder})", model.min_duration
 
 
-def sample_cohort_rows(rows, max_utts, seed):
-    """At most ``max_utts`` rows, sampled with a fixed seed (all when fewer)."""
+def sample_cohort_rows(rows, max_utts, seed, min_duration=0.0):
+    """At most ``max_utts`` rows of at least ``min_duration`` s, sampled with a fixed seed.
+
+    Returns ``(rows, n_too_short)``: shorter rows are left out of the cohort
+    (the model cannot embed them) and counted.
+
+    Example
+    -------
+    >>> rows = {"a": {"duration": "1.0"}, "b": {"duration": "0.2"}, "c": {"duration": 2}}
+    >>> kept, short = sample_cohort_rows(rows, None, 0, min_duration=0.5)
+    >>> sorted(kept), short
+    (['a', 'c'], 1)
+    """
+    long_enough = {k: r for k, r in rows.items() if float(r["duration"]) >= min_duration}
+    n_short = len(rows) - len(long_enough)
+    rows = long_enough
     keys = sorted(rows)
     if max_utts and len(keys) > max_utts:
         keys = sorted(random.Random(seed).sample(keys, int(max_utts)))
-    return {k: rows[k] for k in keys}
+    return {k: rows[k] for k in keys}, n_short
 
 
 def cohort_groups(ids, rows, cohort_type):
@@ -531,7 +549,7 @@ def run(hparams, device="cpu"):
     out = pathlib.Path(hparams["output_folder"])
     out.mkdir(parents=True, exist_ok=True)
     sr = int(hparams.get("sample_rate", 16000))
-    embed, dims, name = load_embedder(hparams, device)
+    embed, dims, name, min_duration = load_embedder(hparams, device)
     if hparams.get("dims"):
         bad = [d for d in hparams["dims"] if d not in dims]
         if bad:
@@ -554,14 +572,18 @@ def run(hparams, device="cpu"):
         torch.save({"ids": ids, "embeddings": emb, "dims": dims, "model": name},
                    out / "embeddings.pt")
 
-    cohort, groups = None, None
+    cohort, groups, n_short = None, None, 0
     norms = [k for k in (hparams.get("score_norm") or []) if k]
     unknown = [k for k in norms if k not in NORMS]
     if unknown:
         raise ValueError(f"score_norm entries must be in {NORMS}, got {unknown}")
     if hparams.get("train_csv") and norms:
-        crows = sample_cohort_rows(load_rows(hparams["train_csv"], data_folder),
-                                   hparams.get("cohort_max_utts"), hparams.get("seed", 1986))
+        crows, n_short = sample_cohort_rows(load_rows(hparams["train_csv"], data_folder),
+                                            hparams.get("cohort_max_utts"), hparams.get("seed", 1986),
+                                            min_duration)
+        if n_short:
+            logger.warning("cohort: %d train_csv rows shorter than the model's minimum of %.2f s "
+                           "left out", n_short, min_duration)
         cids, cohort = compute_embeddings(embed, crows, bs, nw, sr, desc="cohort embeddings")
         groups = cohort_groups(cids, crows, hparams.get("cohort_type", "speaker"))
         logger.info("cohort: %d utterances (%s)", cohort.shape[0], hparams.get("cohort_type"))
@@ -581,6 +603,7 @@ def run(hparams, device="cpu"):
     info = {"model": name, "trials": str(hparams["trials"]), "n_trials": int(len(labels)),
             "n_target": int(labels.sum()), "n_utterances": len(ids),
             "cohort_utterances": 0 if cohort is None else int(cohort.shape[0]),
+            "cohort_too_short": n_short,
             "cohort_speakers": None if groups is None else int(groups.max()) + 1,
             "cohort_type": hparams.get("cohort_type") if cohort is not None else None,
             "cohort_topk": int(hparams.get("cohort_topk", 300)), "dims": dims}
