@@ -6,11 +6,13 @@ speaker embeddings.
 
 The head can be initialised from a pretrained ReDimNet's own embedding layer
 (``BatchNorm1d`` on pooled statistics -> ``Linear`` -> optional ``BatchNorm1d``)
-plus a PCA rotation, see
-:meth:`MatryoshkaProjection.init_from_embedding_layer`.  After that
-initialisation the full-size output gives exactly the cosine scores of the
-pretrained embedding, and its prefixes are ordered by variance, so training
-starts from the backbone's accuracy instead of destroying it.
+plus a rotation, see :meth:`MatryoshkaProjection.init_from_embedding_layer`.
+After that initialisation the full-size output gives exactly the cosine
+scores of the pretrained embedding (a rotation preserves cosine), and its
+prefixes are the most informative subspaces of it: by variance
+(:func:`pca_rotation`) or, given speaker labels, by speaker discrimination
+(:func:`discriminant_rotation`). Training starts from the backbone's accuracy
+instead of destroying it.
 
 Authors
 -------
@@ -19,9 +21,16 @@ Authors
 import numbers
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["MatryoshkaProjection", "validate_mrl_dims", "default_mrl_dims"]
+__all__ = [
+    "MatryoshkaProjection",
+    "validate_mrl_dims",
+    "default_mrl_dims",
+    "pca_rotation",
+    "discriminant_rotation",
+]
 
 
 def default_mrl_dims(embed_dim):
@@ -116,6 +125,133 @@ def _is_int(value):
     return isinstance(value, numbers.Integral)
 
 
+def _deterministic_signs(axes):
+    """Flips each column so that its largest-magnitude entry is positive."""
+    idx = axes.abs().argmax(dim=0)
+    signs = torch.sign(axes[idx, torch.arange(axes.shape[1], device=axes.device)])
+    signs[signs == 0] = 1.0
+    return axes * signs[None, :]
+
+
+def pca_rotation(embeddings):
+    """Orthonormal axes of a set of embeddings, by decreasing variance.
+
+    Arguments
+    ---------
+    embeddings : torch.Tensor
+        ``[N, P]`` embeddings (N >= 2).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[P, P]`` rotation whose columns are the principal axes, sorted by
+        decreasing variance, each with its largest-magnitude entry positive.
+
+    Example
+    -------
+    >>> x = torch.tensor([[3.0, 0.1], [-3.0, -0.1], [3.0, -0.1], [-3.0, 0.1]])
+    >>> pca_rotation(x)
+    tensor([[1., 0.],
+            [0., 1.]])
+    """
+    centred = embeddings - embeddings.mean(dim=0, keepdim=True)
+    cov = centred.T @ centred / (embeddings.shape[0] - 1)
+    evals, evecs = torch.linalg.eigh(0.5 * (cov + cov.T))  # ascending
+    return _deterministic_signs(evecs[:, torch.argsort(evals, descending=True)])
+
+
+def discriminant_rotation(embeddings, labels, shrinkage=0.1):
+    """Orthonormal axes of a set of embeddings, by decreasing speaker discrimination.
+
+    On L2-normalised embeddings (what cosine scoring sees), the within-speaker
+    scatter ``S_w`` is shrunk towards a scaled identity,
+    ``(1 - shrinkage) S_w + shrinkage * trace(S_w) / P * I``, and the
+    directions maximising between-speaker over within-speaker scatter
+    (generalised eigenvectors, as in LDA) are orthonormalised in order, so
+    the first ``d`` axes span the ``d`` most discriminative directions for
+    every ``d``. Axes beyond the discriminant rank (at most
+    ``n_speakers - 1``) are completed by the principal axes of the remaining
+    subspace. Unlike LDA, the result is a rotation: the full-size cosine
+    scores do not change, only the order in which prefixes keep information.
+
+    Arguments
+    ---------
+    embeddings : torch.Tensor
+        ``[N, P]`` embeddings.
+    labels : torch.Tensor
+        ``[N]`` integer speaker labels, at least two speakers.
+    shrinkage : float
+        In ``[0, 1]``: 0 is plain LDA ordering (needs a non-singular
+        within-speaker scatter), 1 ignores the within-speaker scatter
+        (principal axes of the speaker means).
+
+    Returns
+    -------
+    torch.Tensor
+        ``[P, P]`` rotation (columns are the axes, each with its
+        largest-magnitude entry positive), in the dtype of ``embeddings``.
+
+    Raises
+    ------
+    ValueError
+        On bad shapes, fewer than two speakers, a shrinkage outside
+        ``[0, 1]`` or a singular within-speaker scatter with shrinkage 0.
+
+    Example
+    -------
+    >>> _ = torch.manual_seed(0)
+    >>> spk = torch.arange(6).repeat_interleave(20)
+    >>> centres = torch.zeros(6, 3)
+    >>> centres[:, 2] = torch.linspace(-1, 1, 6)   # speakers differ along axis 2
+    >>> x = centres[spk] + 0.05 * torch.randn(120, 3) * torch.tensor([1.0, 8.0, 1.0])
+    >>> x[:, 0] += 3.0                             # keeps the norms alike
+    >>> rot = discriminant_rotation(x.double(), spk)
+    >>> int(rot[:, 0].abs().argmax())    # first axis: the speaker axis, not the noisy one
+    2
+    >>> bool(torch.allclose(rot.T @ rot, torch.eye(3, dtype=rot.dtype)))
+    True
+    """
+    if not isinstance(embeddings, torch.Tensor) or embeddings.dim() != 2:
+        raise ValueError("embeddings must be a [N, P] torch.Tensor")
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1 or labels.shape[0] != embeddings.shape[0]:
+        raise ValueError(
+            f"labels must be a [N] tensor with N={embeddings.shape[0]} (one per embedding)"
+        )
+    if labels.is_floating_point() or labels.dtype == torch.bool:
+        raise ValueError(f"labels must hold integer speaker labels, got dtype {labels.dtype}")
+    if not 0.0 <= float(shrinkage) <= 1.0:
+        raise ValueError(f"shrinkage must be in [0, 1], got {shrinkage}")
+    classes, inverse, counts = torch.unique(labels.to(embeddings.device), return_inverse=True,
+                                            return_counts=True)
+    if len(classes) < 2:
+        raise ValueError("a discriminant ordering needs at least two speakers")
+    n, p = embeddings.shape
+    x = F.normalize(embeddings, dim=1)
+    counts = counts.to(x.dtype)
+    means = torch.zeros(len(classes), p, dtype=x.dtype, device=x.device).index_add_(0, inverse, x)
+    means = means / counts[:, None]
+    within = x - means[inverse]
+    between = means - x.mean(dim=0)
+    s_within = within.T @ within / n
+    s_between = (between * counts[:, None]).T @ between / n
+    eye = torch.eye(p, dtype=x.dtype, device=x.device)
+    s_within = (1 - shrinkage) * s_within + shrinkage * (s_within.trace() / p) * eye
+    chol, info = torch.linalg.cholesky_ex(0.5 * (s_within + s_within.T))
+    if info != 0:
+        raise ValueError("the within-speaker scatter is singular: use shrinkage > 0 "
+                         "or more utterances per speaker")
+    whiten = torch.linalg.solve_triangular(chol, eye, upper=False)
+    ratios, vecs = torch.linalg.eigh(whiten @ s_between @ whiten.T)
+    order = torch.argsort(ratios, descending=True)
+    ratios, directions = ratios[order], whiten.T @ vecs[:, order]
+    rank = min(int((ratios > 1e-9 * ratios[0].clamp_min(1e-30)).sum()), len(classes) - 1)
+    basis, _ = torch.linalg.qr(directions[:, :rank], mode="complete")
+    discriminant, complement = basis[:, :rank], basis[:, rank:]
+    if complement.shape[1] > 0:
+        complement = complement @ pca_rotation(x @ complement)
+    return _deterministic_signs(torch.cat([discriminant, complement], dim=1))
+
+
 class MatryoshkaProjection(nn.Module):
     """Projection of pooled statistics to nested (Matryoshka) embeddings.
 
@@ -161,9 +297,12 @@ class MatryoshkaProjection(nn.Module):
         self.embed_dim = int(embed_dim)
         self.norm = nn.BatchNorm1d(self.input_size)
         self.linear = nn.Linear(self.input_size, self.embed_dim)
-        #: eigenvalues (descending) of the PCA done by
-        #: :meth:`init_from_embedding_layer`, or None. Not saved in state_dict.
-        self.pca_eigenvalues = None
+        #: ordering chosen by :meth:`init_from_embedding_layer` (``"pca"``,
+        #: ``"discriminant"``) or None. Not saved in state_dict.
+        self.init_ordering = None
+        #: variance of the initialisation embeddings along each output axis
+        #: (for PCA: its eigenvalues), or None. Not saved in state_dict.
+        self.axis_variance = None
 
     def extra_repr(self):
         """Adds the nested sizes to ``repr``."""
@@ -246,27 +385,49 @@ class MatryoshkaProjection(nn.Module):
         return {d: emb[..., :d] for d in self.mrl_dims}
 
     # -------------------------------------------------------------- init
+    def _checked_stats(self, stats, device):
+        """``stats`` as a float64 ``[N, input_size]`` tensor on ``device`` (N >= 2, finite)."""
+        if not isinstance(stats, torch.Tensor):
+            raise ValueError(f"stats must be a torch.Tensor, got {type(stats).__name__}")
+        if stats.dim() == 3 and stats.shape[1] == 1:
+            stats = stats[:, 0, :]
+        elif stats.dim() == 3 and stats.shape[2] == 1:
+            stats = stats[:, :, 0]
+        if stats.dim() != 2 or stats.shape[1] != self.input_size:
+            raise ValueError(
+                f"stats must have shape [N, {self.input_size}], got {tuple(stats.shape)}"
+            )
+        if stats.shape[0] < 2:
+            raise ValueError(f"stats needs at least 2 rows, got {stats.shape[0]}")
+        stats = stats.detach().to(device=device, dtype=torch.float64)
+        if not torch.isfinite(stats).all():
+            raise ValueError("stats contains NaN or Inf")
+        return stats
+
     @torch.no_grad()
-    def init_from_embedding_layer(self, bn, linear, bn2=None, stats=None):
-        """Initialises from a pretrained embedding layer plus a PCA rotation.
+    def init_from_embedding_layer(self, bn, linear, bn2=None, stats=None, labels=None,
+                                  shrinkage=0.1):
+        """Initialises from a pretrained embedding layer plus a rotation.
 
         The pretrained layer computes ``e = bn2(linear(bn(s)))`` from pooled
         statistics ``s`` (ReDimNet's ``bn``, ``linear`` and optional ``bn2``).
         ``bn`` is copied into :attr:`norm`; ``bn2`` (its eval-mode affine map)
         and a rotation ``R`` are folded into :attr:`linear`
-        (``W' = R^T W``, ``b' = R^T b``). ``R`` holds, as columns, the
-        eigenvectors of the covariance of the pretrained embeddings of
-        ``stats`` (computed in eval mode, centred, float64), sorted by
-        descending eigenvalue, each with its largest-magnitude entry made
-        positive (deterministic signs). So in eval mode:
+        (``W' = R^T W``, ``b' = R^T b``). ``R`` is computed in float64 on the
+        pretrained embeddings of ``stats`` (eval mode):
 
-        * the full-size output equals ``R^T e``: identical cosine scores to
-          the pretrained embedding (a rotation preserves cosine);
-        * output coordinates are principal components, ordered by variance,
-          so each prefix keeps as much of the embedding as possible.
+        * without ``labels``: :func:`pca_rotation`, principal axes by
+          decreasing variance, so each prefix keeps as much of the embedding
+          as possible (the PCA truncation of the pretrained embedding);
+        * with ``labels`` (one speaker label per row of ``stats``):
+          :func:`discriminant_rotation`, axes by decreasing speaker
+          discrimination, so each prefix keeps the most speaker information.
+
+        Either way, in eval mode the full-size output equals ``R^T e``:
+        identical cosine scores to the pretrained embedding.
 
         If ``stats`` is None, no rotation is used (``R`` = identity): the
-        output is the pretrained embedding itself, without variance ordering.
+        output is the pretrained embedding itself, unordered.
         If ``embed_dim`` is larger than the pretrained embedding size ``P``,
         output dims ``P..embed_dim-1`` start at exactly zero (weights and
         bias), so the cosine is still preserved; they are free to learn.
@@ -281,17 +442,26 @@ class MatryoshkaProjection(nn.Module):
         bn2 : torch.nn.BatchNorm1d, optional
             Pretrained BatchNorm on the embedding (``P`` features).
         stats : torch.Tensor, optional
-            Pooled statistics ``[N, input_size]`` (N >= 2) to estimate the PCA.
+            Pooled statistics ``[N, input_size]`` (N >= 2) to estimate the
+            rotation.
+        labels : torch.Tensor, optional
+            ``[N]`` integer speaker labels of ``stats`` (at least two
+            speakers): discriminant ordering instead of PCA.
+        shrinkage : float
+            Within-speaker scatter shrinkage of the discriminant ordering
+            (see :func:`discriminant_rotation`; default 0.1).
 
         Returns
         -------
         MatryoshkaProjection
-            ``self``, for chaining.
+            ``self``, for chaining. :attr:`init_ordering` and
+            :attr:`axis_variance` describe the rotation.
 
         Raises
         ------
         ValueError
-            On size mismatches, ``embed_dim < P``, or bad ``stats``.
+            On size mismatches, ``embed_dim < P``, bad ``stats`` or
+            ``labels``, or ``labels`` without ``stats``.
 
         Example
         -------
@@ -365,39 +535,20 @@ class MatryoshkaProjection(nn.Module):
             bias = s2 * (bias - bn2.running_mean.detach().to(f64)) + t2
             weight = s2[:, None] * weight
 
-        # PCA rotation on the pretrained embeddings of `stats`
         if stats is None:
+            if labels is not None:
+                raise ValueError("labels were given without stats")
             rot = torch.eye(pdim, dtype=f64, device=weight.device)
-            self.pca_eigenvalues = None
+            self.init_ordering, self.axis_variance = None, None
         else:
-            if not isinstance(stats, torch.Tensor):
-                raise ValueError(f"stats must be a torch.Tensor, got {type(stats).__name__}")
-            if stats.dim() == 3 and stats.shape[1] == 1:
-                stats = stats[:, 0, :]
-            elif stats.dim() == 3 and stats.shape[2] == 1:
-                stats = stats[:, :, 0]
-            if stats.dim() != 2 or stats.shape[1] != self.input_size:
-                raise ValueError(
-                    f"stats must have shape [N, {self.input_size}], got {tuple(stats.shape)}"
-                )
-            if stats.shape[0] < 2:
-                raise ValueError(f"stats needs at least 2 rows for a PCA, got {stats.shape[0]}")
-            s = stats.detach().to(device=weight.device, dtype=f64)
-            if not torch.isfinite(s).all():
-                raise ValueError("stats contains NaN or Inf")
-            emb = (s * bn_scale + bn_shift) @ weight.T + bias
-            centred = emb - emb.mean(dim=0, keepdim=True)
-            cov = centred.T @ centred / (emb.shape[0] - 1)
-            cov = 0.5 * (cov + cov.T)
-            evals, evecs = torch.linalg.eigh(cov)  # ascending
-            order = torch.argsort(evals, descending=True)
-            evals, evecs = evals[order], evecs[:, order]
-            # deterministic signs: largest-|.| entry of each eigenvector positive
-            idx = evecs.abs().argmax(dim=0)
-            signs = torch.sign(evecs[idx, torch.arange(pdim, device=evecs.device)])
-            signs[signs == 0] = 1.0
-            rot = evecs * signs[None, :]
-            self.pca_eigenvalues = evals.clamp_min(0.0).to(torch.float32).cpu()
+            emb = (self._checked_stats(stats, weight.device) * bn_scale + bn_shift) @ weight.T + bias
+            if labels is None:
+                rot, self.init_ordering = pca_rotation(emb), "pca"
+            else:
+                rot = discriminant_rotation(emb, torch.as_tensor(labels), shrinkage)
+                self.init_ordering = "discriminant"
+            axes = (emb - emb.mean(dim=0)) @ rot
+            self.axis_variance = axes.var(dim=0).to(torch.float32).cpu()
 
         new_w = torch.zeros(self.embed_dim, self.input_size, dtype=f64, device=weight.device)
         new_b = torch.zeros(self.embed_dim, dtype=f64, device=weight.device)

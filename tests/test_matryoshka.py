@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speechbrain_mrl.matryoshka import MatryoshkaProjection, validate_mrl_dims
+from speechbrain_mrl.matryoshka import (MatryoshkaProjection, discriminant_rotation, pca_rotation,
+                                        validate_mrl_dims)
 
 
 def _cos(a):
@@ -60,7 +61,7 @@ def test_init_preserves_cosine(with_bn2, use_stats):
     assert torch.allclose(out.norm(dim=1), ref.norm(dim=1), rtol=1e-4, atol=1e-4)
     if not use_stats:  # identity rotation: the pretrained embedding itself
         assert torch.allclose(out, ref, atol=1e-4)
-        assert proj.pca_eigenvalues is None
+        assert proj.init_ordering is None and proj.axis_variance is None
 
 
 def test_prefix_variance_ordering():
@@ -75,10 +76,106 @@ def test_prefix_variance_ordering():
     cov = torch.cov(out.T)
     off = cov - torch.diag(torch.diag(cov))
     assert off.abs().max() < 1e-3 * var.max()
-    assert torch.allclose(proj.pca_eigenvalues.double(), var, rtol=1e-3, atol=1e-5)
+    assert proj.init_ordering == "pca"
+    assert torch.allclose(proj.axis_variance.double(), var, rtol=1e-3, atol=1e-5)
     # the ordering is not the trivial one of the pretrained embedding
     ref_var = _reference(bn, lin, bn2, stats).double().var(dim=0)
     assert var[:6].sum() > ref_var.sort(descending=True).values[:6].sum() - 1e-6
+
+
+def _identity_layer(dim):
+    """A pretrained bn -> linear that maps statistics to themselves (eval mode)."""
+    bn = torch.nn.BatchNorm1d(dim, eps=1e-12).eval()
+    lin = torch.nn.Linear(dim, dim)
+    with torch.no_grad():
+        lin.weight.copy_(torch.eye(dim))
+        lin.bias.zero_()
+    return bn, lin
+
+
+def _speakers(n_spk=8, per_spk=40, dim=24, utterance_seed=0):
+    """Embeddings whose speakers differ along dims 20-23 while dims 0-3 hold large
+    within-speaker noise: PCA ranks the noise first, a discriminant ordering the speakers.
+    The speakers are always the same; ``utterance_seed`` draws new utterances of them."""
+    labels = torch.arange(n_spk).repeat_interleave(per_spk)
+    centres = torch.zeros(n_spk, dim)
+    centres[:, 20:] = torch.randn(n_spk, 4, generator=torch.Generator().manual_seed(0))
+    g = torch.Generator().manual_seed(1000 + utterance_seed)
+    noise_scale = torch.full((dim,), 0.1)
+    noise_scale[:4] = 3.0
+    x = centres[labels] + torch.randn(len(labels), dim, generator=g) * noise_scale
+    x[:, 10] += 10.0  # a common offset keeps the norms alike
+    return x, labels
+
+
+def _energy(rot, cols, dims):
+    """Share of the first ``cols`` axes that lies in the coordinates ``dims``."""
+    return float((rot[dims, :cols] ** 2).sum() / cols)
+
+
+def _nearest_centroid_accuracy(train, train_lab, test, test_lab):
+    cen = torch.stack([F.normalize(train[train_lab == c], dim=1).mean(0) for c in train_lab.unique()])
+    pred = (F.normalize(test, dim=1) @ F.normalize(cen, dim=1).T).argmax(1)
+    return float((pred == test_lab).double().mean())
+
+
+def test_discriminant_ordering_ranks_speaker_axes_first():
+    x, labels = _speakers()
+    bn, lin = _identity_layer(24)
+    pca = MatryoshkaProjection(24, embed_dim=24, mrl_dims=[4, 24])
+    pca.init_from_embedding_layer(bn, lin, stats=x).eval()
+    disc = MatryoshkaProjection(24, embed_dim=24, mrl_dims=[4, 24])
+    disc.init_from_embedding_layer(bn, lin, stats=x, labels=labels).eval()
+    assert disc.init_ordering == "discriminant" and pca.init_ordering == "pca"
+    rot = disc.linear.weight.detach().double().T  # output axes as columns
+    assert _energy(rot, 4, slice(20, 24)) > 0.9
+    assert _energy(pca.linear.weight.detach().double().T, 4, slice(0, 4)) > 0.9
+    # a rotation: full-size cosine scores unchanged
+    test_x, test_lab = _speakers(utterance_seed=1)
+    with torch.no_grad():
+        out = disc(test_x)
+        assert (_cos(out) - _cos(test_x)).abs().max() < 1e-5
+        # on new utterances, 4-d prefixes identify speakers far better than PCA's
+        acc_disc = _nearest_centroid_accuracy(disc(x, 4), labels, disc(test_x, 4), test_lab)
+        acc_pca = _nearest_centroid_accuracy(pca(x, 4), labels, pca(test_x, 4), test_lab)
+    assert acc_disc > 0.9 and acc_pca < 0.6, (acc_disc, acc_pca)
+
+
+def test_discriminant_rotation_completes_by_variance():
+    """Past the discriminant rank (n_speakers - 1) the axes follow the remaining variance."""
+    x, labels = _speakers(n_spk=3)
+    rot = discriminant_rotation(x.double(), labels)
+    assert torch.allclose(rot.T @ rot, torch.eye(24, dtype=torch.float64), atol=1e-10)
+    z = F.normalize(x.double(), dim=1) @ rot
+    tail_var = z[:, 2:].var(dim=0)
+    assert (tail_var[1:] <= tail_var[:-1] * (1 + 1e-6) + 1e-12).all()
+    assert torch.equal(rot, discriminant_rotation(x.double(), labels))
+    # shrinkage 1 ignores the within-speaker scatter: principal axes of the speaker means
+    means = torch.stack([F.normalize(x.double(), dim=1)[labels == c].mean(0) for c in range(3)])
+    top = pca_rotation(means.repeat_interleave(40, dim=0))[:, :2]
+    both = discriminant_rotation(x.double(), labels, shrinkage=1.0)[:, :2]
+    assert torch.allclose((both.T @ top).abs(), torch.eye(2, dtype=torch.float64), atol=1e-6)
+
+
+def test_discriminant_errors():
+    x, labels = _speakers()
+    bn, lin = _identity_layer(24)
+    proj = MatryoshkaProjection(24, embed_dim=24, mrl_dims=[24])
+    with pytest.raises(ValueError, match="labels were given without stats"):
+        proj.init_from_embedding_layer(bn, lin, labels=labels)
+    with pytest.raises(ValueError, match="one per embedding"):
+        proj.init_from_embedding_layer(bn, lin, stats=x, labels=labels[:-1])
+    with pytest.raises(ValueError, match="integer speaker labels"):
+        proj.init_from_embedding_layer(bn, lin, stats=x, labels=labels.float())
+    with pytest.raises(ValueError, match="at least two speakers"):
+        proj.init_from_embedding_layer(bn, lin, stats=x, labels=torch.zeros_like(labels))
+    with pytest.raises(ValueError, match=r"shrinkage must be in \[0, 1\]"):
+        proj.init_from_embedding_layer(bn, lin, stats=x, labels=labels, shrinkage=1.5)
+    # two utterances per speaker in 24-d: singular within-speaker scatter without shrinkage
+    few, few_lab = x[:: 20], labels[:: 20]
+    with pytest.raises(ValueError, match="singular"):
+        proj.init_from_embedding_layer(bn, lin, stats=few, labels=few_lab, shrinkage=0.0)
+    proj.init_from_embedding_layer(bn, lin, stats=few, labels=few_lab, shrinkage=0.1)
 
 
 def test_init_is_deterministic():

@@ -6,6 +6,7 @@ plus interruption mid-epoch and resumption from the intra-epoch checkpoint.
 """
 import json
 import pathlib
+import time
 
 import pytest
 import torch
@@ -81,9 +82,22 @@ def test_frozen_backbone_untouched(demo_run):
 def test_mrl_stage_outputs_and_scoring(demo_run):
     brain, res = demo_run["mrl"]
     out = demo_run["out"]
-    assert set(res["test"]) == {4, 8, 16} and set(res["test_pca"]) == {4, 8, 16}
-    # the PCA-initialised head keeps the backbone's cosine scores at full size
-    assert res["test_pca"][16]["EER"] == pytest.approx(res["test_backbone"][16]["EER"], abs=1e-3)
+    assert set(res["test"]) == set(res["test_pca"]) == set(res["test_init"]) == {4, 8, 16}
+    # the PCA head and the (discriminant) initial head keep the backbone's cosine scores
+    # at full size: both are rotations of the backbone embedding
+    for split in ("test_pca", "test_init"):
+        assert res[split][16]["EER"] == pytest.approx(res["test_backbone"][16]["EER"], abs=1e-3)
+    from speechbrain_mrl.matryoshka import MatryoshkaProjection
+
+    heads = {}
+    for name in ("pca_head", "initial_head"):
+        heads[name] = MatryoshkaProjection(brain.modules.mrl_head.input_size, 16, [4, 8, 16])
+        heads[name].load_state_dict(torch.load(out / "mrl" / f"{name}.ckpt", weights_only=True))
+    stats = torch.randn(5, brain.modules.mrl_head.input_size)
+    with torch.no_grad():
+        pca_out, init_out = (heads[n].eval()(stats) for n in ("pca_head", "initial_head"))
+    assert torch.allclose(pca_out.norm(dim=1), init_out.norm(dim=1), rtol=1e-4)
+    assert not torch.allclose(pca_out, init_out, atol=1e-3)
     log = (out / "mrl" / "train_log.txt").read_text()
     assert "epoch: 0" in log and "epoch: 1" in log  # validated before the first epoch too
     model = out / "mrl" / "model"
@@ -94,11 +108,12 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
     # the demo scored the test trials with the scoring script, every size at once
     summary = demo_run["summary"]
     table = {k: {int(d): v for d, v in t.items()} for k, t in summary["table"].items()}
-    assert set(table["matryoshka"]) == set(table["pca"]) == {4, 8, 16}
+    assert set(table["matryoshka"]) == set(table["pca"]) == set(table["initial_head"]) == {4, 8, 16}
     assert set(table["backbone"]) == {16}
     for d in (4, 8, 16):
         assert table["matryoshka"][d]["EER"] == pytest.approx(res["test"][d]["EER"], abs=0.5)
         assert table["pca"][d]["EER"] == pytest.approx(res["test_pca"][d]["EER"], abs=0.5)
+        assert table["initial_head"][d]["EER"] == pytest.approx(res["test_init"][d]["EER"], abs=0.5)
     assert table["pca"][16]["EER"] == pytest.approx(table["backbone"][16]["EER"], abs=0.5)
     for name in ("summary.json", "results.md", "eer_vs_size.png"):
         assert (out / name).stat().st_size > 0
@@ -144,6 +159,26 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
     epoch2 = [s for e, s in seen if e == 2]
     assert epoch1 == list(range(3, 3 + len(epoch1))) and epoch2[0] == 1
     assert n_batches is None or len(epoch1) + 2 == n_batches == len(epoch2)
+
+
+def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
+    """final_checkpoint: last keeps the last epoch's weights, whatever the validation EER."""
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match="final_checkpoint must be"):
+        train.main(scratch_overrides(data, out, N_CLASSES, extra=["--final_checkpoint", "best"]))
+    assert not (out / "data").exists()  # refused before any preparation
+    train.main(scratch_overrides(data, out, N_CLASSES, epochs=3,
+                                 extra=["--final_checkpoint", "last", "--ckpt_num_to_keep", "3"]))
+    ckpts = {c.name: c for c in (out / "scratch" / "save").glob("CKPT+epoch*")}
+    assert set(ckpts) == {"CKPT+epoch1", "CKPT+epoch2", "CKPT+epoch3"}
+    last = torch.load(ckpts["CKPT+epoch3"] / "backbone.ckpt", weights_only=True)
+    from speechbrain_mrl.official import load_official_redimnet
+
+    exported = load_official_redimnet(str(out / "scratch" / "backbone.pt")).state_dict()
+    assert all(torch.equal(v, last[k]) for k, v in exported.items())
+    earlier = torch.load(ckpts["CKPT+epoch1"] / "backbone.ckpt", weights_only=True)
+    assert any(not torch.equal(v, earlier[k]) for k, v in exported.items() if v.is_floating_point())
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in (RECIPE / "hparams").glob("*.yaml")))
@@ -202,14 +237,25 @@ def test_extra_logger(kind, tmp_path, monkeypatch):
     else:
         runs = list((logs / "wandb").glob("offline-run-*/run-*.wandb"))
         assert len(runs) == 1
-        history = [r.history for r in wandb_records(runs[0]) if r.WhichOneof("record_type") == "history"]
-        rows = [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in h.item}
-                for h in history]
+        # wandb's service may still be writing the run file when finish() returns
+        deadline = time.monotonic() + 30
+        while True:
+            rows = wandb_history(runs[0])
+            if len(rows) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
         assert [r["epoch"] for r in rows] == [1, 2]
         assert all(0 <= r["valid/EER"] <= 100 and r["train/loss"] > 0 for r in rows)
     with pytest.raises(ValueError, match="extra_logger must be"):
         train.main(scratch_overrides(data, tmp_path / "o2", N_CLASSES,
                                      extra=["--extra_logger", "mlflow"]))
+
+
+def wandb_history(path):
+    """The history rows (``{"valid/EER": ..., "epoch": ...}``) of a wandb run file."""
+    history = [r.history for r in wandb_records(path) if r.WhichOneof("record_type") == "history"]
+    return [{"/".join(i.nested_key) or i.key: json.loads(i.value_json) for i in h.item}
+            for h in history]
 
 
 def wandb_records(path):

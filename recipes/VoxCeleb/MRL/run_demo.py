@@ -7,10 +7,11 @@
 3. freezes it and trains the Matryoshka head (``hparams/demo_mrl.yaml``);
 4. (optional) times one epoch of full fine-tuning (same run, backbone unfrozen);
 5. scores the demo trial list with ``speaker_verification_cosine.py`` at every
-   size for: the Matryoshka model, the frozen backbone's own embedding, and
-   PCA truncations of the backbone embedding (the PCA-initialised head before
-   training); prints an EER/minDCF table, writes ``summary.json``,
-   ``results.md`` and ``eer_vs_size.png``.
+   size for: the trained Matryoshka model, its untrained initialisation (the
+   discriminant rotation of the backbone embedding), PCA truncations of the
+   backbone embedding, and the frozen backbone's own embedding; prints an
+   EER/minDCF table, writes ``summary.json``, ``results.md`` and
+   ``eer_vs_size.png``.
 
 Usage::
 
@@ -68,17 +69,21 @@ def score(name, out_folder, prep, **model):
     return {int(d): {"EER": r["EER"], "minDCF": r["minDCF@0.01"]} for d, r in res.items()}
 
 
-def write_pca_model(mrl_out, pca_folder):
-    """Model folder with the initial (PCA-rotated) head = PCA truncations of the backbone."""
+def write_head_model(mrl_out, head_file, folder, note):
+    """Model folder of the trained model's backbone with another head saved by train.py.
+
+    ``pca_head.ckpt`` gives the PCA truncations of the backbone embedding,
+    ``initial_head.ckpt`` the untrained initial head.
+    """
     import torch
 
     from speechbrain_mrl.packaging import write_model_folder
 
     info = json.loads((mrl_out / "model" / "model_info.json").read_text())
-    head = torch.load(mrl_out / "initial_head.ckpt", weights_only=True)
+    head = torch.load(mrl_out / head_file, weights_only=True)
     lobe = torch.load(mrl_out / "model" / "embedding_model.ckpt", weights_only=True)
-    return write_model_folder(pca_folder, info["model_config"], lobe, head, info["embed_dim"],
-                              info["mrl_dims"], extra_info={"note": "PCA truncation baseline"})
+    return write_model_folder(folder, info["model_config"], lobe, head, info["embed_dim"],
+                              info["mrl_dims"], extra_info={"note": note})
 
 
 def plot(table, path):
@@ -89,9 +94,11 @@ def plot(table, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style in (("matryoshka", "o-"), ("pca", "s--")):
+    for name, style, label in (("matryoshka", "o-", "Matryoshka (trained)"),
+                               ("initial_head", "^:", "initial head (untrained)"),
+                               ("pca", "s--", "PCA truncation")):
         dims = sorted(table[name])
-        ax.plot(dims, [table[name][d]["EER"] for d in dims], style, label=name)
+        ax.plot(dims, [table[name][d]["EER"] for d in dims], style, label=label)
     for d, r in table["backbone"].items():
         ax.plot([d], [r["EER"]], "k*", markersize=12, label="frozen backbone")
     ax.axhline(BASELINE_EER, color="grey", ls=":", label="MFCC baseline")
@@ -166,10 +173,14 @@ def main(argv=None):
         f_extra = merge_overrides(shlex.split(a.mrl_overrides), f_extra)
         _, finetune = run_train("demo_mrl.yaml", args, f_extra)
 
-    write_pca_model(out / "mrl", out / "pca_model")
+    write_head_model(out / "mrl", "pca_head.ckpt", out / "pca_model", "PCA truncation baseline")
+    write_head_model(out / "mrl", "initial_head.ckpt", out / "initial_head_model",
+                     "untrained initial head")
     scores = out / "scoring"
     table = {
         "matryoshka": score("matryoshka", scores, prep, model_folder=str(out / "mrl" / "model")),
+        "initial_head": score("initial_head", scores, prep,
+                              model_folder=str(out / "initial_head_model")),
         "pca": score("pca", scores, prep, model_folder=str(out / "pca_model")),
         "backbone": score("backbone", scores, prep, official_checkpoint=str(backbone)),
     }
@@ -183,14 +194,14 @@ def main(argv=None):
         times["speedup_frozen_vs_finetune"] = finetune["epoch_times_s"][0] / frozen_epoch
 
     full = max(table["matryoshka"])
-    lines = ["| size | Matryoshka EER % | minDCF | PCA-truncated backbone EER % | minDCF |",
-             "|---:|---:|---:|---:|---:|"]
+    columns = ("matryoshka", "initial_head", "pca")
+    lines = ["| size | Matryoshka EER % (minDCF) | untrained initial head | PCA-truncated backbone |",
+             "|---:|---:|---:|---:|"]
     for d in sorted(table["matryoshka"]):
-        m, q = table["matryoshka"][d], table["pca"].get(d, {})
-        lines.append(f"| {d} | {m['EER']:.2f} | {m['minDCF']:.3f} | {q.get('EER', float('nan')):.2f}"
-                     f" | {q.get('minDCF', float('nan')):.3f} |")
+        cells = [f"{table[c][d]['EER']:.2f} ({table[c][d]['minDCF']:.4f})" for c in columns]
+        lines.append(f"| {d} | " + " | ".join(cells) + " |")
     for d, r in table["backbone"].items():
-        lines.append(f"| backbone ({d}) | {r['EER']:.2f} | {r['minDCF']:.3f} | | |")
+        lines.append(f"| frozen backbone's own embedding ({d}) | {r['EER']:.2f} ({r['minDCF']:.4f}) | | |")
     m_full = table["matryoshka"][full]["EER"]
     b_full = next(iter(table["backbone"].values()))["EER"]
     d64 = 64 if 64 in table["matryoshka"] else sorted(table["matryoshka"])[0]

@@ -8,16 +8,22 @@ Two kinds of run, chosen by the hparams file:
   statistics never move, run under ``torch.no_grad()``); only the Matryoshka
   head (:class:`speechbrain_mrl.MatryoshkaProjection`) and the per-size
   classifiers of :class:`speechbrain_mrl.MatryoshkaAAMLoss` train. The head is
-  initialised from the backbone's own embedding layer plus a PCA rotation and
-  the classifiers from speaker centroids, so training starts from the
-  backbone's accuracy. ``unfreeze_epoch`` optionally unfreezes the backbone
-  (learning rate ``lr * backbone_lr_factor``) from that epoch on.
+  initialised from the backbone's own embedding layer plus a rotation
+  (``init_ordering``: ``discriminant``, axes ordered by speaker discrimination
+  on clean and ``init_augment_passes`` augmented passes over the init crops,
+  or ``pca``) and the classifiers from speaker centroids, so training starts
+  from the backbone's accuracy. ``unfreeze_epoch`` optionally unfreezes the
+  backbone (learning rate ``lr * backbone_lr_factor``) from that epoch on.
 * ``train_backbone: True`` (``scratch_redimnet.yaml``): the whole ReDimNet is
   trained from scratch with AAM, optionally with the Matryoshka head from the
   start (``use_mrl_head: True``).
 
 Validation (also before the first epoch) computes the EER of every Matryoshka
-size on a verification list and keeps the checkpoint with the best mean EER.
+size on a verification list. The final model is the checkpoint with the best
+mean EER (``final_checkpoint: best_valid``, the frozen-backbone stage, where
+the initial head is a candidate) or the last epoch's (``last``, training from
+scratch under a decaying learning rate, where a small validation list cannot
+rank epochs reliably).
 At the end, ``<output_folder>/model/`` is written with
 ``speechbrain_mrl.packaging.write_model_folder`` including per-size EER
 thresholds calibrated on the validation trials.
@@ -355,38 +361,66 @@ class MRLBrain(sb.core.Brain):
 
     # ----------------------------------------------------------- helpers
     @torch.no_grad()
-    def collect(self, loader, source="model", stats=False, max_batches=None):
-        """Embeddings (or pooled statistics) and labels of every item of a loader (eval mode)."""
+    def collect(self, loader, source="model", stats=False, augment=False):
+        """Embeddings (or pooled statistics) and labels of every item of a loader (eval mode).
+
+        ``augment``: the waveforms go through ``wav_augment`` first (the labels
+        are replicated to match); the IDs are those of the loader's items.
+        """
         self.modules.eval()
         out, labels, ids = [], [], []
-        for n, batch in enumerate(loader):
-            if max_batches is not None and n >= max_batches:
-                break
+        for batch in loader:
             batch = batch.to(self.device)
             wavs, lens = batch.sig
+            if augment:
+                wavs, lens = self.hparams.wav_augment(wavs, lens)
             if stats:
                 out.append(pool(self.modules.backbone, wavs, lens).cpu())
             else:
                 out.append(self.embed(wavs, lens, source=source).cpu())
             if hasattr(batch, "spk_id_encoded"):
-                labels.append(batch.spk_id_encoded.data.reshape(-1).cpu())
+                lab = batch.spk_id_encoded.data.reshape(-1)
+                if augment:
+                    lab = self.hparams.wav_augment.replicate_labels(lab)
+                labels.append(lab.cpu())
             ids.extend(batch.id)
         return torch.cat(out), (torch.cat(labels) if labels else None), ids
 
     @torch.no_grad()
     def init_head(self, init_loader):
-        """Head from the backbone's embedding layer + PCA; classifiers from speaker centroids."""
+        """Head from the backbone's embedding layer + a rotation; classifiers from speaker centroids.
+
+        ``init_ordering``: ``discriminant`` (speaker-discriminant axes estimated on
+        the clean init crops plus ``init_augment_passes`` augmented passes, with
+        ``init_shrinkage``) or ``pca`` (principal axes of the clean crops). The
+        PCA head, the baseline a Matryoshka head must beat (PCA truncation of the
+        backbone embedding), is kept in :attr:`pca_head_state` either way.
+        """
+        ordering = self.hparams.init_ordering
+        if ordering not in ("discriminant", "pca"):
+            raise ValueError(f"init_ordering must be 'discriminant' or 'pca', got {ordering!r}")
         stats, labels, _ = self.collect(init_loader, stats=True)
         model = unwrap(self.modules.backbone).embedding_model
         head = unwrap(self.modules.mrl_head)
-        head.init_from_embedding_layer(model.bn, model.linear, model.bn2, stats=stats)
+        layer = (model.bn, model.linear, model.bn2)
+        head.init_from_embedding_layer(*layer, stats=stats)
+        self.pca_head_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+        n_rows = stats.shape[0]
+        if ordering == "discriminant":
+            passes = [self.collect(init_loader, stats=True, augment=True)[:2]
+                      for _ in range(self.hparams.init_augment_passes)]
+            all_stats = torch.cat([stats] + [s for s, _ in passes])
+            all_labels = torch.cat([labels] + [lab for _, lab in passes])
+            head.init_from_embedding_layer(*layer, stats=all_stats, labels=all_labels,
+                                           shrinkage=self.hparams.init_shrinkage)
+            n_rows = all_stats.shape[0]
         head.eval()
         emb = head(stats.to(self.device)).cpu()
         loss = unwrap(self.modules.loss)
         centroids, counts = class_centroids(emb, labels, loss.n_classes)
         loss.init_classifiers_from_centroids(centroids)
-        logger.info("head initialised from the backbone (PCA on %d crops); %d/%d speaker "
-                    "centroids", stats.shape[0], int((counts > 0).sum()), loss.n_classes)
+        logger.info("head initialised from the backbone (%s ordering on %d crops); %d/%d speaker "
+                    "centroids", ordering, n_rows, int((counts > 0).sum()), loss.n_classes)
 
     @torch.no_grad()
     def init_classifiers(self, init_loader):
@@ -672,6 +706,9 @@ def main(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
+    if hparams["final_checkpoint"] not in ("best_valid", "last"):
+        raise ValueError("final_checkpoint must be 'best_valid' or 'last', "
+                         f"got {hparams['final_checkpoint']!r}")
     prepare_data(hparams)
     datasets = dataio_prep(hparams)
     n_classes = len(datasets["label_encoder"])
@@ -710,14 +747,17 @@ def main(argv):
     if fresh and brain.uses_head and if_main_process():
         torch.save(unwrap(brain.modules.mrl_head).state_dict(),
                    os.path.join(hparams["output_folder"], "initial_head.ckpt"))
+        if hparams["init_head_from_backbone"]:
+            torch.save(brain.pca_head_state, os.path.join(hparams["output_folder"], "pca_head.ckpt"))
 
     brain.fit(hparams["epoch_counter"], datasets["train"], datasets["valid"],
               train_loader_kwargs=dict(loader_kw, shuffle=True, drop_last=True),
               valid_loader_kwargs=loader_kw)
 
-    # best checkpoint -> thresholds -> model folder (+ test results)
+    # final model (best mean validation EER, or the last epoch) -> thresholds -> model folder
     if brain.checkpointer is not None:
-        brain.checkpointer.recover_if_possible(min_key="EER")
+        best = hparams["final_checkpoint"] == "best_valid"
+        brain.checkpointer.recover_if_possible(min_key="EER" if best else None)
     valid_loader = sb.dataio.dataloader.make_dataloader(datasets["valid"], **loader_kw)
     val = brain.evaluate_trials([valid_loader], datasets["valid_trials"])
     thresholds = {d: m["threshold"] for d, m in val.items()}
@@ -731,14 +771,19 @@ def main(argv):
             results["test_backbone"] = brain.evaluate_trials(
                 loaders, datasets["test_trials"], source="backbone",
                 dims=[unwrap(brain.modules.backbone).embed_dim])
-            # PCA truncation of the backbone embedding == the initial (PCA-rotated) head
-            init_path = os.path.join(hparams["output_folder"], "initial_head.ckpt")
-            if os.path.isfile(init_path):
-                head = unwrap(brain.modules.mrl_head)
-                trained = {k: v.clone() for k, v in head.state_dict().items()}
-                head.load_state_dict(torch.load(init_path, weights_only=True))
-                results["test_pca"] = brain.evaluate_trials(loaders, datasets["test_trials"])
-                head.load_state_dict(trained)
+        if brain.uses_head and hparams["init_head_from_backbone"]:
+            # baselines: PCA truncation of the backbone embedding (the PCA-rotated head)
+            # and the untrained initial head, when it is not the PCA one
+            head = unwrap(brain.modules.mrl_head)
+            trained = {k: v.clone() for k, v in head.state_dict().items()}
+            baselines = {"test_pca": "pca_head.ckpt"}
+            if hparams["init_ordering"] != "pca":
+                baselines["test_init"] = "initial_head.ckpt"
+            for split, name in baselines.items():
+                head.load_state_dict(torch.load(os.path.join(hparams["output_folder"], name),
+                                                weights_only=True))
+                results[split] = brain.evaluate_trials(loaders, datasets["test_trials"])
+            head.load_state_dict(trained)
     if if_main_process():
         if hparams["train_backbone"] and hparams.get("export_backbone"):
             export_backbone(brain.modules.backbone, hparams["export_backbone"])
@@ -750,7 +795,7 @@ def main(argv):
                 "n_train_speakers": n_classes,
                 "train_annotation": hparams["train_annotation"],
                 "frozen_backbone": not hparams["train_backbone"]})
-        for split in ("valid", "test", "test_pca", "test_backbone"):
+        for split in ("valid", "test", "test_init", "test_pca", "test_backbone"):
             if split in results:
                 logger.info("%s: %s", split, {d: round(m["EER"], 2) for d, m in
                                                results[split].items()})
