@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from recipe_data import RECIPE, demo_args, make_speech_commands, scratch_overrides
+from recipe_data import RECIPE, demo_args, make_speech_commands, mrl_overrides, scratch_overrides
 
 import run_demo  # noqa: E402  (recipe folder on sys.path via recipe_data)
 import train  # noqa: E402
@@ -165,9 +165,19 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     """final_checkpoint: last keeps the last epoch's weights, whatever the validation EER."""
     data = make_speech_commands(tmp_path / "data")
     out = tmp_path / "out"
-    with pytest.raises(ValueError, match="final_checkpoint must be"):
+    with pytest.raises(ValueError, match="final_checkpoint must be one of"):
         train.main(scratch_overrides(data, out, N_CLASSES, extra=["--final_checkpoint", "best"]))
     assert not (out / "data").exists()  # refused before any preparation
+    import yaml
+
+    from recipe_data import TINY_REDIMNET
+    from speechbrain_mrl.official import ReDimNetEncoder
+
+    backbone = train.export_backbone(ReDimNetEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),
+                                     tmp_path / "tiny.pt")
+    with pytest.raises(ValueError, match="init_ordering must be one of"):
+        train.main(mrl_overrides(data, out, N_CLASSES, backbone, extra=["--init_ordering", "lda"]))
+    assert not (out / "data").exists()
     train.main(scratch_overrides(data, out, N_CLASSES, epochs=3,
                                  extra=["--final_checkpoint", "last", "--ckpt_num_to_keep", "3"]))
     ckpts = {c.name: c for c in (out / "scratch" / "save").glob("CKPT+epoch*")}

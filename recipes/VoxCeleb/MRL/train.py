@@ -397,8 +397,6 @@ class MRLBrain(sb.core.Brain):
         backbone embedding), is kept in :attr:`pca_head_state` either way.
         """
         ordering = self.hparams.init_ordering
-        if ordering not in ("discriminant", "pca"):
-            raise ValueError(f"init_ordering must be 'discriminant' or 'pca', got {ordering!r}")
         stats, labels, _ = self.collect(init_loader, stats=True)
         model = unwrap(self.modules.backbone).embedding_model
         head = unwrap(self.modules.mrl_head)
@@ -696,6 +694,16 @@ def make_extra_logger(hparams):
     raise ValueError(f"extra_logger must be wandb, tensorboard or null, got {kind!r}")
 
 
+def check_choices(hparams):
+    """Refuses unknown option values before anything is prepared or trained."""
+    choices = {"final_checkpoint": ("best_valid", "last")}
+    if hparams["init_head_from_backbone"]:
+        choices["init_ordering"] = ("discriminant", "pca")
+    for key, allowed in choices.items():
+        if hparams[key] not in allowed:
+            raise ValueError(f"{key} must be one of {allowed}, got {hparams[key]!r}")
+
+
 def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     sb.utils.distributed.ddp_init_group(run_opts)  # torchrun: one process per device
@@ -706,9 +714,7 @@ def main(argv):
         hyperparams_to_save=hparams_file,
         overrides=overrides,
     )
-    if hparams["final_checkpoint"] not in ("best_valid", "last"):
-        raise ValueError("final_checkpoint must be 'best_valid' or 'last', "
-                         f"got {hparams['final_checkpoint']!r}")
+    check_choices(hparams)
     prepare_data(hparams)
     datasets = dataio_prep(hparams)
     n_classes = len(datasets["label_encoder"])
