@@ -94,7 +94,7 @@ def plot(table, path):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name, style, label in (("matryoshka", "o-", "Matryoshka (trained)"),
+    for name, style, label in (("matryoshka", "o-", "Matryoshka model (kept checkpoint)"),
                                ("initial_head", "^:", "initial head (untrained)"),
                                ("pca", "s--", "PCA truncation")):
         dims = sorted(table[name])
@@ -103,6 +103,10 @@ def plot(table, path):
         ax.plot([d], [r["EER"]], "k*", markersize=12, label="frozen backbone")
     ax.axhline(BASELINE_EER, color="grey", ls=":", label="MFCC baseline")
     ax.axhline(BASELINE_EER / 2, color="red", ls=":", label="target (baseline / 2)")
+    sizes = sorted(table["matryoshka"])
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(sizes, [str(d) for d in sizes])
+    ax.minorticks_off()
     ax.set_xlabel("embedding size")
     ax.set_ylabel("EER (%)")
     ax.set_title("Speech Commands demo trials")
