@@ -480,10 +480,8 @@ def sample_cohort_rows(rows, max_utts, seed, min_duration=0.0):
     >>> sorted(kept), short
     (['a', 'c'], 1)
     """
-    long_enough = {k: r for k, r in rows.items() if float(r["duration"]) >= min_duration}
-    n_short = len(rows) - len(long_enough)
-    rows = long_enough
-    keys = sorted(rows)
+    keys = sorted(k for k, r in rows.items() if float(r["duration"]) >= min_duration)
+    n_short = len(rows) - len(keys)
     if max_utts and len(keys) > max_utts:
         keys = sorted(random.Random(seed).sample(keys, int(max_utts)))
     return {k: rows[k] for k in keys}, n_short

@@ -173,19 +173,15 @@ class MRLBrain(sb.core.Brain):
     def _backbone_ctx(self):
         return torch.no_grad() if self.backbone_frozen else contextlib.nullcontext()
 
-    def embed(self, wavs, lens, source="model"):
-        """Full-size embeddings ``[B, D]`` of a batch.
-
-        ``source``: ``model`` (head if there is one, else the backbone's own
-        embedding layer) or ``backbone`` (always the backbone's own layer).
-        """
+    def embed(self, wavs, lens):
+        """Full-size embeddings ``[B, D]`` of a batch (the head's, or the backbone's own)."""
         backbone = self.modules.backbone
         with self._backbone_ctx():
-            if self.uses_head and source == "model":
+            if self.uses_head:
                 stats = pool(backbone, wavs, lens)
             else:
                 emb = backbone(wavs, lens)
-        if self.uses_head and source == "model":
+        if self.uses_head:
             return self.modules.mrl_head(stats)
         return emb.reshape(emb.shape[0], -1)
 
@@ -361,7 +357,7 @@ class MRLBrain(sb.core.Brain):
 
     # ----------------------------------------------------------- helpers
     @torch.no_grad()
-    def collect(self, loader, source="model", stats=False, augment=False):
+    def collect(self, loader, stats=False, augment=False):
         """Embeddings (or pooled statistics) and labels of every item of a loader (eval mode).
 
         ``augment``: the waveforms go through ``wav_augment`` first (the labels
@@ -377,7 +373,7 @@ class MRLBrain(sb.core.Brain):
             if stats:
                 out.append(pool(self.modules.backbone, wavs, lens).cpu())
             else:
-                out.append(self.embed(wavs, lens, source=source).cpu())
+                out.append(self.embed(wavs, lens).cpu())
             if hasattr(batch, "spk_id_encoded"):
                 lab = batch.spk_id_encoded.data.reshape(-1)
                 if augment:
@@ -428,14 +424,46 @@ class MRLBrain(sb.core.Brain):
         centroids, _ = class_centroids(emb, labels, loss.n_classes)
         loss.init_classifiers_from_centroids(centroids)
 
-    def evaluate_trials(self, loaders, trials, source="model", dims=None):
+    def evaluate_trials(self, loaders, trials):
         """Metrics of a trial list for every size; ``loaders`` give the needed IDs."""
         embs = {}
         for loader in loaders:
-            e, _, ids = self.collect(loader, source=source)
+            e, _, ids = self.collect(loader)
             embs.update(zip(ids, e))
-        dims = dims or self.mrl_dims
-        return verification_metrics(embs, trials, dims)
+        return verification_metrics(embs, trials, self.mrl_dims)
+
+    @torch.no_grad()
+    def test_metrics(self, loaders, trials, baseline_heads=()):
+        """Test metrics of the final model and of its baselines, from one backbone pass.
+
+        Without a head: ``{"test": ...}``. With a head, the pooled statistics of
+        the loaders' items also give ``test_backbone`` (the backbone's own
+        embedding) and one split per ``(split, head_state_dict)`` of
+        ``baseline_heads``, the same head with those weights.
+        """
+        if not self.uses_head:
+            return {"test": self.evaluate_trials(loaders, trials)}
+        stats, ids = [], []
+        for loader in loaders:
+            s, _, i = self.collect(loader, stats=True)
+            stats.append(s)
+            ids.extend(i)
+        stats = torch.cat(stats)
+
+        def metrics(embed_fn, dims):
+            emb = torch.cat([embed_fn(chunk.to(self.device)).cpu() for chunk in stats.split(4096)])
+            return verification_metrics(dict(zip(ids, emb)), trials, dims)
+
+        head = unwrap(self.modules.mrl_head)
+        backbone = unwrap(self.modules.backbone)
+        out = {"test": metrics(head, self.mrl_dims),
+               "test_backbone": metrics(backbone.embedding_model.embed, [backbone.embed_dim])}
+        trained = {k: v.clone() for k, v in head.state_dict().items()}
+        for split, state in baseline_heads:
+            head.load_state_dict(state)
+            out[split] = metrics(head, self.mrl_dims)
+        head.load_state_dict(trained)
+        return out
 
 
 # --------------------------------------------------------------------- data
@@ -772,24 +800,16 @@ def main(argv):
     if "test_trials" in datasets:
         loaders = [sb.dataio.dataloader.make_dataloader(datasets[k], **loader_kw)
                    for k in ("enrol", "test")]
-        results["test"] = brain.evaluate_trials(loaders, datasets["test_trials"])
-        if brain.uses_head:
-            results["test_backbone"] = brain.evaluate_trials(
-                loaders, datasets["test_trials"], source="backbone",
-                dims=[unwrap(brain.modules.backbone).embed_dim])
+        # baselines: PCA truncation of the backbone embedding (the PCA-rotated head)
+        # and the untrained initial head, when it is not the PCA one
+        baselines = {}
         if brain.uses_head and hparams["init_head_from_backbone"]:
-            # baselines: PCA truncation of the backbone embedding (the PCA-rotated head)
-            # and the untrained initial head, when it is not the PCA one
-            head = unwrap(brain.modules.mrl_head)
-            trained = {k: v.clone() for k, v in head.state_dict().items()}
-            baselines = {"test_pca": "pca_head.ckpt"}
+            baselines["test_pca"] = "pca_head.ckpt"
             if hparams["init_ordering"] != "pca":
                 baselines["test_init"] = "initial_head.ckpt"
-            for split, name in baselines.items():
-                head.load_state_dict(torch.load(os.path.join(hparams["output_folder"], name),
-                                                weights_only=True))
-                results[split] = brain.evaluate_trials(loaders, datasets["test_trials"])
-            head.load_state_dict(trained)
+        heads = [(split, torch.load(os.path.join(hparams["output_folder"], name), weights_only=True))
+                 for split, name in baselines.items()]
+        results.update(brain.test_metrics(loaders, datasets["test_trials"], heads))
     if if_main_process():
         if hparams["train_backbone"] and hparams.get("export_backbone"):
             export_backbone(brain.modules.backbone, hparams["export_backbone"])
