@@ -125,6 +125,33 @@ def _is_int(value):
     return isinstance(value, numbers.Integral)
 
 
+def check_target_dim(target_dim, embed_dim):
+    """``target_dim`` as an int in ``[1, embed_dim]`` (None: ``embed_dim``).
+
+    Raises
+    ------
+    ValueError
+        For a non-integer (floats and bools included) or out-of-range size.
+
+    Example
+    -------
+    >>> check_target_dim(None, 16), check_target_dim(torch.tensor(4), 16)
+    (16, 4)
+    >>> check_target_dim(17, 16)
+    Traceback (most recent call last):
+     ...
+    ValueError: target_dim must be in [1, 16] (embed_dim), got 17
+    """
+    if target_dim is None:
+        return int(embed_dim)
+    if not _is_int(target_dim):
+        raise ValueError(f"target_dim must be an int or None, got {target_dim!r}")
+    target_dim = int(target_dim)
+    if target_dim <= 0 or target_dim > embed_dim:
+        raise ValueError(f"target_dim must be in [1, {embed_dim}] (embed_dim), got {target_dim}")
+    return target_dim
+
+
 def _deterministic_signs(axes):
     """Flips each column so that its largest-magnitude entry is positive."""
     idx = axes.abs().argmax(dim=0)
@@ -269,10 +296,8 @@ class MatryoshkaProjection(nn.Module):
         ``embed_dim``. Default: quarters of ``embed_dim``
         (``[64, 128, 192, 256]`` for 256).
 
-    Inputs accepted by :meth:`forward` / :meth:`all_dims`: ``[B, input_size]``
-    (output ``[B, d]``), ``[B, 1, input_size]`` (output ``[B, 1, d]``,
-    SpeechBrain's embedding layout) or ``[B, input_size, 1]`` (the layout of
-    SpeechBrain's pooling layers; output ``[B, 1, d]``).
+    :meth:`forward` and :meth:`all_dims` take ``[B, input_size]`` and give
+    ``[B, d]`` (the package's shape convention).
 
     Example
     -------
@@ -282,8 +307,6 @@ class MatryoshkaProjection(nn.Module):
     torch.Size([5, 16])
     >>> proj(x, target_dim=8).shape
     torch.Size([5, 8])
-    >>> proj(x.unsqueeze(1), target_dim=4).shape
-    torch.Size([5, 1, 4])
     >>> {d: e.shape[-1] for d, e in proj.all_dims(x).items()}
     {4: 4, 8: 8, 16: 16}
     """
@@ -309,41 +332,15 @@ class MatryoshkaProjection(nn.Module):
         return f"input_size={self.input_size}, embed_dim={self.embed_dim}, mrl_dims={self.mrl_dims}"
 
     # ------------------------------------------------------------------ forward
-    def _check_target_dim(self, target_dim):
-        if target_dim is None:
-            return self.embed_dim
-        if not _is_int(target_dim):
-            raise ValueError(f"target_dim must be an int or None, got {target_dim!r}")
-        target_dim = int(target_dim)
-        if target_dim <= 0 or target_dim > self.embed_dim:
-            raise ValueError(
-                f"target_dim must be in [1, {self.embed_dim}] (embed_dim), got {target_dim}"
-            )
-        return target_dim
-
     def _project(self, x):
-        """Full-size projection; returns (embedding [B, embed_dim], keep_1)."""
+        """Full-size projection ``[B, embed_dim]`` of pooled statistics ``[B, input_size]``."""
         if not isinstance(x, torch.Tensor):
             raise ValueError(f"expected a torch.Tensor, got {type(x).__name__}")
-        keep_1 = False
-        if x.dim() == 2:
-            pass
-        elif x.dim() == 3 and x.shape[1] == 1 and x.shape[2] == self.input_size:
-            x = x[:, 0, :]
-            keep_1 = True
-        elif x.dim() == 3 and x.shape[2] == 1 and x.shape[1] == self.input_size:
-            x = x[:, :, 0]
-            keep_1 = True
-        else:
+        if x.dim() != 2 or x.shape[1] != self.input_size:
             raise ValueError(
-                "expected pooled statistics of shape [B, D], [B, 1, D] or [B, D, 1] "
-                f"with D={self.input_size}, got {tuple(x.shape)}"
+                f"expected pooled statistics of shape [B, {self.input_size}], got {tuple(x.shape)}"
             )
-        if x.shape[-1] != self.input_size:
-            raise ValueError(
-                f"expected input_size={self.input_size} features, got {tuple(x.shape)}"
-            )
-        return self.linear(self.norm(x)), keep_1
+        return self.linear(self.norm(x))
 
     def forward(self, x, target_dim=None):
         """Embeds pooled statistics and returns the size-``target_dim`` prefix.
@@ -351,7 +348,7 @@ class MatryoshkaProjection(nn.Module):
         Arguments
         ---------
         x : torch.Tensor
-            Pooled statistics ``[B, D]``, ``[B, 1, D]`` or ``[B, D, 1]``.
+            Pooled statistics ``[B, input_size]``.
         target_dim : int, optional
             Prefix size in ``[1, embed_dim]`` (need not be in ``mrl_dims``,
             though only those sizes are trained). None: full size.
@@ -359,12 +356,9 @@ class MatryoshkaProjection(nn.Module):
         Returns
         -------
         torch.Tensor
-            ``[B, target_dim]`` for 2-D input, ``[B, 1, target_dim]`` otherwise.
+            ``[B, target_dim]``.
         """
-        d = self._check_target_dim(target_dim)
-        emb, keep_1 = self._project(x)
-        emb = emb[:, :d]
-        return emb.unsqueeze(1) if keep_1 else emb
+        return self._project(x)[:, :check_target_dim(target_dim, self.embed_dim)]
 
     def all_dims(self, x):
         """Returns every Matryoshka size from one forward pass.
@@ -379,20 +373,14 @@ class MatryoshkaProjection(nn.Module):
         dict of int to torch.Tensor
             ``{d: prefix}`` for every ``d`` in ``mrl_dims`` (views of one tensor).
         """
-        emb, keep_1 = self._project(x)
-        if keep_1:
-            emb = emb.unsqueeze(1)
-        return {d: emb[..., :d] for d in self.mrl_dims}
+        emb = self._project(x)
+        return {d: emb[:, :d] for d in self.mrl_dims}
 
     # -------------------------------------------------------------- init
     def _checked_stats(self, stats, device):
         """``stats`` as a float64 ``[N, input_size]`` tensor on ``device`` (N >= 2, finite)."""
         if not isinstance(stats, torch.Tensor):
             raise ValueError(f"stats must be a torch.Tensor, got {type(stats).__name__}")
-        if stats.dim() == 3 and stats.shape[1] == 1:
-            stats = stats[:, 0, :]
-        elif stats.dim() == 3 and stats.shape[2] == 1:
-            stats = stats[:, :, 0]
         if stats.dim() != 2 or stats.shape[1] != self.input_size:
             raise ValueError(
                 f"stats must have shape [N, {self.input_size}], got {tuple(stats.shape)}"

@@ -3,10 +3,12 @@
 A released file ``{model}-{dataset}-{train_type}.pt`` (e.g. ``b2-vox2-ptn.pt``)
 is a dict ``{'model_config': ..., 'state_dict': ...}`` holding the keyword
 arguments and the state dict of the official ``ReDimNetWrap``.
-:func:`load_official_redimnet` builds a :class:`ReDimNetEncoder` from the
-file's own config and checks that every tensor is present and fits. The lobe's
-state-dict keys are the official ones; the front-end buffers ``spec.*`` map
-to :class:`ReDimNetFbank` buffers (:data:`SPEC_KEY_MAP`).
+:func:`load_official_redimnet` builds an :class:`~speechbrain_mrl.encoder.MRLEncoder`
+(no Matryoshka head) from the file's own config and checks that every tensor
+is present and fits; :func:`save_official_checkpoint` writes an encoder back
+in that format. The lobe's state-dict keys are the official ones; the
+front-end buffers ``spec.*`` map to
+:class:`~speechbrain_mrl.features.ReDimNetFbank` buffers (:data:`SPEC_KEY_MAP`).
 
 Authors
 -------
@@ -21,14 +23,12 @@ import urllib.request
 
 import torch
 
-from torch import nn
-
-from speechbrain_mrl.features import ReDimNetFbank
-from speechbrain_mrl.redimnet import ReDimNet, _check_config, redimnet_config
+from speechbrain_mrl.encoder import MRLEncoder
+from speechbrain_mrl.redimnet import plain_config, redimnet_config
 
 __all__ = [
-    "ReDimNetEncoder",
     "load_official_redimnet",
+    "save_official_checkpoint",
     "read_official_checkpoint",
     "official_state_dict",
     "convert_official_state_dict",
@@ -47,7 +47,7 @@ _DEFAULT_CACHE = pathlib.Path(
 
 
 # ---------------------------------------------------------------------------
-# encoder and key mapping
+# key mapping
 # ---------------------------------------------------------------------------
 #: Official front-end buffer names -> ours (in :class:`ReDimNetFbank`).
 SPEC_KEY_MAP = {
@@ -57,70 +57,15 @@ SPEC_KEY_MAP = {
 }
 
 
-class ReDimNetEncoder(nn.Module):
-    """Waveform -> embedding: a :class:`ReDimNetFbank` then a :class:`ReDimNet`.
-
-    Arguments
-    ---------
-    compute_features : ReDimNetFbank
-        Front end (SpeechBrain's ``compute_features`` name).
-    embedding_model : ReDimNet
-        The lobe.
+def official_state_dict(encoder):
+    """An :class:`MRLEncoder`'s backbone weights under the official key names (``spec.*`` included).
 
     Example
     -------
-    >>> enc = ReDimNetEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
-    ...                                        group_divisor=2, embed_dim=8)).eval()
-    >>> enc(torch.randn(3, 8000), torch.tensor([1.0, 0.7, 0.4])).shape
-    torch.Size([3, 8])
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)]))
     >>> sorted(official_state_dict(enc))[-1]
     'spec.torchfbank.2.spectrogram.window'
     """
-
-    def __init__(self, compute_features, embedding_model):
-        super().__init__()
-        if compute_features.n_mels != embedding_model.F:
-            raise ValueError(
-                f"front end gives {compute_features.n_mels} mel bands but the model "
-                f"expects F={embedding_model.F}"
-            )
-        self.compute_features = compute_features
-        self.embedding_model = embedding_model
-
-    @classmethod
-    def from_config(cls, config="M"):
-        """Builds both parts from an official ``model_config`` (or preset name)."""
-        cfg = redimnet_config(config)
-        _check_config(cfg)
-        spec_params = dict(cfg.get("spec_params") or {})
-        fbank = ReDimNetFbank(n_mels=cfg["F"], hop_length=cfg["hop_length"], **spec_params)
-        return cls(fbank, ReDimNet(**cfg))
-
-    @property
-    def embed_dim(self):
-        """Embedding size."""
-        return self.embedding_model.embed_dim
-
-    @property
-    def model_config(self):
-        """The official ``model_config`` of the lobe."""
-        return self.embedding_model.model_config
-
-    def pool_features(self, wavs, wav_lens=None):
-        """Waveforms ``[B, T]`` -> pooled statistics ``[B, pool_dim]``."""
-        if wavs.dim() == 1:
-            wavs = wavs.unsqueeze(0)
-        feats = self.compute_features(wavs, wav_lens)
-        frame_lens = self.compute_features.frame_lengths(wav_lens, wavs.shape[-1])
-        return self.embedding_model.pool_features(feats, frame_lens)
-
-    def forward(self, wavs, wav_lens=None):
-        """Waveforms ``[B, T]`` (+ relative lengths ``[B]``) -> embeddings ``[B, embed_dim]``."""
-        return self.embedding_model.embed(self.pool_features(wavs, wav_lens))
-
-
-def official_state_dict(encoder):
-    """``encoder``'s weights under the official key names (``spec.*`` included)."""
     sd = {k: v for k, v in encoder.embedding_model.state_dict().items()}
     fbank = encoder.compute_features.state_dict()
     for official, ours in SPEC_KEY_MAP.items():
@@ -133,7 +78,7 @@ def convert_official_state_dict(encoder, official_sd):
 
     Arguments
     ---------
-    encoder : ReDimNetEncoder
+    encoder : MRLEncoder
         Model built from the checkpoint's config.
     official_sd : dict
         Official ``state_dict``.
@@ -180,15 +125,6 @@ def convert_official_state_dict(encoder, official_sd):
 # ---------------------------------------------------------------------------
 # config and file handling
 # ---------------------------------------------------------------------------
-def _untuple(value):
-    """Turns tuples (as in released configs) into lists, recursively."""
-    if isinstance(value, (list, tuple)):
-        return [_untuple(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _untuple(v) for k, v in value.items()}
-    return value
-
-
 def read_official_checkpoint(path):
     """Reads an official checkpoint file safely (``weights_only=True``).
 
@@ -208,7 +144,7 @@ def read_official_checkpoint(path):
         If the file is unreadable or not a ``{'model_config', 'state_dict'}`` dict.
     """
     ckpt = _read_checkpoint(path)
-    return _untuple(ckpt["model_config"]), ckpt["state_dict"]
+    return plain_config(ckpt["model_config"]), ckpt["state_dict"]
 
 
 def _read_checkpoint(path):
@@ -285,7 +221,7 @@ def resolve_official_checkpoint(source, savedir=None, base_url=None):
 
 
 def load_official_redimnet(source, savedir=None, base_url=None, map_location="cpu"):
-    """Builds a :class:`ReDimNetEncoder` from an official ReDimNet checkpoint.
+    """Builds an :class:`MRLEncoder` (no Matryoshka head) from an official ReDimNet checkpoint.
 
     Arguments
     ---------
@@ -302,9 +238,9 @@ def load_official_redimnet(source, savedir=None, base_url=None, map_location="cp
 
     Returns
     -------
-    ReDimNetEncoder
-        In ``eval()`` mode, with ``config`` set to the checkpoint's
-        ``model_config`` (lists instead of tuples).
+    MRLEncoder
+        In ``eval()`` mode; its lobe's ``model_config`` is the checkpoint's
+        (lists instead of tuples).
 
     Raises
     ------
@@ -317,17 +253,45 @@ def load_official_redimnet(source, savedir=None, base_url=None, map_location="cp
     Example
     -------
     >>> import tempfile, os
-    >>> enc = ReDimNetEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)]))
-    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.pt")
-    >>> torch.save({"model_config": enc.model_config, "state_dict": official_state_dict(enc)}, path)
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)]))
+    >>> path = save_official_checkpoint(enc, os.path.join(tempfile.mkdtemp(), "tiny.pt"))
     >>> loaded = load_official_redimnet(path)
     >>> loaded.embed_dim, loaded.training
     (192, False)
     """
     path = resolve_official_checkpoint(source, savedir, base_url)
     config, state_dict = read_official_checkpoint(path)
-    encoder = ReDimNetEncoder.from_config(redimnet_config(config))
+    encoder = MRLEncoder.from_config(redimnet_config(config))
     fbank_state, lobe_state = convert_official_state_dict(encoder, state_dict)
     encoder.compute_features.load_state_dict(fbank_state, strict=True)
     encoder.embedding_model.load_state_dict(lobe_state, strict=True)
     return encoder.to(map_location).eval()
+
+
+def save_official_checkpoint(encoder, path):
+    """Writes an :class:`MRLEncoder`'s backbone as an official-format checkpoint, atomically.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        Its front end and lobe are saved (a Matryoshka head is not part of the format).
+    path : str or os.PathLike
+        Output ``.pt`` file, loadable by :func:`load_official_redimnet` and by the
+        official code.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().clone() for k, v in official_state_dict(encoder).items()}
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save({"model_config": plain_config(encoder.model_config), "state_dict": state}, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

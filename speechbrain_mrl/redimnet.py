@@ -40,7 +40,7 @@ from torch import nn
 
 from speechbrain_mrl.features import length_mask
 
-__all__ = ["ReDimNet", "REDIMNET_PRESETS", "redimnet_config"]
+__all__ = ["ReDimNet", "REDIMNET_PRESETS", "redimnet_config", "plain_config"]
 
 _CL = torch.channels_last
 
@@ -148,6 +148,25 @@ def redimnet_config(preset="M", **overrides):
         cfg.update(copy.deepcopy(dict(preset)))
     cfg.update(copy.deepcopy(overrides))
     return cfg
+
+
+def plain_config(value):
+    """A JSON-ready copy: tuples become lists, tensors and NumPy scalars Python numbers.
+
+    Example
+    -------
+    >>> plain_config({"stages_setup": [(1, 2, 1, [(3, 3)], 12)], "x": torch.tensor(2)})
+    {'stages_setup': [[1, 2, 1, [[3, 3]], 12]], 'x': 2}
+    """
+    if isinstance(value, dict):
+        return {str(k): plain_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_config(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return plain_config(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        return value.item()
+    return value
 
 
 # ---------------------------------------------------------------------------
@@ -947,7 +966,7 @@ class ReDimNet(nn.Module):
     >>> model = ReDimNet(**cfg).eval()
     >>> feats = torch.randn(2, 50, 16)
     >>> model(feats).shape
-    torch.Size([2, 1, 8])
+    torch.Size([2, 8])
     >>> model.pool_features(feats).shape, model.pool_dim
     (torch.Size([2, 128]), 128)
     >>> full = model(feats[:1, :30])
@@ -1026,5 +1045,5 @@ class ReDimNet(nn.Module):
         return x
 
     def forward(self, feats, lengths=None):
-        """Features ``[B, T, F]`` (+ relative lengths ``[B]``) -> ``[B, 1, embed_dim]``."""
-        return self.embed(self.pool_features(feats, lengths)).unsqueeze(1)
+        """Features ``[B, T, F]`` (+ relative lengths ``[B]``) -> embeddings ``[B, embed_dim]``."""
+        return self.embed(self.pool_features(feats, lengths))

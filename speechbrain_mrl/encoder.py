@@ -1,0 +1,167 @@
+"""The one waveform -> nested-embedding encoder of the package.
+
+:class:`MRLEncoder` chains the log-mel front end (``compute_features``), the
+ReDimNet lobe (``embedding_model``) and, optionally, the Matryoshka head
+(``mrl_head``). Without a head the embedding is the lobe's own
+(``bn -> linear (-> bn2)`` on the pooled statistics), a single size.
+
+Training (the recipe), inference (:class:`~speechbrain_mrl.inference.MRLEncoderClassifier`),
+export, scoring and the official checkpoint loader all use it; nothing else
+assembles waveform -> embedding. Inside the package embeddings are
+``[batch, dim]``; the ``[batch, 1, dim]`` of SpeechBrain's
+``EncoderClassifier`` appears only at that interface.
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import contextlib
+
+import torch
+from torch import nn
+
+from speechbrain_mrl.features import ReDimNetFbank
+from speechbrain_mrl.matryoshka import check_target_dim
+from speechbrain_mrl.redimnet import ReDimNet, redimnet_config
+
+__all__ = ["MRLEncoder"]
+
+
+class MRLEncoder(nn.Module):
+    """Waveforms ``[B, T]`` (+ relative lengths) -> embeddings ``[B, D]``, every size nested.
+
+    Arguments
+    ---------
+    compute_features : ReDimNetFbank
+        Front end.
+    embedding_model : ReDimNet
+        The lobe.
+    mrl_head : MatryoshkaProjection, optional
+        Matryoshka head on the pooled statistics; None: the lobe's own
+        embedding (one size, ``embedding_model.embed_dim``).
+
+    Example
+    -------
+    >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
+    >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2, embed_dim=8)
+    >>> enc = MRLEncoder.from_config(cfg).eval()
+    >>> wavs, lens = torch.randn(3, 8000), torch.tensor([1.0, 0.7, 0.4])
+    >>> enc(wavs, lens).shape, enc.mrl_dims
+    (torch.Size([3, 8]), [8])
+    >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, embed_dim=12, mrl_dims=[4, 12])
+    >>> enc(wavs, lens, target_dim=4).shape, {d: tuple(e.shape) for d, e in enc.all_dims(wavs).items()}
+    (torch.Size([3, 4]), {4: (3, 4), 12: (3, 12)})
+    """
+
+    def __init__(self, compute_features, embedding_model, mrl_head=None):
+        super().__init__()
+        if compute_features.n_mels != embedding_model.F:
+            raise ValueError(
+                f"front end gives {compute_features.n_mels} mel bands but the model "
+                f"expects F={embedding_model.F}"
+            )
+        if mrl_head is not None and mrl_head.input_size != embedding_model.pool_dim:
+            raise ValueError(
+                f"mrl_head takes {mrl_head.input_size} inputs but the lobe pools "
+                f"{embedding_model.pool_dim} statistics"
+            )
+        self.compute_features = compute_features
+        self.embedding_model = embedding_model
+        self.mrl_head = mrl_head
+        #: While True, the front end and the lobe run without autograd and stay
+        #: in ``eval()`` whatever ``train()`` is called with (BatchNorm
+        #: statistics never move): a frozen backbone under ``Brain.fit``.
+        self.backbone_frozen = False
+
+    @classmethod
+    def from_config(cls, config="M", mrl_head=None):
+        """Front end and lobe from an official ``model_config`` or a preset name.
+
+        Arguments
+        ---------
+        config : str or dict
+            Preset (``b0``..``b6``, ``M``) or ``model_config``.
+        mrl_head : MatryoshkaProjection, optional
+            Head on the pooled statistics.
+
+        Returns
+        -------
+        MRLEncoder
+        """
+        cfg = redimnet_config(config)
+        lobe = ReDimNet(**cfg)
+        fbank = ReDimNetFbank(n_mels=lobe.F, hop_length=cfg["hop_length"],
+                              **dict(cfg.get("spec_params") or {}))
+        return cls(fbank, lobe, mrl_head)
+
+    # ----------------------------------------------------------- description
+    @property
+    def model_config(self):
+        """The lobe's official ``model_config``."""
+        return self.embedding_model.model_config
+
+    @property
+    def pool_dim(self):
+        """Size of the pooled statistics (the head's input)."""
+        return self.embedding_model.pool_dim
+
+    @property
+    def embed_dim(self):
+        """Full embedding size."""
+        return self.embedding_model.embed_dim if self.mrl_head is None else self.mrl_head.embed_dim
+
+    @property
+    def mrl_dims(self):
+        """Nested sizes (``[embed_dim]`` without a head)."""
+        if self.mrl_head is None:
+            return [int(self.embedding_model.embed_dim)]
+        return [int(d) for d in self.mrl_head.mrl_dims]
+
+    def train(self, mode=True):
+        """As ``nn.Module.train``, but a frozen backbone stays in ``eval()``."""
+        super().train(mode)
+        if self.backbone_frozen:
+            self.compute_features.eval()
+            self.embedding_model.eval()
+        return self
+
+    # ----------------------------------------------------------- computation
+    def pool_features(self, wavs, wav_lens=None):
+        """Waveforms ``[B, T]`` (+ relative lengths ``[B]``) -> pooled statistics ``[B, pool_dim]``."""
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        grad = torch.no_grad() if self.backbone_frozen else contextlib.nullcontext()
+        with grad:
+            feats = self.compute_features(wavs, wav_lens)
+            frame_lens = self.compute_features.frame_lengths(wav_lens, wavs.shape[-1])
+            return self.embedding_model.pool_features(feats, frame_lens)
+
+    def embed_pooled(self, stats, target_dim=None):
+        """Pooled statistics ``[B, pool_dim]`` -> embeddings ``[B, target_dim]``."""
+        d = check_target_dim(target_dim, self.embed_dim)
+        if self.mrl_head is None:
+            return self.embedding_model.embed(stats)[:, :d]
+        return self.mrl_head(stats, target_dim=d)
+
+    def forward(self, wavs, wav_lens=None, target_dim=None):
+        """Waveforms ``[B, T]`` (+ relative lengths) -> embeddings ``[B, target_dim]``.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, T]`` at the model rate, zero-padded.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in ``(0, 1]``.
+        target_dim : int, optional
+            Prefix size (default: ``embed_dim``).
+
+        Returns
+        -------
+        torch.Tensor
+        """
+        return self.embed_pooled(self.pool_features(wavs, wav_lens), target_dim)
+
+    def all_dims(self, wavs, wav_lens=None):
+        """Every size of :attr:`mrl_dims` from one pass: ``{d: [B, d]}``."""
+        emb = self(wavs, wav_lens)
+        return {d: emb[:, :d] for d in self.mrl_dims}
