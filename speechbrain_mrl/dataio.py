@@ -41,6 +41,7 @@ __all__ = [
     "trial_id_candidates",
     "resolve_trials",
     "write_text_atomic",
+    "save_torch_atomic",
 ]
 
 #: Columns of the manifests written by the data preparation.
@@ -64,6 +65,21 @@ def write_text_atomic(path, text):
     try:
         with os.fdopen(fd, "w", newline="") as f:
             f.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def save_torch_atomic(obj, path):
+    """``torch.save`` through a temporary file and a rename (see :func:`write_text_atomic`)."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -174,7 +190,7 @@ def read_audio(path, start=0, stop=None, sample_rate=16000):
     return wav
 
 
-def check_waveforms(wavs, wav_lens=None, min_samples=1):
+def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):
     """Validates a zero-padded batch; returns it cleaned: ``(wavs [B, T], wav_lens [B])``.
 
     Channels (``[B, T, C]``) are averaged, a single ``[T]`` waveform becomes a
@@ -188,6 +204,8 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1):
         Relative lengths in ``(0, 1]`` (default: all 1).
     min_samples : int
         Shortest valid length.
+    sample_rate : int
+        Rate of ``wavs`` (for durations in messages).
 
     Returns
     -------
@@ -236,8 +254,8 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1):
         if bool(bad_value[i]):
             raise AudioError(f"utterance {i}: audio contains NaN or Inf values")
         if int(n[i]) < min_samples:
-            raise AudioError(f"utterance {i}: audio too short ({int(n[i])} samples < minimum "
-                             f"{int(min_samples)})")
+            raise AudioError(f"utterance {i}: audio too short ({int(n[i]) / sample_rate:.3f} s < "
+                             f"minimum {min_samples / sample_rate:.3f} s)")
         if bool(silent[i]):
             raise AudioError(f"utterance {i}: audio is all zeros (silence); cannot embed")
     if not bool(valid.all()):

@@ -31,68 +31,57 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "MRLWaveformEncoder",
-    "load_waveform_encoder",
+    "PerSizeOutputs",
+    "load_encoder",
     "export_torchscript",
     "export_onnx",
     "onnx_parity",
 ]
 
 
-class MRLWaveformEncoder(nn.Module):
-    """Waveforms ``[B, T]`` -> tuple of embeddings, one per Matryoshka size.
+class PerSizeOutputs(nn.Module):
+    """An :class:`~speechbrain_mrl.encoder.MRLEncoder` with one output per Matryoshka size.
+
+    Graph formats name each output; this wrapper returns ``(emb_d1, emb_d2, ...)``
+    for ``encoder.mrl_dims`` from one pass of the encoder.
 
     Arguments
     ---------
-    compute_features : torch.nn.Module
-        Waveform -> features ``[B, frames, F]``.
-    embedding_model : torch.nn.Module
-        ReDimNet lobe with ``pool_features``.
-    mrl_head : torch.nn.Module
-        :class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`.
+    encoder : MRLEncoder
+        The model (front end, lobe, Matryoshka head).
 
     Example
     -------
-    >>> from speechbrain_mrl.features import ReDimNetFbank
-    >>> from speechbrain_mrl.redimnet import ReDimNet
+    >>> from speechbrain_mrl.encoder import MRLEncoder
     >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
-    >>> lobe = ReDimNet(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2,
-    ...                 embed_dim=8)
-    >>> enc = MRLWaveformEncoder(ReDimNetFbank(n_mels=16), lobe,
-    ...                          MatryoshkaProjection(lobe.pool_dim, 8, [4, 8])).eval()
-    >>> [e.shape for e in enc(torch.randn(2, 8000))]
-    [torch.Size([2, 4]), torch.Size([2, 8])]
-    >>> enc.output_names
-    ['embedding_4', 'embedding_8']
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, 8, [4, 8])
+    >>> outputs = PerSizeOutputs(enc).eval()
+    >>> [e.shape for e in outputs(torch.randn(2, 8000))], outputs.output_names
+    ([torch.Size([2, 4]), torch.Size([2, 8])], ['embedding_4', 'embedding_8'])
     """
 
-    def __init__(self, compute_features, embedding_model, mrl_head):
+    def __init__(self, encoder):
         super().__init__()
-        self.compute_features = compute_features
-        self.embedding_model = embedding_model
-        self.mrl_head = mrl_head
-        self.mrl_dims = [int(d) for d in mrl_head.mrl_dims]
+        self.encoder = encoder
 
     @property
     def output_names(self):
         """``embedding_<d>`` for every size."""
-        return [f"embedding_{d}" for d in self.mrl_dims]
+        return [f"embedding_{d}" for d in self.encoder.mrl_dims]
 
     def forward(self, wavs):
         """Embeds equal-length waveforms ``[B, T]``; returns ``(emb_d1, emb_d2, ...)``."""
-        feats = self.compute_features(wavs)
-        emb = self.mrl_head(self.embedding_model.pool_features(feats))
-        return tuple(emb[:, :d] for d in self.mrl_dims)
+        return tuple(self.encoder.all_dims(wavs).values())
 
 
-def load_waveform_encoder(model_folder):
-    """:class:`MRLWaveformEncoder` (CPU, eval) of a ``write_model_folder`` folder."""
+def load_encoder(model_folder):
+    """The :class:`~speechbrain_mrl.encoder.MRLEncoder` (CPU, eval) of a model folder."""
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder), run_opts={"device": "cpu"})
-    enc = MRLWaveformEncoder(model.mods.compute_features, model.mods.embedding_model,
-                             model.mods.mrl_head)
-    return enc.eval()
+    return model.encoder.eval()
 
 
 def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
@@ -105,7 +94,7 @@ def export_torchscript(encoder, path, example=None):
 
     Arguments
     ---------
-    encoder : MRLWaveformEncoder
+    encoder : MRLEncoder
         In eval mode.
     path : str or os.PathLike
         Output ``.pt`` file (``torch.jit.load`` reads it).
@@ -116,12 +105,12 @@ def export_torchscript(encoder, path, example=None):
     -------
     pathlib.Path
     """
-    encoder = encoder.eval()
+    module = PerSizeOutputs(encoder).eval()
     example = _example() if example is None else example
     with torch.no_grad(), warnings.catch_warnings():
         # shape checks of the lobe/head become constants: expected, not a problem
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(encoder, (example,), check_trace=False, strict=False)
+        traced = torch.jit.trace(module, (example,), check_trace=False, strict=False)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     traced.save(str(path))
@@ -134,7 +123,7 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
 
     Arguments
     ---------
-    encoder : MRLWaveformEncoder
+    encoder : MRLEncoder
         In eval mode.
     path : str or os.PathLike
         Output ``.onnx`` file (weights embedded).
@@ -151,7 +140,7 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     -------
     pathlib.Path
     """
-    encoder = encoder.eval()
+    module = PerSizeOutputs(encoder).eval()
     example = _example() if example is None else example
     batch = torch.export.Dim("batch", min=1, max=4096)
     time = torch.export.Dim("time", min=int(min_seconds * sample_rate),
@@ -160,8 +149,8 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
-            encoder, (example,), dynamo=True, input_names=["wavs"],
-            output_names=encoder.output_names, dynamic_shapes={"wavs": {0: batch, 1: time}},
+            module, (example,), dynamo=True, input_names=["wavs"],
+            output_names=module.output_names, dynamic_shapes={"wavs": {0: batch, 1: time}},
             opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
         )
     program.save(str(path), external_data=False)
@@ -173,8 +162,8 @@ def onnx_parity(encoder, onnx_path, wavs):
 
     Arguments
     ---------
-    encoder : MRLWaveformEncoder
-        Reference module.
+    encoder : MRLEncoder
+        Reference model.
     onnx_path : str or os.PathLike
         Exported model.
     wavs : torch.Tensor
@@ -189,7 +178,7 @@ def onnx_parity(encoder, onnx_path, wavs):
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     outs = sess.run(None, {"wavs": wavs.float().numpy()})
     with torch.no_grad():
-        refs = encoder(wavs.float())
+        refs = PerSizeOutputs(encoder).eval()(wavs.float())
     if len(outs) != len(refs):
         raise RuntimeError(f"ONNX model gives {len(outs)} outputs, expected {len(refs)}")
     return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, refs))
@@ -205,9 +194,9 @@ def main(argv=None):
     p.add_argument("--check", action="store_true",
                    help="compare onnxruntime with PyTorch on random audio (max abs diff)")
     args = p.parse_args(argv)
-    enc = load_waveform_encoder(args.model_folder)
+    enc = load_encoder(args.model_folder)
     out = export_onnx(enc, args.out, opset_version=args.opset)
-    print(f"ONNX model: {out} (outputs {enc.output_names})")
+    print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")
     if args.torchscript:
         print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
     if args.check:

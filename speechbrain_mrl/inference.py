@@ -24,7 +24,6 @@ Authors
  * speechbrain-mrl developers
 """
 import logging
-import numbers
 import pathlib
 
 import torch
@@ -33,13 +32,13 @@ import torchaudio
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
+from speechbrain_mrl.dataio import AudioError, check_waveforms, load_audio
+from speechbrain_mrl.encoder import MRLEncoder
+from speechbrain_mrl.matryoshka import check_target_dim
+
 logger = logging.getLogger(__name__)
 
 __all__ = ["MRLEncoderClassifier", "AudioError"]
-
-
-class AudioError(ValueError):
-    """Raised for audio the model cannot embed (empty, silent, NaN/Inf, too short, unreadable)."""
 
 
 class MRLEncoderClassifier(EncoderClassifier):
@@ -48,8 +47,8 @@ class MRLEncoderClassifier(EncoderClassifier):
     Expects the modules ``compute_features`` (waveform -> log-mel),
     ``embedding_model`` (:class:`~speechbrain_mrl.redimnet.ReDimNet`) and
     ``mrl_head`` (:class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`),
-    and the hparams ``embed_dim``, ``mrl_dims`` and (optionally)
-    ``thresholds``, ``sample_rate``, ``min_duration``.
+    which :attr:`encoder` (:class:`~speechbrain_mrl.encoder.MRLEncoder`) chains,
+    and optionally the hparams ``thresholds``, ``sample_rate``, ``min_duration``.
 
     Arguments
     ---------
@@ -59,15 +58,12 @@ class MRLEncoderClassifier(EncoderClassifier):
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain_mrl.redimnet import ReDimNet
     >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
     >>> from speechbrain_mrl.packaging import write_model_folder
-    >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2,
-    ...            embed_dim=8, hop_length=160, spec_params={})
-    >>> lobe = ReDimNet(**cfg)
-    >>> head = MatryoshkaProjection(lobe.pool_dim, embed_dim=8, mrl_dims=[4, 8])
-    >>> folder = write_model_folder(tempfile.mkdtemp(), cfg, lobe.state_dict(),
-    ...                             head.state_dict(), 8, [4, 8], thresholds={4: 0.3, 8: 0.4})
+    >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2, embed_dim=8)
+    >>> encoder = MRLEncoder.from_config(cfg)
+    >>> encoder.mrl_head = MatryoshkaProjection(encoder.pool_dim, embed_dim=8, mrl_dims=[4, 8])
+    >>> folder = write_model_folder(tempfile.mkdtemp(), encoder, thresholds={4: 0.3, 8: 0.4})
     >>> model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
     >>> wavs = torch.randn(2, 16000)
     >>> model.encode_batch(wavs, target_dim=4).shape
@@ -79,15 +75,18 @@ class MRLEncoderClassifier(EncoderClassifier):
     """
 
     MODULES_NEEDED = ["compute_features", "embedding_model", "mrl_head"]
-    HPARAMS_NEEDED = ["embed_dim", "mrl_dims"]
+    HPARAMS_NEEDED = []
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         missing = [m for m in self.MODULES_NEEDED if m not in self.mods]
         if missing:
             raise ValueError(f"hyperparams 'modules' lacks {missing} (needs {self.MODULES_NEEDED})")
-        self.embed_dim = int(self.hparams.embed_dim)
-        self.mrl_dims = [int(d) for d in self.hparams.mrl_dims]
+        #: The waveform -> embeddings ``[B, D]`` module (the same modules as ``self.mods``).
+        self.encoder = MRLEncoder(self.mods.compute_features, self.mods.embedding_model,
+                                  self.mods.mrl_head).eval()
+        self.embed_dim = self.encoder.embed_dim
+        self.mrl_dims = self.encoder.mrl_dims
         self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
         self.min_duration = float(getattr(self.hparams, "min_duration", 0.0) or 0.0)
         thr = getattr(self.hparams, "thresholds", None) or {}
@@ -183,25 +182,13 @@ class MRLEncoderClassifier(EncoderClassifier):
         ValueError
             When no threshold was calibrated for that size.
         """
-        d = self._check_dim(target_dim)
+        d = check_target_dim(target_dim, self.embed_dim)
         if d not in self.thresholds:
             raise ValueError(
                 f"no calibrated threshold for target_dim={d} (calibrated sizes: "
                 f"{sorted(self.thresholds)}); pass threshold= explicitly"
             )
         return self.thresholds[d]
-
-    def _check_dim(self, target_dim):
-        if target_dim is None:
-            return self.embed_dim
-        if isinstance(target_dim, torch.Tensor) and target_dim.dim() == 0 \
-                and not target_dim.is_floating_point():
-            target_dim = int(target_dim)
-        if isinstance(target_dim, bool) or not isinstance(target_dim, numbers.Integral):
-            raise ValueError(f"target_dim must be an int or None, got {target_dim!r}")
-        if not 1 <= target_dim <= self.embed_dim:
-            raise ValueError(f"target_dim must be in [1, {self.embed_dim}], got {target_dim}")
-        return int(target_dim)
 
     # ------------------------------------------------------------ audio
     def load_audio(self, path, savedir=None):
@@ -222,7 +209,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         path = pathlib.Path(path)
         if not path.is_file():
             raise AudioError(f"audio file not found: {path}")
-        signal, sr = _read_audio(path)
+        signal, sr = load_audio(path)
         if signal.numel() == 0:
             raise AudioError(f"audio file {path} is empty (no samples)")
         return self._to_model_rate(signal, sr, what=str(path))
@@ -243,46 +230,6 @@ class MRLEncoderClassifier(EncoderClassifier):
             signal = signal.mean(dim=1)
         return signal
 
-    def _check_batch(self, wavs, wav_lens):
-        """Validates a padded batch: shape, finiteness, silence, minimum length."""
-        if not isinstance(wavs, torch.Tensor):
-            raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__}")
-        if wavs.dim() == 1:
-            wavs = wavs.unsqueeze(0)
-        if wavs.dim() == 3:  # [batch, time, channels]
-            wavs = wavs.mean(dim=2)
-        if wavs.dim() != 2:
-            raise AudioError(f"wavs must be [batch, time] (or [batch, time, channels]), got {tuple(wavs.shape)}")
-        if wavs.shape[0] == 0 or wavs.shape[1] == 0:
-            raise AudioError(f"empty audio: wavs has shape {tuple(wavs.shape)}")
-        if wav_lens is None:
-            wav_lens = torch.ones(wavs.shape[0])
-        wav_lens = torch.as_tensor(wav_lens, dtype=torch.float32).flatten()
-        if wav_lens.numel() != wavs.shape[0]:
-            raise AudioError(f"wav_lens has {wav_lens.numel()} entries for a batch of {wavs.shape[0]}")
-        if not torch.isfinite(wav_lens).all() or (wav_lens <= 0).any() or (wav_lens > 1 + 1e-6).any():
-            raise AudioError(f"wav_lens must be relative lengths in (0, 1], got {wav_lens.tolist()}")
-        total = wavs.shape[1]
-        n = torch.round(wav_lens * total).long().clamp(1, total)
-        min_samples = max(int(round(self.min_duration * self.sample_rate)), 1)
-        x = wavs.detach()
-        valid = torch.arange(total, device=x.device)[None, :] < n.to(x.device)[:, None]
-        bad_value = (~torch.isfinite(x) & valid).any(dim=1).cpu()
-        silent = ~((x != 0) & valid).any(dim=1).cpu()
-        for i in range(wavs.shape[0]):  # report the first problem, naming the utterance
-            if bool(bad_value[i]):
-                raise AudioError(f"utterance {i}: audio contains NaN or Inf values")
-            if int(n[i]) < min_samples:
-                raise AudioError(
-                    f"utterance {i}: audio too short ({int(n[i]) / self.sample_rate:.3f} s < "
-                    f"minimum {self.min_duration} s)"
-                )
-            if bool(silent[i]):
-                raise AudioError(f"utterance {i}: audio is all zeros (silence); cannot embed")
-        if not bool(valid.all()):  # padding is ignored: make it clean zeros
-            wavs = wavs.masked_fill(~valid, 0.0)
-        return wavs.float(), wav_lens
-
     # ------------------------------------------------------------ embedding
     def _full_embedding(self, wavs, wav_lens=None, sample_rate=None):
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
@@ -292,13 +239,10 @@ class MRLEncoderClassifier(EncoderClassifier):
                 wavs = wavs.mean(dim=2)
             # relative lengths are unchanged by resampling
             wavs = torchaudio.functional.resample(wavs.float(), int(sample_rate), self.sample_rate)
-        wavs, wav_lens = self._check_batch(wavs, wav_lens)
-        wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        min_samples = max(int(round(self.min_duration * self.sample_rate)), 1)
+        wavs, wav_lens = check_waveforms(wavs, wav_lens, min_samples, self.sample_rate)
         with torch.no_grad():
-            feats = self.mods.compute_features(wavs, wav_lens)
-            frame_lens = self.mods.compute_features.frame_lengths(wav_lens, wavs.shape[1])
-            stats = self.mods.embedding_model.pool_features(feats, frame_lens)
-            return self.mods.mrl_head(stats)
+            return self.encoder(wavs.to(self.device), wav_lens.to(self.device))
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False, target_dim=None, sample_rate=None):
         """Embeds a batch of waveforms, returning the size-``target_dim`` prefix.
@@ -323,7 +267,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         torch.Tensor
             ``[batch, 1, target_dim]``.
         """
-        d = self._check_dim(target_dim)
+        d = check_target_dim(target_dim, self.embed_dim)
         emb = self._full_embedding(wavs, wav_lens, sample_rate)[:, :d]
         if normalize:
             emb = F.normalize(emb, dim=-1)
@@ -408,7 +352,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         decision : torch.Tensor
             ``score > threshold`` (True: same speaker).
         """
-        d = self._check_dim(target_dim)
+        d = check_target_dim(target_dim, self.embed_dim)
         thr = self.threshold_for(d) if threshold is None else float(threshold)
         emb1 = self.encode_batch(wavs1, wav1_lens, target_dim=d)
         emb2 = self.encode_batch(wavs2, wav2_lens, target_dim=d)
@@ -436,32 +380,9 @@ class MRLEncoderClassifier(EncoderClassifier):
         decision : torch.Tensor
             Scalar bool.
         """
-        d = self._check_dim(target_dim)
+        d = check_target_dim(target_dim, self.embed_dim)
         thr = self.threshold_for(d) if threshold is None else float(threshold)
         ex = self.encode_file(path_x, target_dim=d)
         ey = self.encode_file(path_y, target_dim=d)
         score = self.similarity(ex, ey)[0, 0]
         return score, score > thr
-
-
-def _read_audio(path):
-    """Reads a file as time-major ``[T, C]`` float, with a clear error if unreadable."""
-    errors = []
-    try:
-        import soundfile as sf
-
-        data, sr = sf.read(str(path), dtype="float32", always_2d=True)
-        return torch.from_numpy(data), int(sr)
-    except Exception as err:  # noqa: BLE001 - fall back to the toolkit loader
-        errors.append(f"soundfile: {err}")
-    try:
-        from speechbrain.dataio import audio_io
-
-        signal, sr = audio_io.load(str(path), channels_first=False)
-        if signal.dim() == 1:
-            signal = signal.unsqueeze(1)
-        return signal.float(), int(sr)
-    except Exception as err:  # noqa: BLE001
-        errors.append(f"speechbrain audio_io: {err}")
-    raise AudioError(f"cannot read audio file {path}: " + "; ".join(errors))
-

@@ -23,6 +23,7 @@ import urllib.request
 
 import torch
 
+from speechbrain_mrl.dataio import save_torch_atomic
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.redimnet import plain_config, redimnet_config
 
@@ -283,15 +284,6 @@ def save_official_checkpoint(encoder, path):
     -------
     pathlib.Path
     """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().clone() for k, v in official_state_dict(encoder).items()}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save({"model_config": plain_config(encoder.model_config), "state_dict": state}, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return save_torch_atomic({"model_config": plain_config(encoder.model_config),
+                              "state_dict": state}, path)

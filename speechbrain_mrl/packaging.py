@@ -22,11 +22,13 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import importlib.resources
 import json
 import math
 import pathlib
 
-import torch
+from speechbrain_mrl.dataio import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.redimnet import plain_config
 
 __all__ = [
     "write_model_folder",
@@ -45,77 +47,18 @@ MODEL_FILES = (
     "model_info.json",
 )
 
-#: Template of the inference ``hyperparams.yaml`` (``{name}`` fields are
-#: filled by :func:`render_hyperparams`; ``hparams/hyperparams_template.yaml``
-#: at the repository top level holds the same text).
-HYPERPARAMS_TEMPLATE = """\
-# ############################################################################
-# Inference hyperparameters of a Matryoshka ReDimNet speaker-embedding model
-# (speechbrain-mrl). Written by speechbrain_mrl.packaging.write_model_folder.
-# Load with:
-#   from speechbrain_mrl.inference import MRLEncoderClassifier
-#   model = MRLEncoderClassifier.from_hparams(source="<this folder or hub id>")
-#   emb = model.encode_file("speech.wav", target_dim=128)
-# ############################################################################
-
-sample_rate: {sample_rate}
-# utterances shorter than this (seconds) are refused by the interface
-min_duration: {min_duration}
-
-# Nested (Matryoshka) sizes: the first d coordinates are a size-d embedding.
-embed_dim: {embed_dim}
-mrl_dims: {mrl_dims}
-
-# Default verification thresholds per size (cosine), calibrated at training
-# time; same values as calibration.json.
-thresholds: {thresholds}
-
-compute_features: !new:speechbrain_mrl.features.ReDimNetFbank
-{fbank_kwargs}
-
-embedding_model: !new:speechbrain_mrl.redimnet.ReDimNet
-{lobe_kwargs}
-
-mrl_head: !new:speechbrain_mrl.matryoshka.MatryoshkaProjection
-    input_size: {pool_dim}
-    embed_dim: !ref <embed_dim>
-    mrl_dims: !ref <mrl_dims>
-
-# Resamples any input rate to sample_rate and averages channels to mono.
-audio_normalizer: !new:speechbrain.dataio.preprocess.AudioNormalizer
-    sample_rate: !ref <sample_rate>
-
-modules:
-    compute_features: !ref <compute_features>
-    embedding_model: !ref <embedding_model>
-    mrl_head: !ref <mrl_head>
-
-# No paths: files are collected from the source given to from_hparams.
-pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer
-    loadables:
-        embedding_model: !ref <embedding_model>
-        mrl_head: !ref <mrl_head>
-"""
-
-
-def _plain(value):
-    """Tuples -> lists, tensors/numpy scalars -> Python, recursively."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _plain(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        return value.item()
-    return value
+#: Template of the inference ``hyperparams.yaml`` (``{name}`` fields are filled
+#: by :func:`render_hyperparams`), shipped as package data.
+HYPERPARAMS_TEMPLATE = (
+    importlib.resources.files("speechbrain_mrl").joinpath("hyperparams_template.yaml").read_text()
+)
 
 
 def _yaml_block(kwargs, indent=4):
     """Mapping as indented YAML lines with JSON (flow-style YAML) values."""
     lines = []
     for key, value in kwargs.items():
-        lines.append(" " * indent + f"{key}: {json.dumps(_plain(value))}")
+        lines.append(" " * indent + f"{key}: {json.dumps(plain_config(value))}")
     return "\n".join(lines) if lines else " " * indent + "{}"
 
 
@@ -133,7 +76,7 @@ def _check_thresholds(thresholds, mrl_dims):
             raise ValueError(f"threshold key {dim!r} is not an embedding size") from None
         if d not in mrl_dims:
             raise ValueError(f"threshold given for size {d}, which is not in mrl_dims={mrl_dims}")
-        thr = float(_plain(thr))
+        thr = float(plain_config(thr))
         if not math.isfinite(thr):
             raise ValueError(f"threshold for size {d} is not finite: {thr}")
         out[d] = thr
@@ -177,7 +120,7 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     >>> hp["mrl_head"].mrl_dims, hp["thresholds"]
     ([4, 8], {4: 0.3, 8: 0.35})
     """
-    cfg = _plain(dict(model_config))
+    cfg = plain_config(dict(model_config))
     spec_params = dict(cfg.get("spec_params") or {})
     fbank = {"n_mels": cfg.get("F", 72), "hop_length": cfg.get("hop_length", 160),
              "sample_rate": int(sample_rate)}
@@ -198,36 +141,24 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     )
 
 
-def _pool_dim_from_head(mrl_head_state):
-    for key in ("norm.weight", "norm.running_mean", "linear.weight"):
-        if key in mrl_head_state:
-            t = mrl_head_state[key]
-            return int(t.shape[-1] if key == "linear.weight" else t.shape[0])
-    raise ValueError(
-        "mrl_head_state is not a MatryoshkaProjection state dict: expected keys "
-        f"'norm.*' and 'linear.*', got {sorted(mrl_head_state)[:8]}"
-    )
+def _cpu_state(module):
+    return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def write_model_folder(folder, model_config, embedding_model_state, mrl_head_state, embed_dim,
-                       mrl_dims, thresholds=None, extra_info=None):
+def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
     """Writes a model folder loadable by ``MRLEncoderClassifier.from_hparams``.
+
+    The folder's names are the encoder's own: ``embedding_model.ckpt`` and
+    ``mrl_head.ckpt`` hold the state dicts of ``encoder.embedding_model`` and
+    ``encoder.mrl_head``, and ``hyperparams.yaml`` builds ``compute_features``,
+    ``embedding_model`` and ``mrl_head``. Each file is written atomically.
 
     Arguments
     ---------
     folder : str or os.PathLike
         Output folder (created; existing model files are replaced).
-    model_config : dict
-        Official-style ReDimNet ``model_config`` of the lobe.
-    embedding_model_state : dict
-        ``state_dict()`` of the :class:`~speechbrain_mrl.redimnet.ReDimNet` lobe.
-    mrl_head_state : dict
-        ``state_dict()`` of the
-        :class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection` head.
-    embed_dim : int
-        Full embedding size of the head.
-    mrl_dims : list of int
-        Nested sizes of the head.
+    encoder : MRLEncoder
+        The trained encoder, with its Matryoshka head.
     thresholds : dict of int to float, optional
         Calibrated cosine decision threshold per size (e.g. EER thresholds on
         a validation trial list).
@@ -243,68 +174,46 @@ def write_model_folder(folder, model_config, embedding_model_state, mrl_head_sta
     Example
     -------
     >>> import tempfile
-    >>> from speechbrain_mrl.redimnet import ReDimNet
+    >>> from speechbrain_mrl.encoder import MRLEncoder
     >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
-    >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2,
-    ...            embed_dim=8, hop_length=160, spec_params={})
-    >>> lobe = ReDimNet(**cfg)
-    >>> head = MatryoshkaProjection(lobe.pool_dim, embed_dim=8, mrl_dims=[4, 8])
-    >>> out = write_model_folder(tempfile.mkdtemp(), cfg, lobe.state_dict(), head.state_dict(),
-    ...                          8, [4, 8], thresholds={4: 0.3, 8: 0.4})
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, embed_dim=8, mrl_dims=[4, 8])
+    >>> out = write_model_folder(tempfile.mkdtemp(), enc, thresholds={4: 0.3, 8: 0.4})
     >>> sorted(p.name for p in out.iterdir())
     ['calibration.json', 'embedding_model.ckpt', 'hyperparams.yaml', 'model_info.json', 'mrl_head.ckpt']
     """
-    if not isinstance(model_config, dict):
-        raise ValueError(f"model_config must be a dict, got {type(model_config).__name__}")
-    for name, sd in (("embedding_model_state", embedding_model_state),
-                     ("mrl_head_state", mrl_head_state)):
-        if not isinstance(sd, dict) or not sd:
-            raise ValueError(f"{name} must be a non-empty state dict")
-    mrl_dims = [int(d) for d in mrl_dims]
-    embed_dim = int(embed_dim)
-    if not mrl_dims or mrl_dims[-1] != embed_dim or mrl_dims != sorted(set(mrl_dims)):
-        raise ValueError(
-            f"mrl_dims must be increasing and end with embed_dim={embed_dim}, got {mrl_dims}"
-        )
-    head_out = mrl_head_state.get("linear.weight")
-    if head_out is not None and int(head_out.shape[0]) != embed_dim:
-        raise ValueError(
-            f"mrl_head_state projects to {int(head_out.shape[0])} dims, but embed_dim={embed_dim}"
-        )
-    pool_dim = _pool_dim_from_head(mrl_head_state)
+    if getattr(encoder, "mrl_head", None) is None:
+        raise ValueError("write_model_folder needs an MRLEncoder with a Matryoshka head (mrl_head)")
+    mrl_dims = encoder.mrl_dims
     thr = _check_thresholds(thresholds, mrl_dims)
-
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    text = render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thr)
-    (folder / "hyperparams.yaml").write_text(text)
-
-    def _cpu(sd):
-        return {k: (v.detach().cpu().clone() if isinstance(v, torch.Tensor) else v)
-                for k, v in sd.items()}
-
-    torch.save(_cpu(embedding_model_state), folder / "embedding_model.ckpt")
-    torch.save(_cpu(mrl_head_state), folder / "mrl_head.ckpt")
+    info = {
+        "model": "ReDimNet + Matryoshka projection (speechbrain-mrl)",
+        "embed_dim": encoder.embed_dim,
+        "mrl_dims": mrl_dims,
+        "pool_dim": encoder.pool_dim,
+        "sample_rate": int(encoder.compute_features.sample_rate),
+        "model_config": plain_config(encoder.model_config),
+        "extra_info": plain_config(extra_info) if extra_info is not None else {},
+    }
+    try:
+        info_text = json.dumps(info, indent=2) + "\n"
+    except TypeError as err:
+        raise ValueError(f"extra_info must be JSON-serialisable: {err}") from err
     calibration = {
         "thresholds": {str(d): v for d, v in thr.items()},
         "score": "cosine",
         "note": "default decision threshold per embedding size (score > threshold: same speaker)",
     }
-    (folder / "calibration.json").write_text(json.dumps(calibration, indent=2) + "\n")
-    info = {
-        "model": "ReDimNet + Matryoshka projection (speechbrain-mrl)",
-        "embed_dim": embed_dim,
-        "mrl_dims": mrl_dims,
-        "pool_dim": pool_dim,
-        "sample_rate": 16000,
-        "model_config": _plain(model_config),
-        "extra_info": _plain(extra_info) if extra_info is not None else {},
-    }
-    try:
-        info_text = json.dumps(info, indent=2)
-    except TypeError as err:
-        raise ValueError(f"extra_info must be JSON-serialisable: {err}") from err
-    (folder / "model_info.json").write_text(info_text + "\n")
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_torch_atomic(_cpu_state(encoder.embedding_model), folder / "embedding_model.ckpt")
+    save_torch_atomic(_cpu_state(encoder.mrl_head), folder / "mrl_head.ckpt")
+    write_text_atomic(folder / "hyperparams.yaml", render_hyperparams(
+        encoder.model_config, encoder.pool_dim, encoder.embed_dim, mrl_dims, thr,
+        sample_rate=info["sample_rate"]))
+    write_text_atomic(folder / "calibration.json", json.dumps(calibration, indent=2) + "\n")
+    write_text_atomic(folder / "model_info.json", info_text)
     return folder
 
 

@@ -11,6 +11,8 @@ import pathlib
 import soundfile as sf
 import torch
 
+from speechbrain_mrl.encoder import MRLEncoder
+from speechbrain_mrl.features import ReDimNetFbank
 from speechbrain_mrl.matryoshka import MatryoshkaProjection
 from speechbrain_mrl.packaging import write_model_folder
 from speechbrain_mrl.redimnet import ReDimNet
@@ -71,8 +73,6 @@ def tiny_modules(seed=0):
     lobe = ReDimNet(**TINY_CONFIG)
     head = MatryoshkaProjection(lobe.pool_dim, embed_dim=EMBED_DIM, mrl_dims=MRL_DIMS)
     # run a few batches in train mode so BatchNorm running stats are realistic
-    from speechbrain_mrl.features import ReDimNetFbank
-
     fbank = ReDimNetFbank(n_mels=TINY_CONFIG["F"], hop_length=160)
     lobe.train()
     head.train()
@@ -86,26 +86,25 @@ def tiny_modules(seed=0):
     return lobe.eval(), head.eval()
 
 
+def tiny_encoder(lobe, head):
+    """The tiny lobe and head as the training recipe holds them: an ``MRLEncoder``."""
+    spec = dict(TINY_CONFIG["spec_params"])
+    fbank = ReDimNetFbank(n_mels=TINY_CONFIG["F"], hop_length=TINY_CONFIG["hop_length"], **spec)
+    return MRLEncoder(fbank, lobe, head).eval()
+
+
 def write_tiny_model(folder, seed=0, thresholds=THRESHOLDS):
     """Writes the tiny model with ``write_model_folder``; returns (folder, lobe, head)."""
     lobe, head = tiny_modules(seed)
-    config = dict(getattr(lobe, "model_config", None) or TINY_CONFIG)  # as train.py does
-    folder = write_model_folder(folder, config, lobe.state_dict(), head.state_dict(),
-                                EMBED_DIM, MRL_DIMS, thresholds=thresholds,
+    folder = write_model_folder(folder, tiny_encoder(lobe, head), thresholds=thresholds,
                                 extra_info={"note": "tiny test model"})
     return folder, lobe, head
 
 
 def reference_embedding(lobe, head, wavs, wav_lens=None):
-    """Training-time computation (as train.py): ``head(ReDimNetEncoder.pool_features(wavs))``."""
-    from speechbrain_mrl.features import ReDimNetFbank
-    from speechbrain_mrl.official import ReDimNetEncoder
-
-    spec = dict(TINY_CONFIG["spec_params"])
-    fbank = ReDimNetFbank(n_mels=TINY_CONFIG["F"], hop_length=TINY_CONFIG["hop_length"], **spec)
-    enc = ReDimNetEncoder(fbank, lobe).eval()
+    """Training-time computation (the recipe's encoder), independent of the model folder."""
     with torch.no_grad():
-        return head(enc.pool_features(wavs, wav_lens))
+        return tiny_encoder(lobe, head)(wavs, wav_lens)
 
 
 def write_voice_corpus(folder, n_spk=4, n_utt=3, seconds=0.8, prefix="id1"):

@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from mrl_testutils import (EMBED_DIM, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding,
+from mrl_testutils import (EMBED_DIM, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
                            speaker_voice, write_tiny_model)
 from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
 from speechbrain_mrl.packaging import read_calibration, write_model_folder
@@ -38,15 +38,14 @@ def test_model_folder_contents(tiny):
 
 def test_write_model_folder_rejects_bad_input(tmp_path, tiny):
     _, lobe, head = tiny
-    args = (TINY_CONFIG, lobe.state_dict(), head.state_dict())
-    with pytest.raises(ValueError, match="end with embed_dim"):
-        write_model_folder(tmp_path, *args, EMBED_DIM, [4, 8])
+    encoder = tiny_encoder(lobe, head)
     with pytest.raises(ValueError, match="not in mrl_dims"):
-        write_model_folder(tmp_path, *args, EMBED_DIM, MRL_DIMS, thresholds={5: 0.3})
-    with pytest.raises(ValueError, match="projects to 16 dims"):
-        write_model_folder(tmp_path, *args, 8, [4, 8])
+        write_model_folder(tmp_path, encoder, thresholds={5: 0.3})
     with pytest.raises(ValueError, match="not finite"):
-        write_model_folder(tmp_path, *args, EMBED_DIM, MRL_DIMS, thresholds={4: float("nan")})
+        write_model_folder(tmp_path, encoder, thresholds={4: float("nan")})
+    with pytest.raises(ValueError, match="needs an MRLEncoder with a Matryoshka head"):
+        write_model_folder(tmp_path, tiny_encoder(lobe, None))
+    assert not list(tmp_path.iterdir())  # refused before anything was written
 
 
 @pytest.mark.parametrize("with_savedir", [False, True])

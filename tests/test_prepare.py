@@ -6,8 +6,9 @@ import pytest
 
 from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 
-import demo_prepare  # noqa: E402  (recipe folder on sys.path via recipe_data)
-import voxceleb_prepare as vp  # noqa: E402
+from speechbrain_mrl.dataio import read_audio, read_trials
+from speechbrain_mrl.datasets import speech_commands as demo_prepare
+from speechbrain_mrl.datasets import voxceleb as vp
 
 
 def read_csv(path):
@@ -82,7 +83,45 @@ def test_prepare_voxceleb_errors(tmp_path):
     bad = tmp_path / "bad_trials.txt"
     bad.write_text("1 only_one_path\n")
     with pytest.raises(ValueError, match="expected"):
-        vp.read_trials(bad)
+        read_trials(bad)
+
+
+def test_prepare_voxceleb_valid_trials(vox):
+    """Validation trials written once among the dev rows, kept on a skipped re-run."""
+    tmp, folders, trials = vox
+    save, vt = tmp / "prep", tmp / "prep" / "val_trials.txt"
+    kwargs = dict(dev_split="speaker", split_ratio=(50, 50), valid_trials=vt, n_valid_trials=20)
+    out = vp.prepare_voxceleb(folders, save, trials, **kwargs)
+    assert out["valid_trials"] == str(vt)
+    dev = read_csv(save / "dev.csv")
+    spk = {r["ID"]: r["spk_id"] for r in dev}
+    listed = read_trials(vt)
+    assert len(listed) == 20 and sum(lab for lab, _, _ in listed) == 10
+    assert all(a in spk and b in spk and (spk[a] == spk[b]) == bool(lab) for lab, a, b in listed)
+    train_spks = {r["spk_id"] for r in read_csv(save / "train.csv")}
+    assert len({spk[i] for _, a, b in listed for i in (a, b)}) == 2 and not set(spk.values()) & train_spks
+    # the list train.py wrote before: make_trials of dev.csv's rows with the training seed
+    rows = [list(r.values()) for r in dev]
+    assert listed == vp.make_trials(rows, 20, 1986)
+    text, mtime = vt.read_text(), os.path.getmtime(vt)
+    out = vp.prepare_voxceleb(folders, save, trials, **kwargs)  # skipped: file kept as is
+    assert "n_skipped" not in out and os.path.getmtime(vt) == mtime
+    vt.unlink()
+    out = vp.prepare_voxceleb(folders, save, trials, **kwargs)  # skipped: missing list written again
+    assert "n_skipped" not in out and vt.read_text() == text
+    with pytest.raises(ValueError, match="'dev' split"):
+        vp.prepare_voxceleb(folders, save, trials, splits=["train"], valid_trials=vt)
+
+
+def test_prepare_command_lines(vox, capsys):
+    tmp, folders, trials = vox
+    vp.main(folders + ["--save_folder", str(tmp / "prep"), "--verification_pairs_file", str(trials),
+                       "--valid_trials", str(tmp / "prep" / "val.txt")])
+    assert "'n_skipped': 4" in capsys.readouterr().out
+    assert (tmp / "prep" / "test.csv").is_file() and read_trials(tmp / "prep" / "val.txt")
+    data = make_speech_commands(tmp / "data")
+    demo_prepare.main(["--data_folder", str(data), "--save_folder", str(tmp / "demo")])
+    assert (tmp / "demo" / "val_trials.txt").is_file()
 
 
 def test_make_trials_balanced():
@@ -110,10 +149,10 @@ def test_prepare_demo(tmp_path):
     # 3.5 s -> 3 x 1 s + a 0.5-s tail (>= min_duration)
     assert sorted(float(r["duration"]) for r in libri) == [0.5] * 2 + [1.0] * 6
     assert "word_9.flac" in (tmp_path / "prep" / "skipped_files.txt").read_text()
-    trials = vp.read_trials(out["test_trials"])
+    trials = read_trials(out["test_trials"])
     ids = {r["ID"] for r in read_csv(out["enrol"]) + read_csv(out["test"])}
     assert len(trials) == 60 and all(a in ids and b in ids for _, a, b in trials)
-    assert len(vp.read_trials(out["val_trials"])) == 20
+    assert len(read_trials(out["val_trials"])) == 20
     mtime = os.path.getmtime(out["train"])
     demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
                               libri_seg_dur=1.0)
@@ -163,7 +202,7 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
         "no_0.wav", "no_1.wav", "up_0.wav", "up_1.wav", "yes_0.wav", "yes_1.wav"]
     test_spks = (sc / "splits" / "test_speakers.txt").read_text().split()
     assert len(test_spks) == 2
-    trials = vp.read_trials(out["test_trials"])
+    trials = read_trials(out["test_trials"])
     assert trials and {lab for lab, _, _ in trials} == {0, 1}
     assert all(vp.speaker_of(p) in test_spks for _, a, b in trials for p in (a, b))
     assert not {r["spk_id"] for r in read_csv(out["train"])} & set(test_spks)
@@ -179,7 +218,7 @@ def test_prepare_demo_real_data(shared_data, tmp_path):
     out = demo_prepare.prepare_demo(shared_data, tmp_path / "prep")
     train = read_csv(out["train"])
     assert len({r["spk_id"] for r in train}) == 159 + 251
-    assert len(vp.read_trials(out["test_trials"])) == 20000
+    assert len(read_trials(out["test_trials"])) == 20000
 
 
 def encode_m4a(path, data):
@@ -202,8 +241,6 @@ def test_prepare_voxceleb2_m4a(tmp_path):
     """VoxCeleb2 layout (dev/aac/<spk>/<video>/<utt>.m4a) decoded through torchcodec."""
     import numpy as np
 
-    import speaker_verification_cosine as svc
-
     root = tmp_path / "vox2"
     clips = {}
     for s, spk in enumerate(("id00012", "id00015")):
@@ -222,9 +259,8 @@ def test_prepare_voxceleb2_m4a(tmp_path):
     for r in rows:
         start, stop = int(r["start"]), int(r["stop"])
         src = clips[os.path.relpath(r["wav"], root / "dev" / "aac")][start:stop]
-        for sig in (vp.read_audio(r["wav"], start, stop, 16000),
-                    svc.read_segment(r["wav"], start, stop, 16000)):
-            assert abs(sig.shape[0] - src.shape[0]) <= 1024  # AAC frame granularity
-            n = min(sig.shape[0], src.shape[0])
-            corr = np.corrcoef(sig[:n].numpy(), src[:n])[0, 1]
-            assert corr > 0.95, corr
+        sig = read_audio(r["wav"], start, stop, 16000)
+        assert abs(sig.shape[0] - src.shape[0]) <= 1024  # AAC frame granularity
+        n = min(sig.shape[0], src.shape[0])
+        corr = np.corrcoef(sig[:n].numpy(), src[:n])[0, 1]
+        assert corr > 0.95, corr

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import redimnet_fill as rf
-from speechbrain_mrl import REDIMNET_PRESETS, ReDimNet, ReDimNetEncoder, load_official_redimnet
+from speechbrain_mrl import REDIMNET_PRESETS, MRLEncoder, ReDimNet, load_official_redimnet
 from speechbrain_mrl.official import (
     official_state_dict,
     read_official_checkpoint,
@@ -74,7 +74,7 @@ def test_padding_invariance(name, tmp_path):
 
 
 def test_full_lengths_equal_no_lengths():
-    enc = ReDimNetEncoder.from_config(TINY).eval()
+    enc = MRLEncoder.from_config(TINY).eval()
     wavs = torch.randn(2, 8000)
     with torch.inference_mode():
         assert torch.equal(enc(wavs), enc(wavs, torch.ones(2)))
@@ -96,7 +96,7 @@ def test_all_block_types_train_and_eval(b1d, b2d):
     model.train()
     out = model(feats, lengths)
     out.sum().backward()
-    assert out.shape == (3, 1, 16)
+    assert out.shape == (3, 16)
     assert all(p.grad is not None for n, p in model.named_parameters()
                if p.requires_grad and "stage0.0.w" not in n)
     model.eval()
@@ -124,7 +124,7 @@ def test_eval_folding_follows_weight_changes():
 
 # ------------------------------------------------------------------ loader
 def _tiny_checkpoint(path, **changes):
-    enc = ReDimNetEncoder.from_config(TINY)
+    enc = MRLEncoder.from_config(TINY)
     ckpt = {"model_config": dict(enc.model_config), "state_dict": official_state_dict(enc)}
     ckpt.update(changes)
     torch.save(ckpt, path)
@@ -133,7 +133,7 @@ def _tiny_checkpoint(path, **changes):
 
 def test_loader_roundtrip_with_tuples(tmp_path):
     cfg = dict(TINY, stages_setup=tuple((1, 1, 2, ((3, 3),), 4) for _ in range(1)))
-    enc = ReDimNetEncoder.from_config(cfg)
+    enc = MRLEncoder.from_config(cfg)
     path = tmp_path / "tuples.pt"
     torch.save({"model_config": cfg, "state_dict": official_state_dict(enc)}, path)
     loaded = load_official_redimnet(path)
@@ -162,7 +162,7 @@ def test_loader_missing_top_level_keys(tmp_path):
 
 
 def test_loader_missing_and_unexpected_keys(tmp_path):
-    enc = ReDimNetEncoder.from_config(TINY)
+    enc = MRLEncoder.from_config(TINY)
     sd = official_state_dict(enc)
     sd.pop("backbone.stem.0.weight")
     sd["backbone.extra.weight"] = torch.zeros(1)
@@ -173,7 +173,7 @@ def test_loader_missing_and_unexpected_keys(tmp_path):
 
 
 def test_loader_wrong_shapes(tmp_path):
-    enc = ReDimNetEncoder.from_config(TINY)
+    enc = MRLEncoder.from_config(TINY)
     sd = official_state_dict(enc)
     sd["linear.weight"] = torch.zeros(3, 3)
     torch.save({"model_config": enc.model_config, "state_dict": sd}, tmp_path / "shape.pt")

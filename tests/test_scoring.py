@@ -1,4 +1,4 @@
-"""Tests of recipes/VoxCeleb/MRL/speaker_verification_cosine.py."""
+"""Tests of speechbrain_mrl.metrics / .embeddings and recipes/VoxCeleb/MRL/speaker_verification_cosine.py."""
 import csv
 import importlib.util
 import json
@@ -10,6 +10,9 @@ import torch
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from mrl_testutils import MRL_DIMS, TINY_CONFIG, write_tiny_model, write_voice_corpus
+from speechbrain_mrl import metrics
+from speechbrain_mrl.dataio import AudioError, read_trials, resolve_trials
+from speechbrain_mrl.embeddings import embed_manifest
 
 RECIPE = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "VoxCeleb" / "MRL"
 
@@ -33,7 +36,7 @@ def test_error_rates_match_toolkit(seed):
     if seed == 2:  # ties and repeated values
         pos = torch.round(pos * 4) / 4
         neg = torch.round(neg * 4) / 4
-    r = svc.error_rates(pos, neg)
+    r = metrics.error_rates(pos, neg)
     eer, eer_thr = EER(pos, neg)
     assert r["EER"] == pytest.approx(eer, abs=1e-6)
     for p in (0.01, 0.05):
@@ -42,8 +45,8 @@ def test_error_rates_match_toolkit(seed):
     # both backends of verification_metrics agree
     scores = torch.cat([pos, neg])
     labels = torch.cat([torch.ones(150), torch.zeros(400)]).long()
-    a = svc.verification_metrics(scores, labels, toolkit_max_trials=10 ** 6)
-    b = svc.verification_metrics(scores, labels, toolkit_max_trials=0)
+    a = metrics.verification_metrics(scores, labels, toolkit_max_trials=10 ** 6)
+    b = metrics.verification_metrics(scores, labels, toolkit_max_trials=0)
     assert a["metric_backend"] != b["metric_backend"]
     for k in ("EER", "minDCF@0.01", "minDCF@0.05"):
         assert a[k] == pytest.approx(b[k], abs=1e-4)
@@ -53,15 +56,88 @@ def test_trial_ids_and_errors(tmp_path):
     ids = {"id10001/a/00001", "id10002--b--00002"}
     trials = tmp_path / "t.txt"
     trials.write_text("1 id10001/a/00001.wav id10001/a/00001.wav\n\n0 id10001/a/00001.wav id10002/b/00002.wav\n")
-    labels, e, t = svc.read_trials(trials, ids)
+    labels, e, t, names = resolve_trials(read_trials(trials), ids)
     assert labels.tolist() == [1, 0]
     assert t[1] == "id10002--b--00002" and e[0] == "id10001/a/00001"
-    trials.write_text("1 id10001/a/00001.wav id10009/z/1.wav\n")
+    assert names["id10002--b--00002"] == "id10002/b/00002.wav"
+    trials.write_text("1 id10001/a/00001.wav id10009/z/1.wav\n0 id10001/a/00001.wav id10002/b/00002.wav\n")
     with pytest.raises(ValueError, match="id10009/z/1.wav"):
-        svc.read_trials(trials, ids)
+        resolve_trials(read_trials(trials), ids)
     trials.write_text("yes id10001/a/00001.wav\n")
     with pytest.raises(ValueError, match="expected"):
-        svc.read_trials(trials, ids)
+        read_trials(trials)
+
+
+@pytest.mark.parametrize("toolkit_max_trials", [10 ** 6, 0])
+def test_verification_metrics_rejects_bad_lists(toolkit_max_trials):
+    scores = torch.tensor([0.9, 0.2, 0.7, 0.1])
+    for labels in ([1, 1, 1, 1], [0, 0, 0, 0]):
+        with pytest.raises(ValueError, match="target and non-target"):
+            metrics.verification_metrics(scores, labels, toolkit_max_trials)
+    bad = scores.clone()
+    bad[1], bad[3] = float("nan"), float("inf")
+    with pytest.raises(ValueError, match="2 of 4 scores are NaN or Inf"):
+        metrics.verification_metrics(bad, [1, 0, 1, 0], toolkit_max_trials)
+    ok = metrics.verification_metrics(scores, [1, 0, 1, 0], toolkit_max_trials)
+    assert ok["EER"] == 0.0 and ok["n_target"] == 2
+
+
+def test_prefix_metrics_by_hand():
+    g = torch.Generator().manual_seed(3)
+    emb = torch.randn(12, 8, generator=g)
+    spk = torch.arange(12) // 3
+    pairs = [(a, b) for a in range(12) for b in range(a + 1, 12)]
+    labels = [int(spk[a] == spk[b]) for a, b in pairs]
+    ia, ib = [a for a, _ in pairs], [b for _, b in pairs]
+    got = metrics.prefix_metrics(emb, labels, ia, ib, [2, 8])
+    assert sorted(got) == [2, 8]
+    lab = torch.tensor(labels)
+    for d in (2, 8):
+        x = emb[:, :d] / emb[:, :d].norm(dim=1, keepdim=True)
+        s = (x[ia] * x[ib]).sum(1)
+        eer, thr = EER(s[lab == 1], s[lab == 0])
+        dcf, _ = minDCF(s[lab == 1], s[lab == 0], p_target=0.01)
+        assert got[d]["EER"] == pytest.approx(100 * eer, abs=1e-9)
+        assert got[d]["threshold"] == pytest.approx(thr, abs=1e-6)
+        assert got[d]["minDCF"] == pytest.approx(dcf, abs=1e-9)
+    # the output of resolve_trials plus an ID -> row index
+    ids = [f"s{int(spk[i])}/u{i}" for i in range(12)]
+    index = {u: i for i, u in enumerate(ids)}
+    trials = [(lab_, f"{ids[a]}.wav", f"{ids[b]}.wav") for lab_, a, b in zip(labels, ia, ib)]
+    lab2, e_ids, t_ids, _ = resolve_trials(trials, index)
+    again = metrics.prefix_metrics(emb, lab2, [index[i] for i in e_ids], [index[i] for i in t_ids],
+                                   [2, 8])
+    assert again == got
+    with pytest.raises(ValueError, match="prefix size 9"):
+        metrics.prefix_metrics(emb, labels, ia, ib, [9])
+
+
+def test_embed_manifest_names_silent_utterance(tmp_path):
+    import soundfile as sf
+
+    from speechbrain_mrl.encoder import MRLEncoder
+    from mrl_testutils import speaker_voice
+
+    enc = MRLEncoder.from_config(TINY_CONFIG)
+    rows = {}
+    for i, wav in enumerate([speaker_voice(0, 0, 0.5), torch.zeros(8000), speaker_voice(1, 0, 0.4)]):
+        path = tmp_path / f"{i}.wav"
+        sf.write(str(path), wav.numpy(), 16000, subtype="FLOAT")
+        rows[f"spk{i}--utt{i}"] = {"wav": str(path), "start": 0, "stop": len(wav),
+                                   "duration": len(wav) / 16000}
+    with pytest.raises(AudioError, match=r"utterance spk1--utt1 \(.*1\.wav\): audio is all zeros"):
+        embed_manifest(enc, rows, batch_size=3)
+    del rows["spk1--utt1"]
+    ids, emb = embed_manifest(enc, rows, batch_size=3)
+    assert ids == ["spk0--utt0", "spk2--utt2"] and emb.shape == (2, TINY_CONFIG["embed_dim"])
+    assert enc.training  # run in eval(), previous mode restored
+    # a batch embeds as the single utterances do (padding-aware), in eval()
+    with torch.no_grad():
+        enc.eval()
+        single = enc(speaker_voice(1, 0, 0.4)[None])
+    torch.testing.assert_close(emb[1:], single, atol=1e-4, rtol=1e-4)
+    with pytest.raises(AudioError, match="utterance spk2--utt2 .*too short"):
+        embed_manifest(enc, rows, batch_size=3, min_duration=0.45)
 
 
 def _separable(n_spk=4, n_utt=5, dim=16, seed=0, orthogonal=True):
@@ -92,10 +168,10 @@ def test_score_trials_chunked_and_separable(tmp_path):
     dims = [4, 8, 16]
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    full = svc.score_trials(emb, index, labels, e_ids, t_ids, dims, cohort=cohort,
+    full = metrics.score_trials(emb, index, labels, e_ids, t_ids, dims, cohort=cohort,
                             cohort_groups=groups, topk=3, chunk_size=10 ** 6,
                             score_dir=tmp_path / "a", progress=False)
-    chunked = svc.score_trials(emb, index, labels, e_ids, t_ids, dims, cohort=cohort,
+    chunked = metrics.score_trials(emb, index, labels, e_ids, t_ids, dims, cohort=cohort,
                                cohort_groups=groups, topk=3, chunk_size=37,
                                score_dir=tmp_path / "b", progress=False)
     for d in dims:
@@ -107,7 +183,7 @@ def test_score_trials_chunked_and_separable(tmp_path):
         ref = (a[[index[i] for i in e_ids]] * a[[index[i] for i in t_ids]]).sum(1)
         np.testing.assert_allclose(full[d]["cosine"], ref.numpy(), atol=1e-6)
         for k in full[d]:
-            m = svc.verification_metrics(full[d][k], labels)
+            m = metrics.verification_metrics(full[d][k], labels)
             assert m["EER"] == 0.0 and m["minDCF@0.01"] == 0.0, (d, k, m)
         lines = (tmp_path / "a" / f"scores_{d}_as-norm.txt").read_text().splitlines()
         assert lines == (tmp_path / "b" / f"scores_{d}_as-norm.txt").read_text().splitlines()
@@ -117,7 +193,7 @@ def test_score_trials_chunked_and_separable(tmp_path):
         assert float(score) == pytest.approx(float(full[d]["as-norm"][3]), abs=1e-5)
     # s-norm by hand for one trial at size 8
     d, j = 8, 11
-    c = svc.cohort_matrix(cohort, d, groups)
+    c = metrics.cohort_matrix(cohort, d, groups)
     a = torch.nn.functional.normalize(emb[:, :d], dim=1)
     se, st = a[index[e_ids[j]]] @ c.T, a[index[t_ids[j]]] @ c.T
     s = float(full[d]["cosine"][j])
@@ -211,9 +287,9 @@ def test_end_to_end_mrl_model(scoring_setup):
 
 def test_end_to_end_official_and_errors(scoring_setup, tmp_path):
     root, folder, n_trials = scoring_setup
-    from speechbrain_mrl.official import ReDimNetEncoder, official_state_dict
+    from speechbrain_mrl.official import MRLEncoder, official_state_dict
 
-    enc = ReDimNetEncoder.from_config(TINY_CONFIG)
+    enc = MRLEncoder.from_config(TINY_CONFIG)
     ckpt = tmp_path / "tiny_official.pt"
     torch.save({"model_config": enc.model_config, "state_dict": official_state_dict(enc)}, ckpt)
     out = tmp_path / "out_official"

@@ -22,21 +22,35 @@ trial list among them, used for validation EER and threshold calibration),
 ``enrol.csv``/``test.csv`` and ``trials_test.txt`` (the test trial list with
 absolute-path-free IDs as in the local copy).
 
+Command line::
+
+    python -m speechbrain_mrl.datasets.speech_commands --data_folder DATA --save_folder OUT [--download]
+
 Authors
 -------
  * speechbrain-mrl developers
 """
+import argparse
 import logging
 import os
 import pathlib
 import random
 import shutil
-import sys
 import tarfile
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import voxceleb_prepare as vp  # noqa: E402
+from speechbrain_mrl.dataio import read_trials, write_manifest, write_text_atomic, write_trials
+from speechbrain_mrl.datasets.voxceleb import (
+    make_rows,
+    make_trials,
+    report_skipped,
+    save_opts,
+    scan_speakers,
+    skip,
+    speaker_of,
+    trial_id,
+    trial_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +59,7 @@ SC_DIR = "speech_commands"
 LIBRI_DIR = "librispeech_train_clean_100"
 
 
+# ----------------------------------------------------------------- download
 def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     """Downloads the Speech Commands test set and regroups it by speaker.
 
@@ -52,6 +67,22 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     ``data_folder``) holds ``<word>/<speaker>_nohash_<n>.wav``; the result is
     ``<data_folder>/speech_commands/<speaker>/<word>_<n>.wav`` plus a seeded
     ``splits/`` folder (see the module docstring).
+
+    Arguments
+    ---------
+    data_folder : str or os.PathLike
+        Where the archive, its extracted copy and ``speech_commands/`` go.
+    seed : int
+        Seed of the speaker split and of the trial list.
+    n_trials : int
+        Size of the test trial list.
+    url : str, optional
+        Archive address (default :data:`SC_URL`).
+
+    Returns
+    -------
+    pathlib.Path
+        ``<data_folder>/speech_commands``.
     """
     url = url or SC_URL
     data_folder = pathlib.Path(data_folder)
@@ -64,45 +95,117 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
         os.replace(tmp, archive)
     raw = data_folder / "speech_commands_raw"
     if not raw.is_dir():
-        with tarfile.open(archive) as tar:
-            tar.extractall(raw, filter="data")
+        _extract(archive, raw)
     regroup_speech_commands(raw, data_folder / SC_DIR)
     make_splits(data_folder / SC_DIR, seed=seed, n_trials=n_trials)
     return data_folder / SC_DIR
 
 
+def _extract(archive, folder):
+    """Extracts ``archive`` into ``folder`` through a temporary folder and a rename."""
+    tmp = folder.with_name(folder.name + ".part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(tmp, filter="data")
+    os.replace(tmp, folder)
+
+
 def regroup_speech_commands(raw, out):
-    """``<word>/<spk>_nohash_<n>.wav`` -> ``<spk>/<word>_<n>.wav`` (copies)."""
+    """``<word>/<spk>_nohash_<n>.wav`` -> ``<spk>/<word>_<n>.wav`` (copies).
+
+    The ``_background_noise_`` folder is left out; existing copies are kept.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> raw, out = pathlib.Path(tempfile.mkdtemp()), pathlib.Path(tempfile.mkdtemp())
+    >>> (raw / "yes").mkdir()
+    >>> _ = (raw / "yes" / "0a1b2c3d_nohash_1.wav").write_bytes(b"RIFF")
+    >>> regroup_speech_commands(raw, out)
+    >>> [p.relative_to(out).as_posix() for p in out.rglob("*.wav")]
+    ['0a1b2c3d/yes_1.wav']
+    """
     raw, out = pathlib.Path(raw), pathlib.Path(out)
     for wav in sorted(raw.glob("*/*.wav")):
         word = wav.parent.name
         if word.startswith("_"):
-            continue  # _background_noise_
+            continue
         spk, _, n = wav.stem.partition("_nohash_")
         dest = out / spk / f"{word}_{n}.wav"
         if not dest.is_file():
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wav, dest)
+            _copy_atomic(wav, dest)
+
+
+def _copy_atomic(src, dest):
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
 
 
 def make_splits(sc_folder, seed=17, test_fraction=0.25, n_trials=20000):
-    """Seeded speaker split and balanced trial list written to ``splits/``."""
+    """Seeded speaker split and balanced trial list written to ``splits/``.
+
+    Arguments
+    ---------
+    sc_folder : str or os.PathLike
+        The ``speech_commands`` folder (``<speaker>/<word>_<n>.wav``).
+    seed : int
+        Seed of the split and of the trials.
+    test_fraction : float
+        Share of the speakers in the test set.
+    n_trials : int
+        Size of the trial list (among the test speakers' files).
+    """
     sc_folder = pathlib.Path(sc_folder)
     splits = sc_folder / "splits"
-    splits.mkdir(exist_ok=True)
-    speakers = vp.scan_speakers(sc_folder)
+    speakers = scan_speakers(sc_folder)
     spks = sorted(speakers)
     rng = random.Random(seed)
     test = sorted(rng.sample(spks, int(round(len(spks) * test_fraction))))
     train = sorted(set(spks) - set(test))
-    (splits / "train_speakers.txt").write_text("".join(s + "\n" for s in train))
-    (splits / "test_speakers.txt").write_text("".join(s + "\n" for s in test))
+    write_text_atomic(splits / "train_speakers.txt", "".join(s + "\n" for s in train))
+    write_text_atomic(splits / "test_speakers.txt", "".join(s + "\n" for s in test))
     rows = [[rel, 1.0, str(p), 0, 0, s] for s in test for rel, p in speakers[s]]
-    vp.write_trials(splits / "trials_test.txt", vp.make_trials(rows, n_trials, seed=seed))
+    write_trials(splits / "trials_test.txt", make_trials(rows, n_trials, seed=seed))
 
 
+# ----------------------------------------------------------------- manifests
 def _read_list(path):
-    return [line.strip() for line in open(path) if line.strip()]
+    return [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
+
+
+def _train_dev_rows(sc, libri, train_spks, val_spks, test_spks, min_duration, libri_seg_dur,
+                    skipped):
+    """``(train_rows, dev_rows)``: Speech Commands speakers, then LibriSpeech segments."""
+    speakers = scan_speakers(sc)
+    train_rows, dev_rows = [], []
+    for spk in sorted(train_spks):
+        for rel, path in speakers.get(spk, []):
+            rows = make_rows(spk, rel, path, min_duration, None, skipped)
+            (dev_rows if spk in val_spks else train_rows).extend(rows)
+    if libri is not None:
+        for spk, items in scan_speakers(libri).items():
+            if spk in test_spks:
+                continue
+            for rel, path in items:
+                train_rows.extend(make_rows("libri" + spk, "libri/" + rel, path,
+                                            min_duration, libri_seg_dur, skipped))
+    return train_rows, dev_rows
+
+
+def _write_test(sc, trials, out, skipped):
+    """Writes enrol/test manifests and the test trials with manifest IDs; returns the trials kept."""
+    found = set()
+    for name, col in (("enrol", 1), ("test", 2)):
+        rows = trial_rows(sorted({t[col] for t in trials}), [sc], skipped)
+        write_manifest(out[name], rows.values())
+        found.update(rows)
+    kept = [(lab, trial_id(a), trial_id(b)) for lab, a, b in trials if a in found and b in found]
+    if len(kept) < len(trials):
+        logger.warning("%d trials dropped (unreadable files)", len(trials) - len(kept))
+    write_trials(out["test_trials"], kept)
+    return kept
 
 
 def prepare_demo(
@@ -141,12 +244,18 @@ def prepare_demo(
     download : bool
         Download the Speech Commands test archive when no local copy exists.
     skip_prep : bool
-        Do nothing.
+        Do nothing (the paths are returned all the same).
 
     Returns
     -------
     dict
-        Paths of the manifests and trial lists.
+        Paths of the manifests (``train``, ``dev``, ``enrol``, ``test``) and
+        trial lists (``val_trials``, ``test_trials``).
+
+    Raises
+    ------
+    FileNotFoundError
+        Without a local copy of the split and ``download=False``.
     """
     data_folder = pathlib.Path(data_folder)
     save_folder = pathlib.Path(save_folder)
@@ -176,63 +285,39 @@ def prepare_demo(
     }
     files = [os.path.basename(p) for p in out.values()]
     save_folder.mkdir(parents=True, exist_ok=True)
-    if vp.skip(save_folder, files, opts):
+    if skip(save_folder, files, opts):
         logger.info("Skipping preparation, completed in previous run.")
         return out
 
-    train_spks = _read_list(sc / "splits" / "train_speakers.txt")
-    trials = vp.read_trials(sc / "splits" / "trials_test.txt")
-    test_spks = {vp.speaker_of(p) for _, a, b in trials for p in (a, b)}
-    train_spks = [s for s in train_spks if s not in test_spks]
+    trials = read_trials(sc / "splits" / "trials_test.txt")
+    test_spks = {speaker_of(p) for _, a, b in trials for p in (a, b)}
+    train_spks = [s for s in _read_list(sc / "splits" / "train_speakers.txt") if s not in test_spks]
     rng = random.Random(seed)
     val_spks = set(rng.sample(sorted(train_spks), min(n_val_speakers, len(train_spks) // 2)))
-    speakers = vp.scan_speakers(sc)
     skipped = []
-    train_rows, dev_rows = [], []
-    for spk in sorted(train_spks):
-        for rel, path in speakers.get(spk, []):
-            rows = vp.make_rows(spk, rel, path, min_duration, None, skipped)
-            (dev_rows if spk in val_spks else train_rows).extend(rows)
-    if use_libri:
-        for spk, items in vp.scan_speakers(libri).items():
-            if spk in test_spks:
-                continue
-            for rel, path in items:
-                train_rows.extend(vp.make_rows("libri" + spk, "libri/" + rel, path,
-                                               min_duration, libri_seg_dur, skipped))
-    vp.write_csv(out["train"], train_rows)
-    vp.write_csv(out["dev"], dev_rows)
-    vp.write_trials(out["val_trials"], vp.make_trials(dev_rows, n_val_trials, seed=seed))
-
-    # enrol/test: the files of the test trial list, IDs = paths without extension
-    ids = {}
-    for name, col in (("enrol", 1), ("test", 2)):
-        rows = []
-        for rel in sorted({t[col] for t in trials}):
-            r = vp.make_rows(vp.speaker_of(rel), rel, sc / rel, 0.0, None, skipped)
-            if r:
-                r[0][0] = vp.trial_id(rel)
-                ids[rel] = r[0][0]
-                rows.extend(r)
-        vp.write_csv(out[name], rows)
-    kept = [(lab, ids[a], ids[b]) for lab, a, b in trials if a in ids and b in ids]
-    if len(kept) < len(trials):
-        logger.warning("%d trials dropped (unreadable files)", len(trials) - len(kept))
-    vp.write_trials(out["test_trials"], [(lab, a, b) for lab, a, b in kept])
-    vp.report_skipped(skipped, save_folder)
-    vp.save_opts(save_folder, opts)
+    train_rows, dev_rows = _train_dev_rows(sc, libri if use_libri else None, train_spks, val_spks,
+                                           test_spks, min_duration, libri_seg_dur, skipped)
+    write_manifest(out["train"], train_rows)
+    write_manifest(out["dev"], dev_rows)
+    write_trials(out["val_trials"], make_trials(dev_rows, n_val_trials, seed=seed))
+    kept = _write_test(sc, trials, out, skipped)
+    report_skipped(skipped, save_folder)
+    save_opts(save_folder, opts)
     logger.info("demo data: %d train rows (%d speakers), %d dev rows (%d speakers), %d test trials",
                 len(train_rows), len({r[5] for r in train_rows}), len(dev_rows), len(val_spks), len(kept))
     return out
 
 
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-
-    p = argparse.ArgumentParser(description="Prepare the demo data")
-    p.add_argument("--data_folder", required=True)
-    p.add_argument("--save_folder", required=True)
-    p.add_argument("--download", action="store_true")
-    a = p.parse_args()
+def main(argv=None):
+    """Command line: prepares the demo data; prints the output paths."""
+    parser = argparse.ArgumentParser(description="Prepare the demo data")
+    parser.add_argument("--data_folder", required=True)
+    parser.add_argument("--save_folder", required=True)
+    parser.add_argument("--download", action="store_true")
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    print(prepare_demo(a.data_folder, a.save_folder, download=a.download))
+    print(prepare_demo(args.data_folder, args.save_folder, download=args.download))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

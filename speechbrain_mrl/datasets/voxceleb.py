@@ -1,0 +1,583 @@
+"""Data preparation for VoxCeleb-style speaker folders.
+
+Writes SpeechBrain CSV manifests (``ID,duration,wav,start,stop,spk_id``) from
+one or more folders in the VoxCeleb layout (``<spk>/<video>/<utt>.wav``;
+VoxCeleb2's ``.m4a`` files are read with torchcodec, wav/flac with soundfile,
+see :func:`speechbrain_mrl.dataio.audio_info`):
+
+* ``train.csv`` / ``dev.csv``: training data and held-out data. With
+  ``dev_split="utterance"`` (default) the dev set holds ``split_ratio[1]`` % of
+  every training speaker's files; with ``dev_split="speaker"`` it holds every
+  file of ``split_ratio[1]`` % of the speakers (a validation set of unseen
+  speakers, the right thing for EER-based validation).
+* ``enrol.csv`` / ``test.csv``: the files of a VoxCeleb-format trial list
+  (``1 id10270/x/00001.wav id10270/y/00002.wav``, paths relative to one of the
+  data folders). Speakers of the trial list never appear in train/dev.
+* optionally a seeded, balanced validation trial list among the dev rows.
+
+Unreadable, empty and too-short files are reported and skipped (their count
+is printed); preparation is skipped when the manifests exist and were written
+with the same options (``opts_prepare.json``).
+
+Command line::
+
+    python -m speechbrain_mrl.datasets.voxceleb DATA [DATA ...] --save_folder OUT
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import argparse
+import csv
+import json
+import logging
+import os
+import pathlib
+import random
+
+from speechbrain_mrl.dataio import (
+    AudioError,
+    audio_info,
+    read_trials,
+    write_manifest,
+    write_text_atomic,
+    write_trials,
+)
+
+logger = logging.getLogger(__name__)
+
+AUDIO_EXTENSIONS = (".wav", ".flac", ".m4a")
+OPT_FILE = "opts_prepare.json"
+SKIPPED_FILE = "skipped_files.txt"
+# sub-folders that hold the speaker folders in the official archives
+_AUDIO_SUBDIRS = ("wav", "aac", os.path.join("dev", "aac"), os.path.join("dev", "wav"))
+_NOT_SPEAKERS = ("splits", "_background_noise_")
+
+
+# ----------------------------------------------------------------- scanning
+def audio_root(folder):
+    """The folder holding the speaker folders (``folder`` or its wav/aac sub-folder).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "dev" / "aac").mkdir(parents=True)
+    >>> audio_root(root).relative_to(root).as_posix()
+    'dev/aac'
+    """
+    folder = pathlib.Path(folder)
+    for sub in _AUDIO_SUBDIRS:
+        if (folder / sub).is_dir():
+            return folder / sub
+    return folder
+
+
+def scan_speakers(folder, extensions=AUDIO_EXTENSIONS):
+    """Lists the audio files of every speaker folder under ``folder``.
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        A data folder (see :func:`audio_root`).
+    extensions : sequence of str
+        Audio file extensions to look for (case-insensitive).
+
+    Returns
+    -------
+    dict of str to list of (str, pathlib.Path)
+        ``{spk_id: [(relative_path, absolute_path), ...]}``, sorted;
+        ``relative_path`` is relative to :func:`audio_root` (as in trial lists).
+
+    Raises
+    ------
+    FileNotFoundError
+        When ``folder`` does not exist.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for rel in ("id2/v/1.wav", "id1/v/2.flac", "id1/v/notes.txt"):
+    ...     (root / rel).parent.mkdir(parents=True, exist_ok=True)
+    ...     (root / rel).touch()
+    >>> {spk: [rel for rel, _ in items] for spk, items in scan_speakers(root).items()}
+    {'id1': ['id1/v/2.flac'], 'id2': ['id2/v/1.wav']}
+    """
+    root = audio_root(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {folder}")
+    exts = tuple(e.lower() for e in extensions)
+    out = {}
+    for spk_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        if spk_dir.name.startswith(".") or spk_dir.name in _NOT_SPEAKERS:
+            continue
+        files = sorted(p for p in spk_dir.rglob("*") if p.is_file() and p.suffix.lower() in exts)
+        if files:
+            out[spk_dir.name] = [(p.relative_to(root).as_posix(), p) for p in files]
+    return out
+
+
+# ----------------------------------------------------------------- manifest rows
+def make_rows(spk_id, rel, path, min_duration, seg_dur=None, skipped=None):
+    """Manifest rows of one file: the whole file, or ``seg_dur``-second segments.
+
+    A file that cannot be read, is empty or shorter than ``min_duration``
+    seconds gives no row; the reason is appended to ``skipped``.
+
+    Arguments
+    ---------
+    spk_id : str
+        Speaker of the file.
+    rel : str
+        Path relative to the data folder; the row ID is it without extension,
+        ``/`` replaced by ``--`` (and ``_<n>`` appended for segments).
+    path : str or os.PathLike
+        The audio file.
+    min_duration : float
+        Shortest file (and last segment) kept, in seconds.
+    seg_dur : float, optional
+        Segment length in seconds (None: one row for the whole file).
+    skipped : list, optional
+        Receives ``(path, reason)`` of a file that gives no row.
+
+    Returns
+    -------
+    list of list
+        ``[ID, duration, wav, start, stop, spk_id]`` rows.
+
+    Example
+    -------
+    >>> import tempfile, numpy as np, soundfile as sf
+    >>> p = os.path.join(tempfile.mkdtemp(), "1.wav")
+    >>> sf.write(p, np.ones(20000, dtype="float32") * 0.1, 16000)
+    >>> for row in make_rows("id1", "id1/v/1.wav", p, 0.2, seg_dur=0.5):
+    ...     print(*row[:2], *row[3:])
+    id1--v--1_0 0.500 0 8000 id1
+    id1--v--1_1 0.500 8000 16000 id1
+    id1--v--1_2 0.250 16000 20000 id1
+    >>> skipped = []
+    >>> make_rows("id1", "id1/v/1.wav", p, 2.0, skipped=skipped), skipped[0][1]
+    ([], 'too short (1.250 s < 2.0 s)')
+    """
+    reason, frames, sr = _check_file(path, min_duration)
+    if reason:
+        if skipped is not None:
+            skipped.append((str(path), reason))
+        return []
+    base_id = rel.rsplit(".", 1)[0].replace("/", "--")
+    duration = frames / sr
+    if not seg_dur or duration <= seg_dur:
+        return [[base_id, f"{duration:.3f}", str(path), 0, frames, spk_id]]
+    seg = int(round(seg_dur * sr))
+    bounds = [(i * seg, (i + 1) * seg) for i in range(frames // seg)]
+    if (frames - len(bounds) * seg) / sr >= min_duration:
+        bounds.append((len(bounds) * seg, frames))
+    return [[f"{base_id}_{i}", f"{(stop - start) / sr:.3f}", str(path), start, stop, spk_id]
+            for i, (start, stop) in enumerate(bounds)]
+
+
+def _check_file(path, min_duration):
+    """``(reason, frames, sample_rate)``; ``reason`` is None for a usable file."""
+    try:
+        frames, sr = audio_info(path)
+    except AudioError as err:
+        cause = err.__cause__ or err
+        return f"unreadable ({type(cause).__name__}: {cause})", 0, 0
+    if frames <= 0:
+        return "empty", frames, sr
+    if frames / sr < min_duration:
+        return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
+    return None, frames, sr
+
+
+def speaker_of(rel):
+    """Speaker id of a trial-list path (its first folder).
+
+    Example
+    -------
+    >>> speaker_of("id10270/5r0dWxy17C8/00001.wav")
+    'id10270'
+    """
+    return rel.replace("\\", "/").split("/")[0]
+
+
+def trial_id(rel):
+    """The manifest ID of a trial-list path (the path without extension).
+
+    Example
+    -------
+    >>> trial_id("id10270/5r0dWxy17C8/00001.wav")
+    'id10270/5r0dWxy17C8/00001'
+    """
+    return rel.rsplit(".", 1)[0]
+
+
+def trial_rows(rel_paths, roots, skipped):
+    """Manifest rows of trial-list files, with :func:`trial_id` IDs.
+
+    Arguments
+    ---------
+    rel_paths : iterable of str
+        Trial-list paths, relative to one of ``roots``.
+    roots : list of pathlib.Path
+        Folders searched in order.
+    skipped : list
+        Receives ``(path, reason)`` of missing and unusable files.
+
+    Returns
+    -------
+    dict of str to list
+        ``{rel: row}`` for the usable files, in the order of ``rel_paths``.
+    """
+    out = {}
+    for rel in rel_paths:
+        path = next((r / rel for r in roots if (r / rel).is_file()), None)
+        if path is None:
+            skipped.append((rel, "missing"))
+            continue
+        rows = make_rows(speaker_of(rel), rel, path, 0.0, None, skipped)
+        if rows:
+            out[rel] = [trial_id(rel)] + rows[0][1:]
+    return out
+
+
+# ----------------------------------------------------------------- trial lists
+def make_trials(rows, n_trials, seed=1234):
+    """A balanced, seeded trial list among manifest rows (half target trials).
+
+    Arguments
+    ---------
+    rows : list
+        Manifest rows (``ID, duration, wav, start, stop, spk_id``).
+    n_trials : int
+        Wanted number of trials (fewer if there are not enough distinct pairs).
+    seed : int
+        Random seed.
+
+    Returns
+    -------
+    list of (int, str, str)
+        ``(label, enrol_id, test_id)`` with manifest IDs, no repeated pair.
+
+    Example
+    -------
+    >>> rows = [[f"s{s}_{u}", 1.0, "x", 0, 1, f"s{s}"] for s in range(3) for u in range(2)]
+    >>> trials = make_trials(rows, 6, seed=0)
+    >>> len(trials), sum(lab for lab, _, _ in trials)
+    (6, 3)
+    """
+    rng = random.Random(seed)
+    by_spk = {}
+    for r in rows:
+        by_spk.setdefault(r[5], []).append(r[0])
+    multi = [s for s in sorted(by_spk) if len(by_spk[s]) >= 2]
+    ids = [r[0] for r in rows]
+    spk_of = {r[0]: r[5] for r in rows}
+    n_pos_max = sum(len(by_spk[s]) * (len(by_spk[s]) - 1) // 2 for s in multi)
+    n_pos = min(n_trials // 2, n_pos_max)
+    n_neg = min(n_trials - n_pos if n_pos < n_trials // 2 else n_trials // 2,
+                len(ids) * (len(ids) - 1) // 2 - n_pos_max)
+
+    def target():
+        return rng.sample(by_spk[rng.choice(multi)], 2)
+
+    def nontarget():
+        a, b = rng.sample(ids, 2)
+        return None if spk_of[a] == spk_of[b] else (a, b)
+
+    seen = set()
+    max_tries = 50 * n_trials + 100
+    trials = [(1, a, b) for a, b in _distinct_pairs(target, n_pos, max_tries, seen)]
+    trials += [(0, a, b) for a, b in _distinct_pairs(nontarget, n_neg, max_tries, seen)]
+    rng.shuffle(trials)
+    return trials
+
+
+def _distinct_pairs(draw, wanted, max_tries, seen):
+    """Up to ``wanted`` pairs from ``draw()`` (None: rejected) not in ``seen`` (updated)."""
+    pairs = []
+    for _ in range(max_tries):
+        if len(pairs) >= wanted:
+            break
+        pair = draw()
+        if pair is None:
+            continue
+        key = tuple(sorted(pair))
+        if key not in seen:
+            seen.add(key)
+            pairs.append(tuple(pair))
+    return pairs
+
+
+def write_valid_trials(path, dev_csv, n_trials, seed):
+    """Writes :func:`make_trials` of the rows of ``dev_csv`` to ``path`` unless it exists.
+
+    Returns
+    -------
+    bool
+        Whether the list was written.
+    """
+    if os.path.isfile(path):
+        return False
+    with open(dev_csv, newline="") as f:
+        rows = list(csv.reader(f))[1:]
+    write_trials(path, make_trials(rows, n_trials, seed))
+    return True
+
+
+# ----------------------------------------------------------------- skipping
+def skip(save_folder, files, opts):
+    """True when every file exists and ``opts`` equal the saved options.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = tempfile.mkdtemp()
+    >>> save_opts(folder, {"seed": 1, "splits": ("train",)})
+    >>> skip(folder, [OPT_FILE], {"seed": 1, "splits": ["train"]}), skip(folder, [], {"seed": 2})
+    (True, False)
+    """
+    opt_path = pathlib.Path(save_folder) / OPT_FILE
+    if not all(pathlib.Path(save_folder, f).is_file() for f in files) or not opt_path.is_file():
+        return False
+    try:
+        with open(opt_path) as f:
+            return json.load(f) == json.loads(json.dumps(opts))
+    except (OSError, ValueError):
+        return False
+
+
+def save_opts(save_folder, opts):
+    """Saves the options used (compared by :func:`skip` next time)."""
+    write_text_atomic(pathlib.Path(save_folder) / OPT_FILE, json.dumps(opts, indent=1, sort_keys=True))
+
+
+def report_skipped(skipped, save_folder):
+    """Logs/prints the skipped files and writes them to ``skipped_files.txt``."""
+    path = write_text_atomic(pathlib.Path(save_folder) / SKIPPED_FILE,
+                             "".join(f"{p}\t{why}\n" for p, why in skipped))
+    if skipped:
+        msg = f"skipped {len(skipped)} unreadable, empty or too-short file(s), listed in {path}"
+        for p, why in skipped[:10]:
+            logger.warning("skipped %s: %s", p, why)
+    else:
+        msg = "skipped 0 files"
+    logger.info(msg)
+    print(msg)
+
+
+# ----------------------------------------------------------------- train/dev split
+def _training_speakers(folders, extensions, test_spks):
+    """``{spk: files}`` of all folders, trial-list speakers excluded."""
+    speakers = {}
+    for folder in folders:
+        for spk, items in scan_speakers(folder, extensions).items():
+            speakers.setdefault(spk, []).extend(items)
+    n_excl = len([s for s in speakers if s in test_spks])
+    speakers = {s: v for s, v in speakers.items() if s not in test_spks}
+    logger.info("%d training speakers (%d trial-list speakers excluded)", len(speakers), n_excl)
+    return speakers
+
+
+def _dev_files(n_files, rng, split_ratio):
+    """Indices of a speaker's files held out for dev (``dev_split="utterance"``)."""
+    order = list(range(n_files))
+    rng.shuffle(order)
+    n_dev = int(n_files * split_ratio[1] / sum(split_ratio))
+    if n_files >= 2:
+        n_dev = max(n_dev, 1) if split_ratio[1] > 0 else 0
+    return set(order[:n_dev])
+
+
+def _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
+                    max_files_per_speaker, seed, skipped):
+    """``(train_rows, dev_rows)`` of the training speakers (see :func:`prepare_voxceleb`)."""
+    rng = random.Random(seed)
+    spk_list = sorted(speakers)
+    dev_spks = set()
+    if dev_split == "speaker":
+        n_dev = int(round(len(spk_list) * split_ratio[1] / sum(split_ratio)))
+        dev_spks = set(random.Random(seed).sample(spk_list, n_dev))
+    train_rows, dev_rows = [], []
+    for spk in spk_list:
+        items = speakers[spk]
+        if max_files_per_speaker and len(items) > max_files_per_speaker:
+            items = sorted(rng.sample(items, max_files_per_speaker))
+        spk_seg_dur = None if spk in dev_spks else seg_dur
+        rows_per_file = [make_rows(spk, rel, p, min_duration, spk_seg_dur, skipped) for rel, p in items]
+        rows_per_file = [r for r in rows_per_file if r]
+        if dev_split == "speaker":
+            dev_idx = set(range(len(rows_per_file))) if spk in dev_spks else set()
+        else:
+            dev_idx = _dev_files(len(rows_per_file), rng, split_ratio)
+        for i, r in enumerate(rows_per_file):
+            (dev_rows if i in dev_idx else train_rows).extend(r)
+    return train_rows, dev_rows
+
+
+# ----------------------------------------------------------------- main
+def _output_files(splits, valid_trials):
+    """The manifests written for ``splits``; checks that ``valid_trials`` has a dev split."""
+    if valid_trials is not None and "dev" not in splits:
+        raise ValueError("valid_trials needs the 'dev' split")
+    files = [f"{s}.csv" for s in ("train", "dev") if s in splits]
+    return files + (["enrol.csv", "test.csv"] if "test" in splits else [])
+
+
+def prepare_voxceleb(
+    data_folder,
+    save_folder,
+    verification_pairs_file=None,
+    splits=None,
+    split_ratio=(90, 10),
+    dev_split="utterance",
+    seg_dur=None,
+    min_duration=0.5,
+    max_files_per_speaker=None,
+    extensions=AUDIO_EXTENSIONS,
+    seed=1234,
+    valid_trials=None,
+    n_valid_trials=20000,
+    valid_trials_seed=1986,
+    skip_prep=False,
+):
+    """Prepares VoxCeleb-style CSV manifests.
+
+    Arguments
+    ---------
+    data_folder : str or list of str
+        One or more folders (e.g. VoxCeleb1 dev and VoxCeleb2 dev), each with
+        speaker folders directly or under ``wav/``, ``aac/`` or ``dev/aac/``.
+    save_folder : str
+        Where the CSV files go.
+    verification_pairs_file : str, optional
+        VoxCeleb-format trial list; its speakers are excluded from train/dev,
+        its files form ``enrol.csv``/``test.csv`` (needed for the ``test`` split).
+    splits : sequence of str, optional
+        Subset of ``train``, ``dev``, ``test``; default: ``train`` and
+        ``dev``, plus ``test`` when a trial list is given.
+    split_ratio : (int, int)
+        Train/dev percentages.
+    dev_split : str
+        ``utterance`` (dev = held-out files of training speakers) or
+        ``speaker`` (dev = all files of held-out speakers).
+    seg_dur : float, optional
+        Cut training files into segments of this many seconds (None: one row
+        per file; random crops are taken at training time).
+    min_duration : float
+        Files shorter than this (seconds) are skipped.
+    max_files_per_speaker : int, optional
+        Cap per speaker (seeded choice), for quick experiments.
+    extensions : sequence of str
+        Audio file extensions to look for.
+    seed : int
+        Seed of the split.
+    valid_trials : str, optional
+        Validation trial list to write (needs the ``dev`` split): a balanced
+        list among the dev rows (:func:`make_trials`), written when the file
+        does not exist yet, also when the preparation itself is skipped.
+    n_valid_trials : int
+        Size of the validation trial list.
+    valid_trials_seed : int
+        Seed of the validation trial list.
+    skip_prep : bool
+        Do nothing.
+
+    Returns
+    -------
+    dict
+        Paths of the manifests (and of ``valid_trials`` when given); after a
+        preparation (not skipped), ``n_skipped``: the number of skipped files.
+
+    Raises
+    ------
+    FileNotFoundError
+        When a data folder does not exist.
+    ValueError
+        For a bad ``dev_split``, a ``test`` split without
+        ``verification_pairs_file``, ``valid_trials`` without ``dev`` split or
+        a malformed trial list.
+    """
+    if skip_prep:
+        return {}
+    folders = [data_folder] if isinstance(data_folder, (str, os.PathLike)) else list(data_folder)
+    folders = [str(pathlib.Path(f)) for f in folders]
+    save_folder = pathlib.Path(save_folder)
+    save_folder.mkdir(parents=True, exist_ok=True)
+    if splits is None:
+        splits = ["train", "dev"] + (["test"] if verification_pairs_file else [])
+    splits = list(splits)
+    opts = {
+        "data_folder": folders,
+        "verification_pairs_file": None if verification_pairs_file is None else str(verification_pairs_file),
+        "splits": splits,
+        "split_ratio": list(split_ratio),
+        "dev_split": dev_split,
+        "seg_dur": seg_dur,
+        "min_duration": min_duration,
+        "max_files_per_speaker": max_files_per_speaker,
+        "extensions": list(extensions),
+        "seed": seed,
+    }
+    files = _output_files(splits, valid_trials)
+    out = {f.split(".")[0]: str(save_folder / f) for f in files}
+    if skip(save_folder, files, opts):
+        logger.info("Skipping preparation, completed in previous run.")
+    else:
+        out["n_skipped"] = _prepare(save_folder, **opts)
+        save_opts(save_folder, opts)
+    if valid_trials is not None:
+        write_valid_trials(valid_trials, out["dev"], n_valid_trials, valid_trials_seed)
+        out["valid_trials"] = str(valid_trials)
+    return out
+
+
+def _prepare(save_folder, data_folder, verification_pairs_file, splits, split_ratio, dev_split,
+             seg_dur, min_duration, max_files_per_speaker, extensions, seed):
+    """Writes the manifests of :func:`prepare_voxceleb` (arguments: its saved options).
+
+    Returns the number of skipped files.
+    """
+    if dev_split not in ("utterance", "speaker"):
+        raise ValueError(f"dev_split must be 'utterance' or 'speaker', got {dev_split!r}")
+    if "test" in splits and verification_pairs_file is None:
+        raise ValueError("the 'test' split needs verification_pairs_file")
+    trials = read_trials(verification_pairs_file) if verification_pairs_file else []
+    test_spks = {speaker_of(p) for _, a, b in trials for p in (a, b)}
+    skipped = []
+    if "train" in splits or "dev" in splits:
+        speakers = _training_speakers(data_folder, extensions, test_spks)
+        train_rows, dev_rows = _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
+                                               max_files_per_speaker, seed, skipped)
+        if "train" in splits:
+            write_manifest(save_folder / "train.csv", train_rows)
+        if "dev" in splits:
+            write_manifest(save_folder / "dev.csv", dev_rows)
+    if "test" in splits:
+        roots = [audio_root(f) for f in data_folder]
+        for name, col in (("enrol.csv", 1), ("test.csv", 2)):
+            rows = trial_rows(sorted({t[col] for t in trials}), roots, skipped)
+            write_manifest(save_folder / name, rows.values())
+    report_skipped(skipped, save_folder)
+    return len(skipped)
+
+
+def main(argv=None):
+    """Command line: prepares train/dev (and enrol/test with a trial list); prints the outputs."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("data_folder", nargs="+")
+    parser.add_argument("--save_folder", required=True)
+    parser.add_argument("--verification_pairs_file")
+    parser.add_argument("--dev_split", default="utterance")
+    parser.add_argument("--seg_dur", type=float)
+    parser.add_argument("--valid_trials")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(prepare_voxceleb(args.data_folder, args.save_folder, args.verification_pairs_file,
+                           dev_split=args.dev_split, seg_dur=args.seg_dur,
+                           valid_trials=args.valid_trials))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

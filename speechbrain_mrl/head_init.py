@@ -1,0 +1,125 @@
+"""Starting a Matryoshka head from a pretrained backbone, and pooled statistics of a loader.
+
+The frozen-backbone stage of the recipe starts the head
+(:class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`) from the
+backbone's own embedding layer plus a rotation, and the per-size AAM
+classifiers (:class:`~speechbrain_mrl.losses.MatryoshkaAAMLoss`) from speaker
+centroids, so training starts from the backbone's accuracy.
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import logging
+
+import torch
+
+from speechbrain_mrl.losses import class_centroids
+
+__all__ = ["pooled_statistics", "init_head_from_backbone"]
+
+logger = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def pooled_statistics(encoder, loader, device="cpu", augment=None):
+    """Pooled statistics, speaker labels and IDs of every item of a loader (eval mode).
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        Its front end and lobe give the statistics.
+    loader : iterable
+        Batches with ``id``, ``sig`` (padded waveforms and relative lengths)
+        and optionally ``spk_id_encoded``.
+    device : str or torch.device
+        Where the encoder runs.
+    augment : callable, optional
+        ``(wavs, lens) -> (wavs, lens)`` applied first (e.g. SpeechBrain's
+        ``Augmenter``; its ``replicate_labels`` is used for the labels).
+
+    Returns
+    -------
+    stats : torch.Tensor
+        ``[N, pool_dim]`` on the CPU.
+    labels : torch.Tensor or None
+        ``[N]`` speaker indices, None when the batches carry none.
+    ids : list of str
+        Item IDs (of the loader's items).
+    """
+    encoder.eval()
+    stats, labels, ids = [], [], []
+    for batch in loader:
+        batch = batch.to(device)
+        wavs, lens = batch.sig
+        if augment is not None:
+            wavs, lens = augment(wavs, lens)
+        stats.append(encoder.pool_features(wavs, lens).cpu())
+        if hasattr(batch, "spk_id_encoded"):
+            lab = batch.spk_id_encoded.data.reshape(-1)
+            if augment is not None:
+                lab = augment.replicate_labels(lab)
+            labels.append(lab.cpu())
+        ids.extend(batch.id)
+    return torch.cat(stats), (torch.cat(labels) if labels else None), ids
+
+
+@torch.no_grad()
+def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discriminant",
+                            shrinkage=0.1, augment=None, augment_passes=0):
+    """Starts ``encoder.mrl_head`` from the backbone and ``loss``'s classifiers from centroids.
+
+    The head copies the backbone's embedding layer with a rotation of its
+    output (every full-size cosine score is kept): ``ordering="pca"`` orders
+    the axes by variance of the clean crops of ``loader``;
+    ``"discriminant"`` by speaker discrimination, estimated on the clean
+    crops plus ``augment_passes`` passes of them through ``augment``.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        With the Matryoshka head to initialise.
+    loss : MatryoshkaAAMLoss
+        Its classifiers start at the speaker centroids of the head's embeddings.
+    loader : iterable
+        Training crops with speaker labels.
+    device : str or torch.device
+        Where the encoder runs.
+    ordering : str
+        ``discriminant`` or ``pca``.
+    shrinkage : float
+        Within-speaker scatter shrinkage of the discriminant ordering.
+    augment : callable, optional
+        Waveform augmentation of the extra passes.
+    augment_passes : int
+        Extra augmented passes (discriminant ordering only).
+
+    Returns
+    -------
+    dict
+        State dict of the PCA-ordered head (PCA truncation of the backbone
+        embedding: the baseline a Matryoshka head must beat), on the CPU.
+    """
+    if ordering not in ("discriminant", "pca"):
+        raise ValueError(f"ordering must be 'discriminant' or 'pca', got {ordering!r}")
+    stats, labels, _ = pooled_statistics(encoder, loader, device)
+    model, head = encoder.embedding_model, encoder.mrl_head
+    layer = (model.bn, model.linear, model.bn2)
+    head.init_from_embedding_layer(*layer, stats=stats)
+    pca_state = {k: v.detach().cpu().clone() for k, v in head.state_dict().items()}
+    n_rows = stats.shape[0]
+    if ordering == "discriminant":
+        passes = [pooled_statistics(encoder, loader, device, augment)[:2]
+                  for _ in range(augment_passes)]
+        all_stats = torch.cat([stats] + [s for s, _ in passes])
+        all_labels = torch.cat([labels] + [lab for _, lab in passes])
+        head.init_from_embedding_layer(*layer, stats=all_stats, labels=all_labels,
+                                       shrinkage=shrinkage)
+        n_rows = all_stats.shape[0]
+    head.eval()
+    emb = head(stats.to(device)).cpu()
+    centroids, counts = class_centroids(emb, labels, loss.n_classes)
+    loss.init_classifiers_from_centroids(centroids)
+    logger.info("head initialised from the backbone (%s ordering on %d crops); %d/%d speaker "
+                "centroids", ordering, n_rows, int((counts > 0).sum()), loss.n_classes)
+    return pca_state
