@@ -22,13 +22,14 @@ import warnings
 
 import torch
 
-from speechbrain_mrl.official import ReDimNetEncoder, official_state_dict
+from speechbrain_mrl.encoder import MRLEncoder
+from speechbrain_mrl.official import official_state_dict
 
 
 def random_encoder(variant, seed=0):
     """Encoder of a preset with random but realistic weights (BN statistics too)."""
     torch.manual_seed(seed)
-    enc = ReDimNetEncoder.from_config(variant)
+    enc = MRLEncoder.from_config(variant)
     with torch.no_grad():
         for mod in enc.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):

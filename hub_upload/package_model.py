@@ -29,9 +29,9 @@ import sys
 
 from huggingface_hub import HfApi
 
+from speechbrain_mrl.packaging import MODEL_FILES
+
 HERE = pathlib.Path(__file__).resolve().parent
-MODEL_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
-               "model_info.json")
 INTERFACE_FILE = "custom_interface.py"
 
 CITATIONS = """\
@@ -197,7 +197,7 @@ model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
 Trained with the VoxCeleb recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
 
 ```bash
-python train.py hparams/mrl_b2.yaml --data_folder=<voxceleb> --output_folder=<out>
+python train.py hparams/train_mrl.yaml --pretrained_backbone=b2-vox2-ptn --data_folder=<voxceleb> --output_folder=<out>
 python speaker_verification_cosine.py hparams/verification.yaml --model_folder=<out>/model \\
     --enrol_csv=... --test_csv=... --trials=... --train_csv=... --output_folder=<scores>
 python hub_upload/package_model.py --recipe_output <out> --scores <scores> --out <hub folder>

@@ -70,7 +70,11 @@ class MRLEncoder(nn.Module):
         self.mrl_head = mrl_head
         #: While True, the front end and the lobe run without autograd and stay
         #: in ``eval()`` whatever ``train()`` is called with (BatchNorm
-        #: statistics never move): a frozen backbone under ``Brain.fit``.
+        #: statistics never move): a frozen backbone under ``Brain.fit``. The
+        #: head's input BatchNorm stays in ``eval()`` too: the pooled statistics
+        #: it normalises do not change, so its running statistics stay those it
+        #: was given (by :func:`~speechbrain_mrl.head_init.init_head_from_backbone`,
+        #: the backbone's); its affine parameters still train.
         self.backbone_frozen = False
 
     @classmethod
@@ -118,11 +122,13 @@ class MRLEncoder(nn.Module):
         return [int(d) for d in self.mrl_head.mrl_dims]
 
     def train(self, mode=True):
-        """As ``nn.Module.train``, but a frozen backbone stays in ``eval()``."""
+        """As ``nn.Module.train``, but a frozen backbone (and the head's input norm) stay in ``eval()``."""
         super().train(mode)
         if self.backbone_frozen:
             self.compute_features.eval()
             self.embedding_model.eval()
+            if self.mrl_head is not None:
+                self.mrl_head.norm.eval()
         return self
 
     # ----------------------------------------------------------- computation

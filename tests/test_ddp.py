@@ -8,18 +8,17 @@ import torch
 
 from recipe_data import RECIPE, TINY_REDIMNET, make_speech_commands, mrl_overrides
 
-import train  # noqa: E402  (recipe folder on sys.path via recipe_data)
-
 
 def test_ddp_two_processes_gloo(tmp_path):
     import yaml
 
-    from speechbrain_mrl.official import ReDimNetEncoder
+    from speechbrain_mrl.encoder import MRLEncoder
+    from speechbrain_mrl.official import save_official_checkpoint
 
     data = make_speech_commands(tmp_path / "data")
     torch.manual_seed(0)
     backbone = tmp_path / "backbone.pt"
-    train.export_backbone(ReDimNetEncoder.from_config(yaml.safe_load(TINY_REDIMNET)), backbone)
+    save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)), backbone)
     out = tmp_path / "out"
     argv = mrl_overrides(data, out, 8, backbone, extra=["--distributed_backend", "gloo"])
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",

@@ -177,10 +177,15 @@ def test_bad_inputs(hub, tmp_path):
         pkg.build_hub_folder(root / "recipe_out", bad, tmp_path / "o")
 
 
-def test_top_level_hparams_template():
-    from speechbrain_mrl.packaging import HYPERPARAMS_TEMPLATE
+def test_top_level_b2_hparams_is_the_rendered_template():
+    """hparams/mrl_redimnet_b2.yaml is the package's one template rendered for ReDimNet-b2."""
+    from speechbrain_mrl.packaging import render_hyperparams
+    from speechbrain_mrl.redimnet import ReDimNet, redimnet_config
 
-    assert (ROOT / "hparams" / "hyperparams_template.yaml").read_text() == HYPERPARAMS_TEMPLATE
+    cfg = redimnet_config("b2")
+    text = render_hyperparams(cfg, ReDimNet(**cfg).pool_dim, 256, [64, 128, 192, 256])
+    assert (ROOT / "hparams" / "mrl_redimnet_b2.yaml").read_text() == text
+    assert not (ROOT / "hparams" / "hyperparams_template.yaml").exists()  # no second copy
 
 
 def test_top_level_b2_hparams_builds_consistent_model():

@@ -79,7 +79,9 @@ def test_prepare_voxceleb_errors(tmp_path):
         vp.prepare_voxceleb(tmp_path / "missing", tmp_path / "out", splits=["train"])
     make_voxceleb(tmp_path / "v", speakers=("id1", "id2"))
     with pytest.raises(ValueError, match="verification_pairs_file"):
-        vp.prepare_voxceleb(tmp_path / "v", tmp_path / "out")
+        vp.prepare_voxceleb(tmp_path / "v", tmp_path / "out", splits=["train", "dev", "test"])
+    out = vp.prepare_voxceleb(tmp_path / "v", tmp_path / "out2")  # no trial list: no test split
+    assert sorted(out) == ["dev", "n_skipped", "train"]
     bad = tmp_path / "bad_trials.txt"
     bad.write_text("1 only_one_path\n")
     with pytest.raises(ValueError, match="expected"):

@@ -1,8 +1,9 @@
 """The MRL recipe through the real Brain on tiny generated data.
 
-Stages of the demo: from-scratch ReDimNet, frozen-backbone Matryoshka stage
-(backbone bit-identical afterwards), scoring with speaker_verification_cosine.py;
-plus interruption mid-epoch and resumption from the intra-epoch checkpoint.
+Stages of the demo (each its own process): from-scratch ReDimNet, frozen-backbone
+Matryoshka stage (backbone bit-identical afterwards), scoring with
+speaker_verification_cosine.py; plus interruption mid-epoch and resumption from
+the intra-epoch checkpoint. The tests read what the stages leave on disk.
 """
 import json
 import pathlib
@@ -26,10 +27,7 @@ def demo_run(tmp_path_factory):
     data = make_speech_commands(tmp / "data")
     out = tmp / "out"
     summary = run_demo.main(demo_args(data, out, N_CLASSES))
-    brains = summary["brains"]
-    return dict(data=data, out=out, backbone=out / "scratch" / "backbone.pt", summary=summary,
-                scratch=(brains["scratch"], _results(out / "scratch")),
-                mrl=(brains["mrl"], _results(out / "mrl")))
+    return dict(data=data, out=out, backbone=out / "scratch" / "backbone.pt", summary=summary)
 
 
 def _results(folder):
@@ -38,41 +36,52 @@ def _results(folder):
             for k, v in res.items()}
 
 
+def _last_checkpoint(folder):
+    return sorted((folder / "save").glob("CKPT+*"), key=lambda p: p.stat().st_mtime)[-1]
+
+
+def _load(path):
+    return torch.load(path, weights_only=True)
+
+
 def test_scratch_stage(demo_run):
-    brain, res = demo_run["scratch"]
+    res = _results(demo_run["out"] / "scratch")
     assert demo_run["backbone"].is_file()
     assert set(res["test"]) == {16} and 0 <= res["test"][16]["EER"] <= 100
     assert len(res["epoch_times_s"]) == 1 and not res["frozen_backbone"]
-    # every backbone parameter trained and in the optimiser
-    opt_ids = {id(p) for g in brain.optimizer.param_groups for p in g["params"]}
-    assert all(id(p) in opt_ids for p in brain.modules.backbone.parameters())
-    # the exported backbone is a loadable official-format checkpoint with the trained weights
+    ckpt = _last_checkpoint(demo_run["out"] / "scratch")
+    trained = _load(ckpt / "embedding_model.ckpt")
+    # every backbone parameter trained, in the optimiser's second group (lr factor 1)
+    groups = _load(ckpt / "optimizer.ckpt")["param_groups"]
     from speechbrain_mrl.official import load_official_redimnet
 
     loaded = load_official_redimnet(str(demo_run["backbone"]))
-    trained = brain.modules.backbone.state_dict()
-    assert all(torch.equal(v, trained[k]) for k, v in loaded.state_dict().items())
+    n_params = len(list(loaded.embedding_model.parameters()))
+    assert len(groups) == 2 and len(groups[1]["params"]) == n_params and groups[1]["lr_factor"] == 1.0
+    # the exported backbone is a loadable official-format checkpoint with the trained weights
+    assert all(torch.equal(v, trained[k]) for k, v in loaded.embedding_model.state_dict().items())
 
 
 def test_frozen_backbone_untouched(demo_run):
     """Parameters AND BatchNorm buffers bit-identical after optimiser steps through Brain.fit."""
     from speechbrain_mrl.official import load_official_redimnet
 
-    brain, res = demo_run["mrl"]
-    assert brain.optimizer_step > 0
-    ref = load_official_redimnet(str(demo_run["backbone"])).state_dict()
-    now = brain.modules.backbone.state_dict()
+    out = demo_run["out"]
+    ckpt = _last_checkpoint(out / "mrl")
+    assert (ckpt / "brain.ckpt").read_text().count("optimizer_step: 0") == 0
+    ref = load_official_redimnet(str(demo_run["backbone"])).embedding_model.state_dict()
+    now = _load(ckpt / "embedding_model.ckpt")
     bn_buffers = [k for k in ref if "running_" in k or "num_batches_tracked" in k]
     assert bn_buffers
     for k, v in ref.items():
         assert torch.equal(v, now[k]), k
-    bb = list(brain.modules.backbone.parameters())
-    assert not any(p.requires_grad for p in bb) and not brain.modules.backbone.training
-    opt_ids = {id(p) for g in brain.optimizer.param_groups for p in g["params"]}
-    assert not opt_ids & {id(p) for p in bb}
-    # ... while the head did train (differs from its PCA initialisation)
-    init = torch.load(demo_run["out"] / "mrl" / "initial_head.ckpt", weights_only=True)
-    head = brain.modules.mrl_head.state_dict()
+    # the backbone is not in the optimiser: one group, the head's and the classifiers' parameters
+    groups = _load(ckpt / "optimizer.ckpt")["param_groups"]
+    head, loss = _load(ckpt / "mrl_head.ckpt"), _load(ckpt / "loss.ckpt")
+    n_trainable = len([k for k in head if "running" not in k and "num_batches" not in k]) + len(loss)
+    assert len(groups) == 1 and len(groups[0]["params"]) == n_trainable
+    # ... while the head did train (differs from its initialisation)
+    init = _load(out / "mrl" / "initial_head.ckpt")
     assert not torch.equal(init["linear.weight"], head["linear.weight"])
     # the head's input BatchNorm (copied from the backbone) kept its running statistics
     for k in ("norm.running_mean", "norm.running_var"):
@@ -80,8 +89,8 @@ def test_frozen_backbone_untouched(demo_run):
 
 
 def test_mrl_stage_outputs_and_scoring(demo_run):
-    brain, res = demo_run["mrl"]
     out = demo_run["out"]
+    res = _results(out / "mrl")
     assert set(res["test"]) == set(res["test_pca"]) == set(res["test_init"]) == {4, 8, 16}
     # the PCA head and the (discriminant) initial head keep the backbone's cosine scores
     # at full size: both are rotations of the backbone embedding
@@ -91,9 +100,10 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
 
     heads = {}
     for name in ("pca_head", "initial_head"):
-        heads[name] = MatryoshkaProjection(brain.modules.mrl_head.input_size, 16, [4, 8, 16])
-        heads[name].load_state_dict(torch.load(out / "mrl" / f"{name}.ckpt", weights_only=True))
-    stats = torch.randn(5, brain.modules.mrl_head.input_size)
+        state = _load(out / "mrl" / f"{name}.ckpt")
+        heads[name] = MatryoshkaProjection(state["norm.weight"].numel(), 16, [4, 8, 16])
+        heads[name].load_state_dict(state)
+    stats = torch.randn(5, heads["pca_head"].input_size)
     with torch.no_grad():
         pca_out, init_out = (heads[n].eval()(stats) for n in ("pca_head", "initial_head"))
     assert torch.allclose(pca_out.norm(dim=1), init_out.norm(dim=1), rtol=1e-4)
@@ -121,10 +131,21 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
     assert {"frozen_epoch_s", "finetune_epoch_s", "speedup_frozen_vs_finetune"} <= set(saved["times"])
     # the timing run: one epoch with the backbone unfrozen from epoch 1
     assert len(_results(out / "finetune_timing")["epoch_times_s"]) == 1
-    ckpt = sorted((out / "finetune_timing" / "save").glob("CKPT*"))[-1]
-    tuned = torch.load(ckpt / "backbone.ckpt", weights_only=True)
-    frozen = brain.modules.backbone.state_dict()
+    tuned = _load(_last_checkpoint(out / "finetune_timing") / "embedding_model.ckpt")
+    frozen = _load(_last_checkpoint(out / "mrl") / "embedding_model.ckpt")
     assert any(not torch.equal(v, frozen[k]) for k, v in tuned.items() if v.is_floating_point())
+
+
+def test_demo_restarts_from_the_stages_on_disk(demo_run, capsys):
+    """A second run skips every finished stage and reports the same table."""
+    out = demo_run["out"]
+    args = demo_args(demo_run["data"], out, N_CLASSES)
+    before = {p: p.stat().st_mtime for p in (out / "mrl" / "results.json",
+                                               out / "scoring" / "pca" / "results.json")}
+    summary = run_demo.main(args)
+    assert summary["table"] == demo_run["summary"]["table"]
+    assert all(p.stat().st_mtime == t for p, t in before.items())
+    assert capsys.readouterr().out.count("stage skipped") == 7
 
 
 def test_resume_mid_epoch(tmp_path, monkeypatch):
@@ -151,14 +172,14 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
     seen.clear()
     monkeypatch.setattr(train.MRLBrain, "fit_batch", lambda self, b: (
         seen.append((self.hparams.epoch_counter.current, self.step)), orig(self, b))[1])
-    brain, res = train.main(argv)
-    n_batches = len(brain.train_sampler) // 8 if brain.train_sampler is not None else None
+    train.main(argv)
+    n_batches = (len((out / "data" / "train.csv").read_text().splitlines()) - 1) // 8
     # resumed at step 3 of epoch 1 (no batch repeated), then a full epoch 2
     assert seen[0] == (1, 3)
     epoch1 = [s for e, s in seen if e == 1]
     epoch2 = [s for e, s in seen if e == 2]
     assert epoch1 == list(range(3, 3 + len(epoch1))) and epoch2[0] == 1
-    assert n_batches is None or len(epoch1) + 2 == n_batches == len(epoch2)
+    assert len(epoch1) + 2 == n_batches == len(epoch2)
 
 
 def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
@@ -171,10 +192,11 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     import yaml
 
     from recipe_data import TINY_REDIMNET
-    from speechbrain_mrl.official import ReDimNetEncoder
+    from speechbrain_mrl.encoder import MRLEncoder
+    from speechbrain_mrl.official import save_official_checkpoint
 
-    backbone = train.export_backbone(ReDimNetEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),
-                                     tmp_path / "tiny.pt")
+    backbone = save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),
+                                        tmp_path / "tiny.pt")
     with pytest.raises(ValueError, match="init_ordering must be one of"):
         train.main(mrl_overrides(data, out, N_CLASSES, backbone, extra=["--init_ordering", "lda"]))
     assert not (out / "data").exists()
@@ -182,12 +204,12 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
                                  extra=["--final_checkpoint", "last", "--ckpt_num_to_keep", "3"]))
     ckpts = {c.name: c for c in (out / "scratch" / "save").glob("CKPT+epoch*")}
     assert set(ckpts) == {"CKPT+epoch1", "CKPT+epoch2", "CKPT+epoch3"}
-    last = torch.load(ckpts["CKPT+epoch3"] / "backbone.ckpt", weights_only=True)
+    last = torch.load(ckpts["CKPT+epoch3"] / "embedding_model.ckpt", weights_only=True)
     from speechbrain_mrl.official import load_official_redimnet
 
-    exported = load_official_redimnet(str(out / "scratch" / "backbone.pt")).state_dict()
+    exported = load_official_redimnet(str(out / "scratch" / "backbone.pt")).embedding_model.state_dict()
     assert all(torch.equal(v, last[k]) for k, v in exported.items())
-    earlier = torch.load(ckpts["CKPT+epoch1"] / "backbone.ckpt", weights_only=True)
+    earlier = torch.load(ckpts["CKPT+epoch1"] / "embedding_model.ckpt", weights_only=True)
     assert any(not torch.equal(v, earlier[k]) for k, v in exported.items() if v.is_floating_point())
 
 
@@ -201,7 +223,8 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     from speechbrain.core import RunOptions
 
     from recipe_data import TINY_REDIMNET
-    from speechbrain_mrl.official import ReDimNetEncoder
+    from speechbrain_mrl.encoder import MRLEncoder
+    from speechbrain_mrl.official import save_official_checkpoint
 
     text = (RECIPE / "hparams" / name).read_text()
     keys = [m.group(1) for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*):", text, re.M)]
@@ -216,13 +239,20 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     if name == "verification.yaml":
         return
     backbone = tmp_path / "bb.pt"
-    train.export_backbone(ReDimNetEncoder.from_config(yaml.safe_load(TINY_REDIMNET)), backbone)
+    save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)), backbone)
     overrides = {"data_folder": str(tmp_path), "output_folder": str(tmp_path / "o")}
     if "pretrained_backbone:" in text:
         overrides["pretrained_backbone"] = str(backbone)
     hp = load_hyperpyyaml(text, overrides)
-    assert set(hp["modules"]) <= {"backbone", "mrl_head", "loss"}
-    assert hp["modules"]["loss"].mrl_dims[-1] == hp["embed_dim"] or "mrl_head" not in hp["modules"]
+    # one vocabulary: the encoder's parts under their own names, as in a model folder
+    encoder = hp["modules"]["encoder"]
+    assert set(hp["modules"]) == {"encoder", "loss"}
+    assert encoder.compute_features is hp["compute_features"]
+    assert encoder.embedding_model is hp["embedding_model"]
+    assert encoder.mrl_head is hp.get("mrl_head")
+    assert hp["modules"]["loss"].mrl_dims == encoder.mrl_dims
+    recoverables = set(hp["checkpointer"].recoverables)
+    assert recoverables == {"embedding_model", "loss", "counter"} | ({"mrl_head"} if "mrl_head" in hp else set())
 
 
 @pytest.mark.parametrize("kind", ["tensorboard", "wandb"])

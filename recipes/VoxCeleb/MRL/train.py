@@ -105,6 +105,24 @@ class MRLBrain(sb.core.Brain):
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
 
+    def _wrap_distributed(self):
+        """DDP as SpeechBrain wraps it, except that SyncBatchNorm is used on GPU only.
+
+        SpeechBrain 1.1.2 converts every BatchNorm of a trainable module to
+        SyncBatchNorm, which DDP refuses on CPU (gloo), and offers no public
+        option to skip it; this override keeps multi-process CPU runs working.
+        """
+        if not self.distributed_launch:
+            return super()._wrap_distributed()
+        cuda = self.device_type == "cuda"
+        for name, module in self.modules.items():
+            if any(p.requires_grad for p in module.parameters()):
+                if cuda:
+                    module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+                self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                    module, device_ids=[self.device] if cuda else None,
+                    find_unused_parameters=self.find_unused_parameters)
+
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, lens = batch.sig
