@@ -6,6 +6,7 @@ Authors
 """
 import csv
 import io
+import logging
 import pathlib
 
 from speechbrain.augment.augmenter import Augmenter
@@ -14,6 +15,8 @@ from speechbrain.augment.time_domain import AddNoise, AddReverb
 from speechbrain_mrl.dataio import AudioError, audio_info, write_text_atomic
 
 __all__ = ["build_augmenter", "audio_csv"]
+
+logger = logging.getLogger(__name__)
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
@@ -47,16 +50,22 @@ def audio_csv(source, csv_path):
         return str(source)
     if not source.is_dir():
         raise FileNotFoundError(f"augmentation data not found: {source} (a folder or a CSV)")
-    rows = []
+    rows, unusable = [], []
     for path in sorted(source.rglob("*")):
         if path.suffix.lower() not in AUDIO_SUFFIXES:
             continue
         try:
             frames, sr = audio_info(path)
-        except AudioError:
+        except AudioError as err:
+            unusable.append(f"{path} ({err})")
             continue
         if frames > 0:
             rows.append([f"{path.stem}_{len(rows)}", f"{frames / sr:.3f}", str(path)])
+        else:
+            unusable.append(f"{path} (empty)")
+    if unusable:
+        logger.warning("%d unreadable or empty audio files in %s left out, e.g. %s",
+                       len(unusable), source, unusable[0])
     if not rows:
         raise ValueError(f"no readable audio file in {source}")
     text = io.StringIO()

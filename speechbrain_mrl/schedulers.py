@@ -20,8 +20,9 @@ class WarmupCosineLR:
     ---------
     lr : float
         Peak learning rate.
-    warmup_steps : int
-        Steps of linear warm-up (step ``s`` gets ``lr * (s + 1) / warmup_steps``).
+    warmup_steps : int or None
+        Steps of linear warm-up (step ``s`` gets ``lr * (s + 1) / warmup_steps``);
+        None or 0: none.
     total_steps : int
         Steps of the whole run; the decay ends there.
     final_factor : float
@@ -36,7 +37,7 @@ class WarmupCosineLR:
 
     def __init__(self, lr, warmup_steps, total_steps, final_factor=0.05):
         self.lr = float(lr)
-        self.warmup = max(0, int(warmup_steps))
+        self.warmup = max(0, int(warmup_steps or 0))
         self.total = max(1, int(total_steps))
         self.final = float(final_factor)
 

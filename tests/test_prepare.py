@@ -7,7 +7,7 @@ import pytest
 from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 
 from speechbrain_mrl.dataio import read_audio, read_trials
-from speechbrain_mrl.datasets import speech_commands as demo_prepare
+from speechbrain_mrl.datasets import speech_commands
 from speechbrain_mrl.datasets import voxceleb as vp
 
 
@@ -111,6 +111,9 @@ def test_prepare_voxceleb_valid_trials(vox):
     vt.unlink()
     out = vp.prepare_voxceleb(folders, save, trials, **kwargs)  # skipped: missing list written again
     assert "n_skipped" not in out and vt.read_text() == text
+    vt.unlink()
+    assert vp.prepare_voxceleb(folders, save, trials, skip_prep=True, **kwargs) == {}
+    assert vt.read_text() == text  # skip_prep: the user's manifests, the list still written
     with pytest.raises(ValueError, match="'dev' split"):
         vp.prepare_voxceleb(folders, save, trials, splits=["train"], valid_trials=vt)
 
@@ -122,7 +125,7 @@ def test_prepare_command_lines(vox, capsys):
     assert "'n_skipped': 4" in capsys.readouterr().out
     assert (tmp / "prep" / "test.csv").is_file() and read_trials(tmp / "prep" / "val.txt")
     data = make_speech_commands(tmp / "data")
-    demo_prepare.main(["--data_folder", str(data), "--save_folder", str(tmp / "demo")])
+    speech_commands.main(["--data_folder", str(data), "--save_folder", str(tmp / "demo")])
     assert (tmp / "demo" / "val_trials.txt").is_file()
 
 
@@ -140,7 +143,7 @@ def test_prepare_demo(tmp_path):
     data = make_speech_commands(tmp_path / "data")
     bad = data / "speech_commands" / "00000001" / "word_9.flac"
     bad.write_bytes(b"garbage")
-    out = demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
+    out = speech_commands.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
                                     libri_seg_dur=1.0)
     train, dev = read_csv(out["train"]), read_csv(out["dev"])
     test_spks = set((data / "speech_commands/splits/test_speakers.txt").read_text().split())
@@ -156,7 +159,7 @@ def test_prepare_demo(tmp_path):
     assert len(trials) == 60 and all(a in ids and b in ids for _, a, b in trials)
     assert len(read_trials(out["val_trials"])) == 20
     mtime = os.path.getmtime(out["train"])
-    demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
+    speech_commands.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
                               libri_seg_dur=1.0)
     assert os.path.getmtime(out["train"]) == mtime
 
@@ -169,14 +172,14 @@ def test_demo_regroup_and_seeded_split(tmp_path):
                 write_wav(raw / word / f"{spk}_nohash_{n}.wav", voice(0, 8000, n))
     write_wav(raw / "_background_noise_" / "noise.wav", voice(0, 8000, 0))
     sc = tmp_path / "speech_commands"
-    demo_prepare.regroup_speech_commands(raw, sc)
+    speech_commands.regroup_speech_commands(raw, sc)
     assert sorted(p.name for p in (sc / "aaaa1111").iterdir()) == [
         "no_0.wav", "no_1.wav", "yes_0.wav", "yes_1.wav"]
-    demo_prepare.make_splits(sc, seed=17, n_trials=20)
+    speech_commands.make_splits(sc, seed=17, n_trials=20)
     test = (sc / "splits" / "test_speakers.txt").read_text().split()
     assert len(test) == 1
     with pytest.raises(FileNotFoundError):
-        demo_prepare.prepare_demo(tmp_path / "nowhere", tmp_path / "p")
+        speech_commands.prepare_demo(tmp_path / "nowhere", tmp_path / "p")
 
 
 def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
@@ -194,9 +197,9 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
     archive.parent.mkdir()
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(raw, arcname=".")
-    monkeypatch.setattr(demo_prepare, "SC_URL", archive.as_uri())
+    monkeypatch.setattr(speech_commands, "SC_URL", archive.as_uri())
     data = tmp_path / "data"
-    out = demo_prepare.prepare_demo(data, tmp_path / "prep", n_val_speakers=1, n_val_trials=10,
+    out = speech_commands.prepare_demo(data, tmp_path / "prep", n_val_speakers=1, n_val_trials=10,
                                     download=True)
     sc = data / "speech_commands"
     assert sorted(p.name for p in sc.iterdir() if p.name != "splits") == spks
@@ -209,15 +212,15 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
     assert all(vp.speaker_of(p) in test_spks for _, a, b in trials for p in (a, b))
     assert not {r["spk_id"] for r in read_csv(out["train"])} & set(test_spks)
     # the archive is kept: a second preparation elsewhere does not download again
-    monkeypatch.setattr(demo_prepare, "SC_URL", (tmp_path / "gone" / archive.name).as_uri())
+    monkeypatch.setattr(speech_commands, "SC_URL", (tmp_path / "gone" / archive.name).as_uri())
     (data / "speech_commands" / "splits" / "trials_test.txt").unlink()
-    demo_prepare.prepare_demo(data, tmp_path / "prep2", n_val_speakers=1, n_val_trials=10,
+    speech_commands.prepare_demo(data, tmp_path / "prep2", n_val_speakers=1, n_val_trials=10,
                               download=True)
     assert (data / "speech_commands" / "splits" / "trials_test.txt").is_file()
 
 
 def test_prepare_demo_real_data(shared_data, tmp_path):
-    out = demo_prepare.prepare_demo(shared_data, tmp_path / "prep")
+    out = speech_commands.prepare_demo(shared_data, tmp_path / "prep")
     train = read_csv(out["train"])
     assert len({r["spk_id"] for r in train}) == 159 + 251
     assert len(read_trials(out["test_trials"])) == 20000

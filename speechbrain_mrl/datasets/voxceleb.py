@@ -500,6 +500,9 @@ def prepare_voxceleb(
         a malformed trial list.
     """
     if skip_prep:
+        if valid_trials is not None:  # the manifests are the user's; the list may still be missing
+            write_valid_trials(valid_trials, pathlib.Path(save_folder) / "dev.csv", n_valid_trials,
+                               valid_trials_seed)
         return {}
     folders = [data_folder] if isinstance(data_folder, (str, os.PathLike)) else list(data_folder)
     folders = [str(pathlib.Path(f)) for f in folders]

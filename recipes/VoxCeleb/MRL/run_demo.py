@@ -81,7 +81,7 @@ def score(name, out, prep, model_args):
 
 def head_variant(mrl_out, head_file, folder, note):
     """The trained model's folder with another head saved by train.py (PCA or initial head)."""
-    if not (folder / "mrl_head.ckpt").is_file():
+    if not (folder / "model_info.json").is_file():  # the last file write_model_folder writes
         encoder = MRLEncoderClassifier.from_hparams(source=str(mrl_out / "model"),
                                                     run_opts={"device": "cpu"}).encoder
         encoder.mrl_head.load_state_dict(torch.load(mrl_out / head_file, weights_only=True))

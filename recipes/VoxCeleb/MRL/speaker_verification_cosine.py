@@ -25,7 +25,7 @@ paths of the trial list; plus ``scores_<dim>_s-norm.txt`` /
 ``scores_<dim>_as-norm.txt``), ``scoring_info.json`` and, with ``save_embeddings``, ``embeddings.pt``
 (``{"ids", "embeddings" [N, D] full size, "dims", "model"}``).
 
-Trial-list entries map to manifest IDs as written by ``voxceleb_prepare.py``
+Trial-list entries map to manifest IDs as written by ``speechbrain_mrl.datasets.voxceleb.prepare_voxceleb``
 (:func:`speechbrain_mrl.dataio.trial_id_candidates`): the path without
 extension (``id10270/x/00001``), or with ``/`` replaced by ``--``; an entry in
 no manifest is an error. Embeddings come from

@@ -43,8 +43,8 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_trials, resolve_trials,
-                                    save_torch_atomic)
+from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
+                                    resolve_trials, save_torch_atomic, write_text_atomic)
 from speechbrain_mrl.head_init import init_head_from_backbone, pooled_statistics
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.metrics import prefix_metrics
@@ -284,11 +284,13 @@ def dataio_prep(hparams):
                                  from_didatasets=[train], output_key="spk_id")
 
     def eval_set(csv_paths, trials_path):
-        ds = sb.dataio.dataset.DynamicItemDataset.from_csv(csv_paths[0])
-        for extra in csv_paths[1:]:
-            ds.data.update(sb.dataio.dataset.DynamicItemDataset.from_csv(extra).data)
-            ds.data_ids = list(ds.data)
-        labels, enrol, test, _ = resolve_trials(read_trials(trials_path), ds.data_ids, trials_path)
+        rows = {}
+        for path in csv_paths:
+            rows.update(read_manifest(path))
+        ds = sb.dataio.dataset.DynamicItemDataset(rows)
+        labels, enrol, test, _ = resolve_trials(
+            read_trials(trials_path), rows,
+            f"{trials_path} (files the data preparation skipped are in its skipped_files.txt)")
         keep = set(enrol) | set(test)
         ds = ds.filtered_sorted(key_test={"id": lambda i: i in keep}, sort_key="duration")
         ds.add_dynamic_item(eval_pipeline)
@@ -338,7 +340,8 @@ def main(argv):
                                    hyperparams_to_save=hparams_file, overrides=overrides)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     check_options(hparams, world > 1)
-    run_on_main(hparams["prepare_data"])
+    if hparams["prepare_data"] is not None:  # null: the manifests are already there
+        run_on_main(hparams["prepare_data"])
     datasets = dataio_prep(hparams)
     n_classes = len(datasets["label_encoder"])
     if n_classes != hparams["n_classes"]:
@@ -394,8 +397,6 @@ def main(argv):
     if if_main_process():
         if hparams["train_backbone"] and hparams["export_backbone"]:
             save_official_checkpoint(encoder, hparams["export_backbone"])
-        with open(os.path.join(out, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
         if hparams["write_model_folder"] and encoder.mrl_head is not None:
             write_model_folder(hparams["model_folder"], encoder,
                                thresholds={d: m["threshold"] for d, m in val.items()},
@@ -403,6 +404,8 @@ def main(argv):
                                            "n_train_speakers": n_classes,
                                            "train_annotation": hparams["train_annotation"],
                                            "frozen_backbone": not hparams["train_backbone"]})
+        # written last: its presence marks a finished run (run_demo.py relies on it)
+        write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
         for split in ("valid", "test", "test_init", "test_pca", "test_backbone"):
             if split in results:
                 logger.info("%s: %s", split, {d: round(m["EER"], 2) for d, m in results[split].items()})
