@@ -27,9 +27,10 @@ import pathlib
 import shutil
 import sys
 
-from huggingface_hub import HfApi
+from huggingface_hub import CommitOperationAdd, HfApi
 
-from speechbrain_mrl.packaging import MODEL_FILES
+from speechbrain_mrl.dataio import write_text_atomic
+from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
 
 HERE = pathlib.Path(__file__).resolve().parent
 INTERFACE_FILE = "custom_interface.py"
@@ -213,36 +214,74 @@ python hub_upload/package_model.py --recipe_output <out> --scores <scores> --out
     return "\n".join(front) + "\n" + body
 
 
+def hub_files():
+    """The files of a hub folder, and so exactly the files uploaded."""
+    return sorted(MODEL_FILES + (INTERFACE_FILE, "results.json", "README.md"))
+
+
+def check_out_folder(out, model, overwrite=False):
+    """Refuses an output folder that is the model folder or holds files this script did not write."""
+    out = pathlib.Path(out)
+    if out.resolve() == model.resolve():
+        raise ValueError(f"--out {out} is the model folder itself; give a new folder")
+    if not out.exists():
+        return
+    foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                     if not (p.is_file() and p.parent == out and p.name in hub_files()))
+    if foreign and not overwrite:
+        raise FileExistsError(
+            f"--out {out} holds files this script does not write ({foreign[:5]}"
+            f"{' ...' if len(foreign) > 5 else ''}); give an empty or new folder, or "
+            "--overwrite to package there anyway (only the hub files are uploaded)")
+
+
+def check_scores_match(model, scoring_info, scores):
+    """The scores were computed with this model folder's weights (``model_sha256``)."""
+    recorded = scoring_info.get("model_sha256")
+    if recorded is None:
+        raise ValueError(f"{scores}: scoring_info.json records no model_sha256; score the model "
+                         "with this version of speaker_verification_cosine.py --model_folder")
+    if recorded != model_fingerprint(model):
+        raise ValueError(f"{scores} were computed with another model than {model} (model_sha256 "
+                         "differs); score this model folder before packaging it")
+
+
 def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=None,
-                     language="en", license_id="apache-2.0", datasets=("voxceleb",)):
-    """Writes the hub-ready folder; returns the list of its files."""
+                     language="en", license_id="apache-2.0", datasets=("voxceleb",),
+                     overwrite=False):
+    """Writes the hub-ready folder; returns the list of the files it wrote (and uploads)."""
     model = find_model_folder(recipe_output)
     results, scoring_info = read_results(scores)
+    check_scores_match(model, scoring_info, scores)
     official = read_results(official_scores)[0] if official_scores else None
     info = json.loads((model / "model_info.json").read_text())
     calibration = json.loads((model / "calibration.json").read_text())
     unknown = [d for d in results if int(d) not in info["mrl_dims"]]
     if unknown:
         raise ValueError(f"scores for sizes {unknown} that the model does not have ({info['mrl_dims']})")
+    check_out_folder(out, model, overwrite)
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
         shutil.copy2(model / name, out / name)
     shutil.copy2(HERE / INTERFACE_FILE, out / INTERFACE_FILE)
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "README.md").write_text(model_card(info, calibration, results, scoring_info, repo_id,
-                                              official, language, license_id, datasets))
-    return sorted(p.name for p in out.iterdir() if p.is_file())
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "README.md", model_card(info, calibration, results, scoring_info,
+                                                    repo_id, official, language, license_id,
+                                                    datasets))
+    return hub_files()
 
 
-def upload(folder, repo_id, private=False, token=None, commit_message=None):
-    """Creates (if needed) and uploads the hub repository; returns the commit info."""
+def upload(folder, repo_id, files, private=False, token=None, commit_message=None):
+    """Creates (if needed) the hub repository and commits exactly ``files`` of ``folder``."""
     token = token if token is not None else os.environ.get("HF_TOKEN")
     if not token:
         raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
     api = HfApi(token=token)
     api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
-    return api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="model",
+    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
+                  for f in files]
+    return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
                              commit_message=commit_message or "Upload Matryoshka ReDimNet model")
 
 
@@ -260,10 +299,12 @@ def main(argv=None):
     p.add_argument("--language", default="en")
     p.add_argument("--license", default="apache-2.0", dest="license_id")
     p.add_argument("--datasets", nargs="+", default=["voxceleb"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="package into a folder that holds other files (they are not uploaded)")
     args = p.parse_args(argv)
     files = build_hub_folder(args.recipe_output, args.scores, args.out, args.repo_id,
                              args.official_scores, args.language, args.license_id,
-                             tuple(args.datasets))
+                             tuple(args.datasets), args.overwrite)
     out = pathlib.Path(args.out)
     target = args.repo_id or "<--repo_id not given>"
     vis = "private" if args.private else "public"
@@ -274,7 +315,7 @@ def main(argv=None):
         if not args.repo_id and not args.dry_run:
             print("no --repo_id given: nothing uploaded")
         return files
-    info = upload(out, args.repo_id, private=args.private)
+    info = upload(out, args.repo_id, files, private=args.private)
     print(f"uploaded {len(files)} files to https://huggingface.co/{args.repo_id} ({vis}): {info}")
     return files
 

@@ -127,6 +127,10 @@ def embed_manifest(encoder, rows, batch_size=8, num_workers=0, sample_rate=16000
                     raise AudioError(f"cannot embed batch {list(batch.id)}: "
                                      f"{_name_utterance(err, batch.id, rows)}") from err
                 emb = encoder(wavs.to(device), lens.to(device))
+                bad = [i for i, ok in zip(batch.id, torch.isfinite(emb).all(dim=1).tolist()) if not ok]
+                if bad:
+                    raise ValueError(f"the model gives NaN/Inf embeddings for {len(bad)} utterances "
+                                     f"(its weights may be corrupt), e.g. {bad[:5]}")
                 ids.extend(batch.id)
                 embs.append(emb.detach().float().cpu())
     finally:

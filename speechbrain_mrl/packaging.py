@@ -22,6 +22,7 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import hashlib
 import importlib.resources
 import json
 import math
@@ -32,6 +33,7 @@ from speechbrain_mrl.redimnet import plain_config
 
 __all__ = [
     "write_model_folder",
+    "model_fingerprint",
     "render_hyperparams",
     "read_calibration",
     "HYPERPARAMS_TEMPLATE",
@@ -215,6 +217,33 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
     write_text_atomic(folder / "calibration.json", json.dumps(calibration, indent=2) + "\n")
     write_text_atomic(folder / "model_info.json", info_text)
     return folder
+
+
+def model_fingerprint(folder):
+    """SHA-256 of a model folder's weights (``embedding_model.ckpt`` then ``mrl_head.ckpt``).
+
+    The scoring script records it with its results, so that results can be
+    matched to the model they were computed with (``hub_upload`` checks it).
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        A folder written by :func:`write_model_folder`.
+
+    Returns
+    -------
+    str
+        Hex digest.
+    """
+    digest = hashlib.sha256()
+    for name in ("embedding_model.ckpt", "mrl_head.ckpt"):
+        path = pathlib.Path(folder) / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{folder} is not a model folder: {name} is missing")
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def read_calibration(path):

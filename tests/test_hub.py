@@ -9,6 +9,7 @@ import torch
 import yaml
 
 from mrl_testutils import MRL_DIMS, THRESHOLDS, reference_embedding, speaker_voice, write_tiny_model
+from speechbrain_mrl.packaging import model_fingerprint
 from speechbrain_mrl.inference import MRLEncoderClassifier
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -43,7 +44,8 @@ def hub(tmp_path_factory):
     scores.mkdir()
     (scores / "results.json").write_text(json.dumps(_fake_results(MRL_DIMS)))
     (scores / "scoring_info.json").write_text(json.dumps(
-        {"trials": "/data/veri_test2.txt", "n_trials": 36, "cohort_topk": 300}))
+        {"trials": "/data/veri_test2.txt", "n_trials": 36, "cohort_topk": 300,
+         "model_sha256": model_fingerprint(root / "recipe_out" / "model")}))
     official = root / "official_scores"
     official.mkdir()
     (official / "results.json").write_text(json.dumps(_fake_results([12], norms=False)))
@@ -134,8 +136,9 @@ def test_hub_repo_id_source(hub, tmp_path, monkeypatch, no_network):
     assert m.thresholds == THRESHOLDS
 
 
-def test_upload_with_mocked_hfapi(hub, monkeypatch, tmp_path):
-    root, out, _, _, _ = hub
+def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, capsys):
+    """Regression: files already in --out (.env, old runs) were uploaded; the dry run under-reported."""
+    root, _, _, _, _ = hub
     calls = []
 
     class FakeApi:
@@ -145,23 +148,53 @@ def test_upload_with_mocked_hfapi(hub, monkeypatch, tmp_path):
         def create_repo(self, **kw):
             calls.append(("create_repo", kw))
 
-        def upload_folder(self, **kw):
-            calls.append(("upload_folder", kw))
+        def create_commit(self, **kw):
+            calls.append(("create_commit", kw))
             return "commit-123"
 
     monkeypatch.setattr(pkg, "HfApi", FakeApi)
     monkeypatch.setenv("HF_TOKEN", "hf_test_token")
     dest = tmp_path / "up"
-    pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-              "--out", str(dest), "--repo_id", "someone/mrl-tiny", "--private"])
+    dest.mkdir()
+    (dest / ".env").write_text("HF_TOKEN=secret\n")
+    (dest / "old_run" / "save").mkdir(parents=True)
+    (dest / "old_run" / "save" / "notes.txt").write_text("private\n")
+    argv = ["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+            "--out", str(dest), "--repo_id", "someone/mrl-tiny", "--private"]
+    with pytest.raises(FileExistsError, match=r"\.env"):
+        pkg.main(argv)
+    assert len(calls) == 0 and not (dest / "README.md").exists()
+    pkg.main(argv + ["--dry-run", "--overwrite"])
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
+    files = pkg.main(argv + ["--overwrite"])
     assert calls[0] == ("init", "hf_test_token")
     assert calls[1] == ("create_repo", {"repo_id": "someone/mrl-tiny", "repo_type": "model",
                                         "private": True, "exist_ok": True})
-    assert calls[2][0] == "upload_folder"
-    assert calls[2][1]["folder_path"] == str(dest) and calls[2][1]["repo_id"] == "someone/mrl-tiny"
+    assert calls[2][0] == "create_commit" and calls[2][1]["repo_id"] == "someone/mrl-tiny"
+    sent = [op.path_in_repo for op in calls[2][1]["operations"]]
+    assert sent == files == listed == pkg.hub_files()
+    assert f"uploaded {len(sent)} files" in capsys.readouterr().out
     monkeypatch.delenv("HF_TOKEN")
     with pytest.raises(RuntimeError, match="HF_TOKEN"):
-        pkg.upload(dest, "someone/mrl-tiny")
+        pkg.upload(dest, "someone/mrl-tiny", files)
+    with pytest.raises(ValueError, match="model folder itself"):
+        pkg.build_hub_folder(root / "recipe_out", root / "scores", root / "recipe_out" / "model")
+
+
+def test_scores_of_another_model_are_refused(hub, tmp_path):
+    """Regression: scores computed with a different model (or none recorded) were published."""
+    root = hub[0]
+    other = tmp_path / "scores"
+    other.mkdir()
+    (other / "results.json").write_text(json.dumps(_fake_results(MRL_DIMS)))
+    info = {"trials": "t.txt", "n_trials": 36}
+    (other / "scoring_info.json").write_text(json.dumps(info))
+    with pytest.raises(ValueError, match="records no model_sha256"):
+        pkg.build_hub_folder(root / "recipe_out", other, tmp_path / "o")
+    (other / "scoring_info.json").write_text(json.dumps(dict(info, model_sha256="0" * 64)))
+    with pytest.raises(ValueError, match="another model"):
+        pkg.build_hub_folder(root / "recipe_out", other, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
 
 
 def test_bad_inputs(hub, tmp_path):
@@ -173,6 +206,7 @@ def test_bad_inputs(hub, tmp_path):
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "results.json").write_text(json.dumps(_fake_results([4, 999])))
+    (bad / "scoring_info.json").write_text((root / "scores" / "scoring_info.json").read_text())
     with pytest.raises(ValueError, match="999"):
         pkg.build_hub_folder(root / "recipe_out", bad, tmp_path / "o")
 

@@ -300,3 +300,29 @@ def test_end_to_end_official_and_errors(scoring_setup, tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
         svc.main(_argv(root, tmp_path / "x", f"--official_checkpoint={ckpt}",
                        f"--model_folder={folder}"))
+
+
+def test_nan_model_stops_scoring_naming_utterances(scoring_setup, tmp_path):
+    """Regression: a model with NaN weights gave 'EER 0.000%' at every size and exit 0."""
+    root, folder, _ = scoring_setup
+    import shutil
+
+    bad = tmp_path / "nan_model"
+    shutil.copytree(folder, bad)
+    head = torch.load(bad / "mrl_head.ckpt", weights_only=True)
+    head["linear.weight"][:] = float("nan")
+    torch.save(head, bad / "mrl_head.ckpt")
+    out = tmp_path / "out_nan"
+    with pytest.raises(ValueError, match=r"NaN/Inf embeddings for \d+ utterances .*id1000"):
+        svc.main(_argv(root, out, f"--model_folder={bad}"))
+    assert not (out / "results.json").exists()
+
+
+def test_scoring_records_the_model_fingerprint(scoring_setup, tmp_path):
+    from speechbrain_mrl.packaging import model_fingerprint
+
+    root, folder, _ = scoring_setup
+    out = tmp_path / "out_fp"
+    svc.main(_argv(root, out, f"--model_folder={folder}", "--dims=[4]"))
+    info = json.loads((out / "scoring_info.json").read_text())
+    assert info["model_sha256"] == model_fingerprint(folder) and len(info["model_sha256"]) == 64

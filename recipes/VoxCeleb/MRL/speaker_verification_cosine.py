@@ -58,6 +58,7 @@ from speechbrain_mrl.dataio import (read_manifest, read_trials, resolve_trials, 
                                     write_text_atomic)
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.metrics import NORMS, cohort_groups, score_trials, verification_metrics
+from speechbrain_mrl.packaging import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ def run(hparams, device="cpu"):
     if unknown:
         raise ValueError(f"score_norm entries must be in {NORMS}, got {unknown}")
     encoder, name, min_duration = load_encoder(hparams, device)
+    fingerprint = model_fingerprint(hparams["model_folder"]) if hparams.get("model_folder") else None
     dims = list(encoder.mrl_dims)
     if hparams.get("dims"):
         bad = [d for d in hparams["dims"] if d not in dims]
@@ -190,7 +192,7 @@ def run(hparams, device="cpu"):
             if k != "cosine":
                 r[k] = verification_metrics(scores[d][k], labels, tk)
         results[str(d)] = r
-    info = {"model": name, "trials": str(hparams["trials"]), "n_trials": int(len(labels)),
+    info = {"model": name, "model_sha256": fingerprint, "trials": str(hparams["trials"]), "n_trials": int(len(labels)),
             "n_target": int(labels.sum()), "n_utterances": len(ids),
             "cohort_utterances": 0 if cohort is None else int(cohort.shape[0]),
             "cohort_too_short": n_short,
