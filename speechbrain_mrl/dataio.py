@@ -17,9 +17,13 @@ Authors
  * speechbrain-mrl developers
 """
 import csv
+import logging
 import os
 import pathlib
+import shutil
 import tempfile
+import time
+import urllib.request
 
 import numpy as np
 import soundfile as sf
@@ -42,7 +46,10 @@ __all__ = [
     "resolve_trials",
     "write_text_atomic",
     "save_torch_atomic",
+    "download",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Columns of the manifests written by the data preparation.
 CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -85,6 +92,61 @@ def save_torch_atomic(obj, path):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def download(url, dest, timeout=None, retries=None, backoff=2.0, hint=""):
+    """Downloads ``url`` to ``dest`` through a temporary file, with timeouts and retries.
+
+    Arguments
+    ---------
+    url : str
+        ``http(s)://`` or ``file://`` address.
+    dest : str or os.PathLike
+        Final path; only a complete download is renamed to it, and no partial
+        file is left behind.
+    timeout : float, optional
+        Seconds to wait to connect and for each read (default
+        ``$MRL_DOWNLOAD_TIMEOUT`` or 30).
+    retries : int, optional
+        Attempts in all (default ``$MRL_DOWNLOAD_RETRIES`` or 3); the wait
+        between them grows as ``backoff ** attempt`` s.
+    backoff : float
+        Base of the exponential wait.
+    hint : str
+        Added to the error message (e.g. how to pass a local copy instead).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OSError
+        Naming the URL and the last error once every attempt failed.
+    """
+    timeout = float(os.environ.get("MRL_DOWNLOAD_TIMEOUT", 30) if timeout is None else timeout)
+    retries = max(1, int(os.environ.get("MRL_DOWNLOAD_RETRIES", 3) if retries is None else retries))
+    dest = pathlib.Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    error = None
+    for attempt in range(retries):
+        if attempt:
+            time.sleep(backoff ** attempt)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
+        try:
+            with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+                shutil.copyfileobj(resp, out)
+            os.replace(tmp, dest)
+            return dest
+        except OSError as err:  # URLError, timeouts and resets are OSErrors
+            error = err
+            logger.warning("download of %s failed (attempt %d of %d): %s", url, attempt + 1,
+                           retries, err)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise OSError(f"could not download {url} after {retries} attempts ({error})"
+                  + (f"; {hint}" if hint else ""))
 
 
 # --------------------------------------------------------------------------- audio

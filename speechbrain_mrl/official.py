@@ -17,13 +17,10 @@ Authors
 import os
 import pathlib
 import re
-import shutil
-import tempfile
-import urllib.request
 
 import torch
 
-from speechbrain_mrl.dataio import save_torch_atomic
+from speechbrain_mrl.dataio import download, save_torch_atomic
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.redimnet import plain_config, redimnet_config
 
@@ -169,19 +166,6 @@ def _read_checkpoint(path):
     return ckpt
 
 
-def _download(url, dest):
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url) as resp:  # noqa: S310
-            shutil.copyfileobj(resp, out)
-        os.replace(tmp, dest)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return dest
-
-
 def resolve_official_checkpoint(source, savedir=None, base_url=None):
     """Local path of an official checkpoint, downloading a release name once.
 
@@ -218,7 +202,9 @@ def resolve_official_checkpoint(source, savedir=None, base_url=None):
     if dest.is_file():
         return dest
     base = base_url or os.environ.get("REDIMNET_BASE_URL") or OFFICIAL_BASE_URL
-    return _download(f"{base.rstrip('/')}/{name}.pt", dest)
+    return download(f"{base.rstrip('/')}/{name}.pt", dest, hint=(
+        f"download {name}.pt yourself and pass its path instead of the release name "
+        "(e.g. --pretrained_backbone /path/to/" f"{name}.pt)"))
 
 
 def load_official_redimnet(source, savedir=None, base_url=None, map_location="cpu"):

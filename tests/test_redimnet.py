@@ -211,7 +211,7 @@ def test_download_through_file_url_once(tmp_path, monkeypatch):
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded twice")
 
-    monkeypatch.setattr(official, "_download", no_download)
+    monkeypatch.setattr(official, "download", no_download)
     again = load_official_redimnet("b0-vox2-ptn.pt", savedir=cache, base_url=base)
     assert again.embed_dim == 16
     assert resolve_official_checkpoint("b0-vox2-ptn", savedir=cache) == cache / "b0-vox2-ptn.pt"
@@ -222,11 +222,34 @@ def test_download_through_file_url_once(tmp_path, monkeypatch):
     assert load_official_redimnet("M-vb2+vox2+cnc-ft_mix", savedir=cache).embed_dim == 16
 
 
-def test_download_failure_leaves_no_partial_file(tmp_path):
-    with pytest.raises(Exception):
+def test_download_failure_leaves_no_partial_file(tmp_path, monkeypatch):
+    monkeypatch.setenv("MRL_DOWNLOAD_RETRIES", "1")
+    with pytest.raises(OSError, match="could not download .*b1-vox2-ptn.pt.*pass its path"):
         load_official_redimnet("b1-vox2-ptn", savedir=tmp_path / "c",
                                base_url=(tmp_path / "missing").as_uri())
     assert not list((tmp_path / "c").glob("*"))
+
+
+def test_download_from_a_server_that_never_answers_is_bounded(tmp_path, monkeypatch):
+    """Regression: urlopen without a timeout hung forever against a stalled server."""
+    import socket
+    import time
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # connections are queued by the kernel and never answered
+    port = server.getsockname()[1]
+    monkeypatch.setenv("MRL_DOWNLOAD_TIMEOUT", "0.5")
+    monkeypatch.setenv("MRL_DOWNLOAD_RETRIES", "2")
+    start = time.monotonic()
+    try:
+        with pytest.raises(OSError, match=rf"127.0.0.1:{port}/b0-vox2-ptn.pt after 2 attempts"):
+            load_official_redimnet("b0-vox2-ptn", savedir=tmp_path / "c",
+                                   base_url=f"http://127.0.0.1:{port}")
+    finally:
+        server.close()
+    assert time.monotonic() - start < 20
+    assert not list((tmp_path / "c").glob("*"))  # no .part file left
 
 
 def test_eval_with_autograd_matches_inference():

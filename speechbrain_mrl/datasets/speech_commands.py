@@ -37,9 +37,8 @@ import pathlib
 import random
 import shutil
 import tarfile
-import urllib.request
 
-from speechbrain_mrl.dataio import read_trials, write_manifest, write_text_atomic, write_trials
+from speechbrain_mrl.dataio import download, read_trials, write_manifest, write_text_atomic, write_trials
 from speechbrain_mrl.datasets.voxceleb import (
     make_rows,
     make_trials,
@@ -90,9 +89,7 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     archive = data_folder / os.path.basename(url)
     if not archive.is_file():
         logger.info("downloading %s", url)
-        tmp = archive.with_suffix(".part")
-        urllib.request.urlretrieve(url, tmp)
-        os.replace(tmp, archive)
+        download(url, archive, hint=f"or put the archive at {archive} yourself")
     raw = data_folder / "speech_commands_raw"
     if not raw.is_dir():
         _extract(archive, raw)
