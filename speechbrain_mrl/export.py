@@ -21,6 +21,7 @@ Authors
  * speechbrain-mrl developers
 """
 import argparse
+import importlib
 import logging
 import pathlib
 import warnings
@@ -84,6 +85,17 @@ def load_encoder(model_folder):
     return model.encoder.eval()
 
 
+def require_export_extra(*modules):
+    """Raises ``ModuleNotFoundError`` naming the extra to install when a module is missing."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                f"ONNX export needs the '{name}' package: pip install -e \".[export]\" "
+                "(or pip install onnx onnxruntime onnxscript)", name=name) from err
+
+
 def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
     g = torch.Generator().manual_seed(seed)
     return 0.1 * torch.randn(batch, int(seconds * sample_rate), generator=g)
@@ -140,6 +152,7 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     -------
     pathlib.Path
     """
+    require_export_extra("onnx", "onnxscript")
     module = PerSizeOutputs(encoder).eval()
     example = _example() if example is None else example
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -173,6 +186,7 @@ def onnx_parity(encoder, onnx_path, wavs):
     -------
     float
     """
+    require_export_extra("onnxruntime")
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
@@ -195,10 +209,10 @@ def main(argv=None):
                    help="compare onnxruntime with PyTorch on random audio (max abs diff)")
     args = p.parse_args(argv)
     enc = load_encoder(args.model_folder)
+    if args.torchscript:  # needs nothing beyond torch: written even without the ONNX extra
+        print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
     out = export_onnx(enc, args.out, opset_version=args.opset)
     print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")
-    if args.torchscript:
-        print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
     if args.check:
         diff = onnx_parity(enc, out, _example(seconds=3.1, batch=3, seed=1))
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")

@@ -73,3 +73,15 @@ def test_onnx_parity_real_speech(exported, shared_data):
         assert sr == 16000
         wav = torch.from_numpy(wav[: 16000 * 8])
         assert ex.onnx_parity(enc, onnx_path, wav.unsqueeze(0)) <= 1e-4
+
+
+def test_missing_onnx_extra_names_it_and_still_writes_torchscript(tmp_path, monkeypatch):
+    """Regression: a bare ModuleNotFoundError, and no file written, without the export extra."""
+    import sys
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # an uninstalled package
+    with pytest.raises(ModuleNotFoundError, match=r'pip install -e "\.\[export\]"'):
+        ex.main(["--model_folder", str(folder), "--out", str(tmp_path / "m.onnx"),
+                 "--torchscript", str(tmp_path / "m.pt")])
+    assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.onnx").exists()
