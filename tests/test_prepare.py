@@ -1,5 +1,6 @@
 """Data preparation of the VoxCeleb MRL recipe and of the demo (generated audio)."""
 import csv
+import pathlib
 import os
 
 import pytest
@@ -269,3 +270,48 @@ def test_prepare_voxceleb2_m4a(tmp_path):
         n = min(sig.shape[0], src.shape[0])
         corr = np.corrcoef(sig[:n].numpy(), src[:n])[0, 1]
         assert corr > 0.95, corr
+
+
+def test_prepare_rejects_nan_and_silent_audio(vox):
+    """Regression: NaN-valued wavs reached training and poisoned the checkpoints."""
+    import numpy as np
+    import soundfile as sf
+
+    tmp, folders, trials = vox
+    bad = pathlib.Path(folders[0]) / "id10001" / "vidx"
+    bad.mkdir()
+    sf.write(str(bad / "nan.wav"), np.full(16000, np.nan, dtype="float32"), 16000, subtype="FLOAT")
+    write_wav(bad / "zero.wav", np.zeros(16000, dtype="float32"))
+    save = tmp / "prep_bad"
+    out = vp.prepare_voxceleb(folders, save, trials, min_duration=0.5)
+    listed = (save / "skipped_files.txt").read_text()
+    assert "nan.wav\tnon-finite samples (NaN/Inf)" in listed
+    assert "zero.wav\tall zeros (silence)" in listed
+    assert out["n_skipped"] >= 2
+    rows = open(out["train"]).read() + open(out["dev"]).read()
+    assert "nan.wav" not in rows and "zero.wav" not in rows
+
+
+def test_prepare_again_when_trials_or_files_change(vox):
+    """Regression: a rewritten trial list or an added speaker folder left stale manifests."""
+    tmp, folders, trials = vox
+    save = tmp / "prep_change"
+    vt = save / "val.txt"
+    vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+    assert "n_skipped" not in vp.prepare_voxceleb(folders, save, trials, valid_trials=vt,
+                                                  n_valid_trials=10)
+    original = trials.read_text()
+    # same file, other speakers: id10001 becomes a test speaker and must leave training
+    trials.write_text("1 id10001/vid0/00001.wav id10001/vid1/00001.wav\n"
+                      "0 id10001/vid0/00001.wav id10002/vid0/00001.wav\n")
+    try:
+        out = vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+        assert "n_skipped" in out
+        assert "id10001" not in open(out["train"]).read() + open(out["dev"]).read()
+    finally:
+        trials.write_text(original)
+    vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+    write_wav(pathlib.Path(folders[0]) / "id10999" / "v" / "00001.wav", voice(9, 20000, 1))
+    out = vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+    assert "n_skipped" in out  # a new speaker folder: prepared again
+    assert "id10999" in open(out["train"]).read() + open(out["dev"]).read()

@@ -182,6 +182,29 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
     assert len(epoch1) + 2 == n_batches == len(epoch2)
 
 
+def test_non_finite_model_is_never_checkpointed(tmp_path, monkeypatch):
+    """Regression: a poisoned model (NaN in CKPT+epoch1's tensors) was saved as a checkpoint.
+
+    A NaN BatchNorm statistic leaves the training loss finite (batch statistics
+    are used in training), so only the check before saving can catch it.
+    """
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    orig = train.MRLBrain.fit_batch
+
+    def poisoned(self, batch):
+        loss = orig(self, batch)
+        if self.hparams.epoch_counter.current == 2:
+            self.modules.encoder.embedding_model.bn.running_mean.fill_(float("nan"))
+        return loss
+
+    monkeypatch.setattr(train.MRLBrain, "fit_batch", poisoned)
+    with pytest.raises(RuntimeError, match=r"epoch 2: .* NaN/Inf .*bn\.running_mean"):
+        train.main(scratch_overrides(data, out, N_CLASSES, epochs=2,
+                                     extra=["--ckpt_num_to_keep", "2"]))
+    assert [c.name for c in (out / "scratch" / "save").glob("CKPT+*")] == ["CKPT+epoch1"]
+
+
 def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     """final_checkpoint: last keeps the last epoch's weights, whatever the validation EER."""
     data = make_speech_commands(tmp_path / "data")

@@ -40,6 +40,8 @@ import tarfile
 
 from speechbrain_mrl.dataio import download, read_trials, write_manifest, write_text_atomic, write_trials
 from speechbrain_mrl.datasets.voxceleb import (
+    AUDIO_EXTENSIONS,
+    input_fingerprint,
     make_rows,
     make_trials,
     report_skipped,
@@ -282,6 +284,10 @@ def prepare_demo(
     }
     files = [os.path.basename(p) for p in out.values()]
     save_folder.mkdir(parents=True, exist_ok=True)
+    splits = sc / "splits"
+    opts["inputs_sha256"] = input_fingerprint(
+        [sc] + ([libri] if use_libri else []), AUDIO_EXTENSIONS,
+        [splits / "trials_test.txt", splits / "train_speakers.txt"])
     if skip(save_folder, files, opts):
         logger.info("Skipping preparation, completed in previous run.")
         return out

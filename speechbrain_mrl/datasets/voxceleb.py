@@ -29,15 +29,19 @@ Authors
 """
 import argparse
 import csv
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import random
 
+import torch
+
 from speechbrain_mrl.dataio import (
     AudioError,
     audio_info,
+    load_audio,
     read_trials,
     write_manifest,
     write_text_atomic,
@@ -122,8 +126,9 @@ def scan_speakers(folder, extensions=AUDIO_EXTENSIONS):
 def make_rows(spk_id, rel, path, min_duration, seg_dur=None, skipped=None):
     """Manifest rows of one file: the whole file, or ``seg_dur``-second segments.
 
-    A file that cannot be read, is empty or shorter than ``min_duration``
-    seconds gives no row; the reason is appended to ``skipped``.
+    A file that cannot be read, is empty, shorter than ``min_duration``
+    seconds, all zeros or holds NaN/Inf samples gives no row; the reason is
+    appended to ``skipped``.
 
     Arguments
     ---------
@@ -188,6 +193,11 @@ def _check_file(path, min_duration):
         return "empty", frames, sr
     if frames / sr < min_duration:
         return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
+    samples, _ = load_audio(path)
+    if not torch.isfinite(samples).all():
+        return "non-finite samples (NaN/Inf)", frames, sr
+    if not samples.any():
+        return "all zeros (silence)", frames, sr
     return None, frames, sr
 
 
@@ -327,6 +337,47 @@ def write_valid_trials(path, dev_csv, n_trials, seed):
 
 
 # ----------------------------------------------------------------- skipping
+def input_fingerprint(folders, extensions=AUDIO_EXTENSIONS, lists=()):
+    """SHA-256 of what a preparation reads: the audio files' paths, sizes and times, and lists.
+
+    Recorded with the manifests, so that a changed trial list or an added,
+    removed or rewritten audio file makes the next run prepare again.
+
+    Arguments
+    ---------
+    folders : list of str
+        Data folders (searched recursively for ``extensions``).
+    extensions : sequence of str
+        Audio file extensions.
+    lists : sequence of str or None
+        Other files read (e.g. trial lists), hashed by content; None entries are ignored.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> before = input_fingerprint([d])
+    >>> _ = open(os.path.join(d, "a.wav"), "wb").write(b"x")
+    >>> before == input_fingerprint([d])
+    False
+    """
+    digest = hashlib.sha256()
+    exts = tuple(e.lower() for e in extensions)
+    for folder in folders:
+        for path in sorted(pathlib.Path(folder).rglob("*")):
+            if path.suffix.lower() in exts and path.is_file():
+                st = path.stat()
+                digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    for path in lists:
+        if path is not None:
+            digest.update(pathlib.Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def skip(save_folder, files, opts):
     """True when every file exists and ``opts`` equal the saved options.
 
@@ -525,11 +576,15 @@ def prepare_voxceleb(
     }
     files = _output_files(splits, valid_trials)
     out = {f.split(".")[0]: str(save_folder / f) for f in files}
-    if skip(save_folder, files, opts):
+    state = dict(opts, inputs_sha256=input_fingerprint(folders, extensions,
+                                                       [verification_pairs_file]))
+    if skip(save_folder, files, state):
         logger.info("Skipping preparation, completed in previous run.")
     else:
         out["n_skipped"] = _prepare(save_folder, **opts)
-        save_opts(save_folder, opts)
+        if valid_trials is not None and os.path.isfile(valid_trials):
+            os.remove(valid_trials)  # drawn from the dev set just replaced
+        save_opts(save_folder, state)
     if valid_trials is not None:
         write_valid_trials(valid_trials, out["dev"], n_valid_trials, valid_trials_seed)
         out["valid_trials"] = str(valid_trials)

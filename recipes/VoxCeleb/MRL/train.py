@@ -193,6 +193,13 @@ class MRLBrain(sb.core.Brain):
                                      getattr(self, "per_dim_loss", {}).items()})
             self.epoch_times.append(elapsed)
             return
+        bad = [f"{name}.{key}" for name, module in self.modules.items()
+               for key, t in unwrap(module).state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:  # never checkpoint a poisoned model: the last good checkpoint stays the newest
+            raise RuntimeError(f"epoch {epoch}: {len(bad)} model tensors hold NaN/Inf (e.g. "
+                               f"{bad[:4]}); no checkpoint saved, the last good one is in "
+                               f"{self.hparams.save_folder}")
         dims = unwrap(self.modules.encoder).mrl_dims
         metrics = trial_metrics(self.valid_embeddings, self.valid_trials, dims)
         mean_eer = sum(m["EER"] for m in metrics.values()) / len(metrics)
