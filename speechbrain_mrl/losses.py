@@ -18,6 +18,7 @@ from speechbrain.lobes.models.ECAPA_TDNN import Classifier
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from torch import nn
 
+from speechbrain_mrl.checkpoints import register_safe_hooks
 from speechbrain_mrl.matryoshka import _is_int, validate_mrl_dims
 
 __all__ = ["MatryoshkaAAMLoss", "set_aam_margin", "class_centroids"]
@@ -122,6 +123,7 @@ def _check_targets(targets, batch, n_classes):
     return targets
 
 
+@register_safe_hooks
 class MatryoshkaAAMLoss(nn.Module):
     """Additive-angular-margin softmax loss at every Matryoshka size.
 

@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_mrl.checkpoints import register_safe_hooks
+
 __all__ = [
     "MatryoshkaProjection",
     "validate_mrl_dims",
@@ -279,6 +281,7 @@ def discriminant_rotation(embeddings, labels, shrinkage=0.1):
     return _deterministic_signs(torch.cat([discriminant, complement], dim=1))
 
 
+@register_safe_hooks
 class MatryoshkaProjection(nn.Module):
     """Projection of pooled statistics to nested (Matryoshka) embeddings.
 

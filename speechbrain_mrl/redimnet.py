@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from speechbrain_mrl.checkpoints import register_safe_hooks
 from speechbrain_mrl.features import length_mask
 
 __all__ = ["ReDimNet", "REDIMNET_PRESETS", "redimnet_config", "plain_config"]
@@ -911,6 +912,7 @@ def _check_config(cfg):
                          f"known: {BLOCK_2D_TYPES}")
 
 
+@register_safe_hooks
 class ReDimNet(nn.Module):
     """ReDimNet speaker-embedding lobe (log-mel features -> embedding).
 

@@ -343,3 +343,39 @@ def wandb_records(path):
             record.ParseFromString(buf)
             yield record
             buf = b""
+
+
+def test_broken_checkpoints_never_block_resume(tmp_path, monkeypatch, capfd):
+    """Regression: a truncated or half-saved CKPT folder made every restart fail."""
+    import errno
+
+    from speechbrain.utils import checkpoints as sb_checkpoints
+
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = scratch_overrides(data, out, N_CLASSES, epochs=2, extra=["--ckpt_num_to_keep", "2"])
+    train.main(argv)
+    save = out / "scratch" / "save"
+    newest = save / "CKPT+epoch2"
+    (newest / "embedding_model.ckpt").write_bytes(b"PK\x03\x04 truncated")  # as after a full disk
+    # a save that runs out of space leaves no checkpoint behind and names the folder
+    real_save = sb_checkpoints.torch_save
+
+    def disk_full(obj, path):
+        if path.name == "loss.ckpt":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(obj, path)
+
+    monkeypatch.setitem(sb_checkpoints.DEFAULT_SAVE_HOOKS, torch.nn.Module, disk_full)
+    three_epochs = [a if a != "2" or argv[i - 1] != "--number_of_epochs" else "3"
+                    for i, a in enumerate(argv)]
+    with pytest.raises(OSError, match=rf"saving a checkpoint into {save}.*No space left"):
+        train.main(three_epochs)
+    assert sorted(p.name for p in save.iterdir() if p.name.startswith("CKPT")) == ["CKPT+epoch1", "CKPT+epoch2"]
+    monkeypatch.undo()
+    capfd.readouterr()
+    res = train.main(three_epochs)
+    logged = capfd.readouterr()
+    assert "skipping checkpoint" in logged.err + logged.out and "CKPT+epoch2" in logged.err + logged.out
+    assert len(res["epoch_times_s"]) == 2  # resumed after epoch 1: epochs 2 and 3 trained
+    assert not list(save.glob(".partial-*"))
