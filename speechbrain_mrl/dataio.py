@@ -40,6 +40,7 @@ __all__ = [
     "crop_or_tile",
     "read_manifest",
     "write_manifest",
+    "check_audio_files",
     "read_trials",
     "write_trials",
     "trial_id_candidates",
@@ -348,6 +349,26 @@ def read_manifest(csv_path, data_folder=None):
 
     replacements = {"data_root": str(data_folder)} if data_folder else {}
     return load_data_csv(str(csv_path), replacements=replacements)
+
+
+def check_audio_files(rows, what="manifest"):
+    """Raises ``FileNotFoundError`` listing the rows whose ``wav`` file does not exist.
+
+    Checking every path before any audio is embedded means a long run cannot
+    fail at its last batch on a missing file.
+
+    Example
+    -------
+    >>> check_audio_files({"u1": {"wav": "/no/such.wav"}}, "enrol")
+    Traceback (most recent call last):
+     ...
+    FileNotFoundError: enrol: 1 of 1 audio files do not exist, e.g. u1: /no/such.wav
+    """
+    missing = [(uid, row["wav"]) for uid, row in rows.items() if not os.path.isfile(row["wav"])]
+    if missing:
+        shown = ", ".join(f"{uid}: {wav}" for uid, wav in missing[:3])
+        raise FileNotFoundError(f"{what}: {len(missing)} of {len(rows)} audio files do not exist, "
+                                f"e.g. {shown}")
 
 
 def write_manifest(path, rows, header=CSV_HEADER):

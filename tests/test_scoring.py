@@ -326,3 +326,28 @@ def test_scoring_records_the_model_fingerprint(scoring_setup, tmp_path):
     svc.main(_argv(root, out, f"--model_folder={folder}", "--dims=[4]"))
     info = json.loads((out / "scoring_info.json").read_text())
     assert info["model_sha256"] == model_fingerprint(folder) and len(info["model_sha256"]) == 64
+
+
+@pytest.mark.parametrize("which", ["enrol", "cohort"])
+def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path, which, monkeypatch):
+    """Regression: a missing enrol wav failed at the last batch, a missing cohort file after
+    every embedding had been computed."""
+    root, folder, _ = scoring_setup
+    names = ["enrol.csv", "test.csv"] if which == "enrol" else ["train.csv"]
+    for name in names:  # enrol and test share their rows; the cohort's last row is too short
+        rows = list(csv.reader(open(root / name)))
+        rows[-2][2] = str(tmp_path / "gone.wav")
+        with open(tmp_path / name, "w", newline="") as f:
+            csv.writer(f).writerows(rows)
+    import speechbrain_mrl.embeddings as embeddings
+
+    calls = []
+    monkeypatch.setattr(svc, "embed_manifest", lambda *a, **k: calls.append(1) or embeddings.embed_manifest(*a, **k))
+    argv = _argv(root, tmp_path / "out", f"--model_folder={folder}")
+    for name in names:
+        argv = [a.replace(str(root / name), str(tmp_path / name)) for a in argv]
+    if which == "cohort":
+        argv.append(f"--train_csv={tmp_path / 'train.csv'}")
+    with pytest.raises(FileNotFoundError, match=r"1 of \d+ audio files do not exist, e\.g\. .*gone\.wav"):
+        svc.main(argv)
+    assert calls == []

@@ -54,8 +54,8 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_mrl.dataio import (read_manifest, read_trials, resolve_trials, save_torch_atomic,
-                                    write_text_atomic)
+from speechbrain_mrl.dataio import (check_audio_files, read_manifest, read_trials, resolve_trials,
+                                    save_torch_atomic, write_text_atomic)
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.metrics import NORMS, cohort_groups, score_trials, verification_metrics
 from speechbrain_mrl.packaging import model_fingerprint
@@ -156,6 +156,13 @@ def run(hparams, device="cpu"):
     needed = set(enrol_ids) | set(test_ids)
     rows = {k: v for k, v in rows.items() if k in needed}
     logger.info("%d trials over %d utterances", len(labels), len(rows))
+    cohort_rows, n_short = {}, 0
+    if hparams.get("train_csv") and norms:
+        cohort_rows, n_short = sample_cohort_rows(
+            read_manifest(hparams["train_csv"], data_folder), hparams.get("cohort_max_utts"),
+            hparams.get("seed", 1986), min_duration)
+    check_audio_files(rows, "enrol/test manifests")
+    check_audio_files(cohort_rows, f"cohort ({hparams.get('train_csv')})")
 
     embed_opts = dict(batch_size=int(hparams.get("batch_size", 8)),
                       num_workers=int(hparams.get("num_workers", 0)),
@@ -167,16 +174,13 @@ def run(hparams, device="cpu"):
         save_torch_atomic({"ids": ids, "embeddings": emb, "dims": dims, "model": name},
                           out / "embeddings.pt")
 
-    cohort, groups, n_short = None, None, 0
-    if hparams.get("train_csv") and norms:
-        crows, n_short = sample_cohort_rows(read_manifest(hparams["train_csv"], data_folder),
-                                            hparams.get("cohort_max_utts"), hparams.get("seed", 1986),
-                                            min_duration)
+    cohort, groups = None, None
+    if cohort_rows:
         if n_short:
             logger.warning("cohort: %d train_csv rows shorter than the model's minimum of %.2f s "
                            "left out", n_short, min_duration)
-        cids, cohort = embed_manifest(encoder, crows, desc="cohort embeddings", **embed_opts)
-        groups = cohort_groups(cids, crows, hparams.get("cohort_type", "speaker"))
+        cids, cohort = embed_manifest(encoder, cohort_rows, desc="cohort embeddings", **embed_opts)
+        groups = cohort_groups(cids, cohort_rows, hparams.get("cohort_type", "speaker"))
         logger.info("cohort: %d utterances (%s)", cohort.shape[0], hparams.get("cohort_type"))
 
     topk = int(hparams.get("cohort_topk", 300))
@@ -192,7 +196,8 @@ def run(hparams, device="cpu"):
             if k != "cosine":
                 r[k] = verification_metrics(scores[d][k], labels, tk)
         results[str(d)] = r
-    info = {"model": name, "model_sha256": fingerprint, "trials": str(hparams["trials"]), "n_trials": int(len(labels)),
+    info = {"model": name, "model_sha256": fingerprint, "trials": str(hparams["trials"]),
+            "n_trials": int(len(labels)),
             "n_target": int(labels.sum()), "n_utterances": len(ids),
             "cohort_utterances": 0 if cohort is None else int(cohort.shape[0]),
             "cohort_too_short": n_short,
