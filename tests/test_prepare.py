@@ -315,3 +315,22 @@ def test_prepare_again_when_trials_or_files_change(vox):
     out = vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
     assert "n_skipped" in out  # a new speaker folder: prepared again
     assert "id10999" in open(out["train"]).read() + open(out["dev"]).read()
+
+
+def test_prepare_errors_name_the_cause(tmp_path):
+    """Regression: an empty folder or too few speakers ended in an IndexError inside SpeechBrain,
+    and a trial list of absent speakers gave empty manifests with a warning only."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no training speaker folders"):
+        vp.prepare_voxceleb(tmp_path / "empty", tmp_path / "o1")
+    make_voxceleb(tmp_path / "two", speakers=("id1", "id2"))
+    with pytest.raises(ValueError, match="the dev split is empty .*2 training speakers"):
+        vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o2", dev_split="speaker",
+                            split_ratio=(90, 10))
+    trials = tmp_path / "t.txt"
+    trials.write_text("1 id9/v/1.wav id9/v/2.wav\n0 id9/v/1.wav id8/v/1.wav\n")
+    with pytest.raises(ValueError, match="none of the enrol files of .*t.txt is under"):
+        vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o3", trials)
+    trials.write_text("yes id1/vid0/00001.wav id2/vid0/00001.wav\n")
+    with pytest.raises(ValueError, match=r"t.txt:1: expected '<1\|0> <enrol> <test>'"):
+        vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o4", trials)

@@ -606,8 +606,18 @@ def _prepare(save_folder, data_folder, verification_pairs_file, splits, split_ra
     skipped = []
     if "train" in splits or "dev" in splits:
         speakers = _training_speakers(data_folder, extensions, test_spks)
+        if not speakers:
+            raise ValueError(f"no training speaker folders with {list(extensions)} files under "
+                             f"{data_folder} (trial-list speakers excluded)")
         train_rows, dev_rows = _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
                                                max_files_per_speaker, seed, skipped)
+        for split, rows in (("train", train_rows), ("dev", dev_rows)):
+            if split in splits and not rows:
+                report_skipped(skipped, save_folder)
+                raise ValueError(
+                    f"the {split} split is empty ({len(speakers)} training speakers, split_ratio "
+                    f"{list(split_ratio)}, dev_split {dev_split!r}, {len(skipped)} files skipped, "
+                    f"listed in {save_folder / SKIPPED_FILE}); give more data or another split_ratio")
         if "train" in splits:
             write_manifest(save_folder / "train.csv", train_rows)
         if "dev" in splits:
@@ -616,6 +626,11 @@ def _prepare(save_folder, data_folder, verification_pairs_file, splits, split_ra
         roots = [audio_root(f) for f in data_folder]
         for name, col in (("enrol.csv", 1), ("test.csv", 2)):
             rows = trial_rows(sorted({t[col] for t in trials}), roots, skipped)
+            if not rows:
+                report_skipped(skipped, save_folder)
+                raise ValueError(f"none of the {name[:-4]} files of {verification_pairs_file} is "
+                                 f"under {data_folder} (paths are relative to a data folder, e.g. "
+                                 f"id10270/5r0dWxy17C8/00001.wav)")
             write_manifest(save_folder / name, rows.values())
     report_skipped(skipped, save_folder)
     return len(skipped)
