@@ -295,6 +295,9 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):
     if wavs.dim() == 1:
         wavs = wavs.unsqueeze(0)
     if wavs.dim() == 3:
+        if wavs.shape[1] < wavs.shape[2]:
+            raise AudioError(f"wavs of shape {tuple(wavs.shape)} look channels-first [batch, "
+                             "channels, time]; pass [batch, time] or [batch, time, channels]")
         wavs = wavs.mean(dim=2)
     if wavs.dim() != 2:
         raise AudioError(f"wavs must be [batch, time] (or [batch, time, channels]), got {tuple(wavs.shape)}")

@@ -24,6 +24,7 @@ Authors
  * speechbrain-mrl developers
 """
 import logging
+import math
 import pathlib
 
 import torch
@@ -127,8 +128,15 @@ class MRLEncoderClassifier(EncoderClassifier):
         MRLEncoderClassifier
         """
         source = str(source) if isinstance(source, pathlib.Path) else source
+        if isinstance(source, str) and _looks_like_a_path(source) and not pathlib.Path(source).is_dir():
+            raise FileNotFoundError(f"model folder not found: {source} (a hub model is named "
+                                    "'user/name')")
         if isinstance(source, str) and pathlib.Path(source).is_dir():
             source = str(pathlib.Path(source).resolve())
+            if not (pathlib.Path(source) / hparams_file).is_file():
+                raise FileNotFoundError(f"{source} holds no {hparams_file}: not a model folder")
+            if not (pathlib.Path(source) / hparams_file).read_text().strip():
+                raise ValueError(f"{pathlib.Path(source) / hparams_file} is empty")
             if savedir is not None and pathlib.Path(savedir).resolve() == pathlib.Path(source):
                 # collecting a folder into itself would make self-referencing symlinks
                 savedir = None
@@ -139,6 +147,10 @@ class MRLEncoderClassifier(EncoderClassifier):
         model = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir,
                                      local_strategy=local_strategy, fetch_config=fetch_config,
                                      **kwargs)
+        local = isinstance(source, str) and pathlib.Path(source).is_dir()
+        if local and not (pathlib.Path(source) / "calibration.json").is_file():
+            logger.info("no calibration.json in %s; using hyperparams thresholds", source)
+            return model
         try:
             path = fetch(filename="calibration.json", source=source, savedir=savedir,
                          local_strategy=local_strategy, fetch_config=fetch_config)
@@ -233,12 +245,8 @@ class MRLEncoderClassifier(EncoderClassifier):
     # ------------------------------------------------------------ embedding
     def _full_embedding(self, wavs, wav_lens=None, sample_rate=None):
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
-            if not isinstance(wavs, torch.Tensor):
-                raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__}")
-            if wavs.dim() == 3:
-                wavs = wavs.mean(dim=2)
-            # relative lengths are unchanged by resampling
-            wavs = torchaudio.functional.resample(wavs.float(), int(sample_rate), self.sample_rate)
+            wavs, wav_lens = check_waveforms(wavs, wav_lens)  # relative lengths survive resampling
+            wavs = torchaudio.functional.resample(wavs, int(sample_rate), self.sample_rate)
         min_samples = max(int(round(self.min_duration * self.sample_rate)), 1)
         wavs, wav_lens = check_waveforms(wavs, wav_lens, min_samples, self.sample_rate)
         with torch.no_grad():
@@ -313,8 +321,11 @@ class MRLEncoderClassifier(EncoderClassifier):
             ``[1, 1, target_dim]``.
         """
         wav = self.load_audio(path)
-        return self.encode_batch(wav.unsqueeze(0), torch.ones(1), normalize=normalize,
-                                 target_dim=target_dim)
+        try:
+            return self.encode_batch(wav.unsqueeze(0), torch.ones(1), normalize=normalize,
+                                     target_dim=target_dim)
+        except AudioError as err:
+            raise AudioError(f"{path}: {str(err).removeprefix('utterance 0: ')}") from err
 
     def classify_batch(self, wavs, wav_lens=None):
         """Not available: the packaged model has no speaker classifier."""
@@ -353,7 +364,7 @@ class MRLEncoderClassifier(EncoderClassifier):
             ``score > threshold`` (True: same speaker).
         """
         d = check_target_dim(target_dim, self.embed_dim)
-        thr = self.threshold_for(d) if threshold is None else float(threshold)
+        thr = self.threshold_for(d) if threshold is None else _check_threshold(threshold)
         emb1 = self.encode_batch(wavs1, wav1_lens, target_dim=d)
         emb2 = self.encode_batch(wavs2, wav2_lens, target_dim=d)
         if emb1.shape[0] != emb2.shape[0]:
@@ -381,8 +392,27 @@ class MRLEncoderClassifier(EncoderClassifier):
             Scalar bool.
         """
         d = check_target_dim(target_dim, self.embed_dim)
-        thr = self.threshold_for(d) if threshold is None else float(threshold)
+        thr = self.threshold_for(d) if threshold is None else _check_threshold(threshold)
         ex = self.encode_file(path_x, target_dim=d)
         ey = self.encode_file(path_y, target_dim=d)
         score = self.similarity(ex, ey)[0, 0]
         return score, score > thr
+
+
+def _looks_like_a_path(source):
+    """True for strings that cannot be a hub id ``user/name``: absolute, relative with dots, deeper."""
+    return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
+            or pathlib.Path(source).exists())
+
+
+def _check_threshold(threshold):
+    """A decision threshold as a finite float (bools, NaN/Inf and non-numbers refused)."""
+    if isinstance(threshold, torch.Tensor):
+        if threshold.numel() != 1 or threshold.dtype == torch.bool:
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        threshold = threshold.item()
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+    return float(threshold)

@@ -220,3 +220,41 @@ def test_model_folder_with_a_pickle_payload_is_refused(tiny, tmp_path, monkeypat
     with pytest.raises(ValueError, match="cannot read checkpoint file .*mrl_head.ckpt"):
         MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
     assert not marker.exists()
+
+
+def test_bad_input_messages_name_the_problem(model, tiny, tmp_path, no_network):
+    """Regression for the inference faults of issue 11 (item 12)."""
+    import shutil
+
+    wav = speaker_voice(0, 0, 1.0)
+    with pytest.raises(AudioError, match="channels-first"):
+        model.encode_batch(wav[None, None, :])  # [B, 1, T]
+    with pytest.raises(AudioError, match="channels-first"):
+        model.encode_batch(torch.stack([wav, wav])[None])  # [B, C, T]
+    silent = tmp_path / "silent.wav"
+    sf.write(str(silent), torch.zeros(16000).numpy(), 16000)
+    with pytest.raises(AudioError, match=r"silent\.wav: audio is all zeros"):
+        model.verify_files(silent, silent)
+    for bad in (float("nan"), True, torch.tensor(True), "0.5"):
+        with pytest.raises(ValueError, match="threshold must be a finite number"):
+            model.verify_batch(wav[None], wav[None], threshold=bad)
+    # a mistyped local path is not sent to the hub as a repo id
+    with pytest.raises(FileNotFoundError, match="model folder not found"):
+        MRLEncoderClassifier.from_hparams(source=str(tmp_path / "no_such_model"))
+    # calibration.json is optional: loads without it, no dangling link left in savedir
+    folder = tmp_path / "uncalibrated"
+    shutil.copytree(tiny[0], folder)
+    (folder / "calibration.json").unlink()
+    loaded = MRLEncoderClassifier.from_hparams(source=str(folder), savedir=tmp_path / "save",
+                                               run_opts={"device": "cpu"})
+    assert loaded.thresholds == THRESHOLDS  # the copy in hyperparams.yaml
+    assert all(p.exists() for p in (tmp_path / "save").iterdir())
+    # an empty hyperparams.yaml and a truncated checkpoint are named
+    (folder / "hyperparams.yaml").write_text("")
+    with pytest.raises(ValueError, match="hyperparams.yaml is empty"):
+        MRLEncoderClassifier.from_hparams(source=str(folder))
+    shutil.copy(tiny[0] / "hyperparams.yaml", folder / "hyperparams.yaml")
+    data = (folder / "embedding_model.ckpt").read_bytes()
+    (folder / "embedding_model.ckpt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="cannot read checkpoint file .*embedding_model.ckpt"):
+        MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
