@@ -27,7 +27,8 @@ import pathlib
 import shutil
 import sys
 
-from huggingface_hub import CommitOperationAdd, HfApi
+import httpx2
+from huggingface_hub import CommitOperationAdd, HfApi, get_session
 
 from speechbrain_mrl.dataio import write_text_atomic
 from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
@@ -272,12 +273,18 @@ def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=N
     return hub_files()
 
 
-def upload(folder, repo_id, files, private=False, token=None, commit_message=None):
-    """Creates (if needed) the hub repository and commits exactly ``files`` of ``folder``."""
+def upload(folder, repo_id, files, private=False, token=None, commit_message=None,
+           endpoint=None, timeout=60.0):
+    """Creates (if needed) the hub repository and commits exactly ``files`` of ``folder``.
+
+    Every network operation (connect, each read and write) waits at most
+    ``timeout`` seconds, so a stalled endpoint ends in an error instead of a hang.
+    """
     token = token if token is not None else os.environ.get("HF_TOKEN")
     if not token:
         raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
-    api = HfApi(token=token)
+    get_session().timeout = httpx2.Timeout(timeout)
+    api = HfApi(token=token, endpoint=endpoint)
     api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
     operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
                   for f in files]

@@ -232,3 +232,25 @@ def test_top_level_b2_hparams_builds_consistent_model():
     assert hp["compute_features"].n_mels == hp["embedding_model"].F
     assert set(hp["pretrainer"].loadables) == {"embedding_model", "mrl_head"}
     assert not hp["pretrainer"].paths  # collected from the from_hparams source
+
+
+def test_upload_to_a_stalled_endpoint_is_bounded(hub, tmp_path):
+    """Regression: the upload hung forever against an endpoint that never answers."""
+    import socket
+    import time
+
+    root = hub[0]
+    dest = tmp_path / "stalled"
+    files = pkg.build_hub_folder(root / "recipe_out", root / "scores", dest)
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)  # accepted by the kernel, never answered
+    start = time.monotonic()
+    try:
+        with pytest.raises(Exception) as err:
+            pkg.upload(dest, "someone/mrl-tiny", files, token="hf_test",
+                       endpoint=f"http://127.0.0.1:{server.getsockname()[1]}", timeout=0.5)
+    finally:
+        server.close()
+    assert time.monotonic() - start < 60
+    assert "timed out" in str(err.value).lower() or "timeout" in type(err.value).__name__.lower()
