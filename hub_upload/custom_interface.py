@@ -10,7 +10,7 @@ For ``speechbrain.inference.interfaces.foreign_class``::
 This file is NOT self-contained: the model's ``hyperparams.yaml`` builds the
 ReDimNet lobe, its front end and the Matryoshka head from the
 ``speechbrain_mrl`` package, so that package must be installed
-(``pip install speechbrain-mrl``, or ``pip install -e .`` in a clone of the
+(not on PyPI: ``pip install /path/to/speechbrain-mrl`` or ``pip install -e .`` in a clone of the
 repository). ``CustomInterface`` is
 :class:`speechbrain_mrl.inference.MRLEncoderClassifier` itself; the default
 verification thresholds come from the ``thresholds`` entry of
@@ -21,8 +21,8 @@ try:
 except ImportError as err:  # pragma: no cover - exercised only without the package
     raise ImportError(
         "this SpeechBrain model needs the 'speechbrain_mrl' package (Matryoshka ReDimNet "
-        "lobe, front end and interface): install it with `pip install speechbrain-mrl` "
-        f"or from its repository, then load the model again ({err})"
+        "lobe, front end and interface): install it from a checkout of its repository "
+        f"(pip install /path/to/speechbrain-mrl), then load the model again ({err})"
     ) from err
 
 

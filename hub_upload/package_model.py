@@ -29,6 +29,7 @@ import sys
 
 import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
+from huggingface_hub.utils import validate_repo_id
 
 from speechbrain_mrl.dataio import write_text_atomic
 from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
@@ -123,11 +124,20 @@ def results_table(results, official=None):
 
 
 def model_card(model_info, calibration, results, scoring_info, repo_id, official=None,
-               language="en", license_id="apache-2.0", datasets=("voxceleb",)):
-    """README.md text with YAML front matter."""
+               language="en", license_id="apache-2.0", datasets=None):
+    """README.md text with YAML front matter.
+
+    The training data and command are those the recipe recorded in
+    ``model_info.json`` (``datasets`` overrides the data names).
+    """
     dims = model_info["mrl_dims"]
     cfg = model_info.get("model_config", {})
-    extra = model_info.get("extra_info", {}) or {}
+    extra = dict(model_info.get("extra_info", {}) or {})
+    recorded = extra.pop("datasets", None)
+    datasets = list(datasets or recorded or [])
+    if not datasets:
+        raise ValueError("the model records no training datasets: give --datasets")
+    command = extra.pop("command", None)
     front = [
         "---",
         f"language: {language}",
@@ -172,7 +182,9 @@ returns it. Default verification thresholds (cosine, calibrated at training time
 ## Usage
 
 ```bash
-pip install speechbrain-mrl   # the lobe, front end and interface live in this package
+# the lobe, front end and interface live in the speechbrain-mrl package, which is not on
+# PyPI: install it from a checkout of its repository
+pip install /path/to/speechbrain-mrl
 ```
 
 ```python
@@ -196,13 +208,10 @@ model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
 
 ## Training
 
-Trained with the VoxCeleb recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
+Trained on {", ".join(datasets)} with the recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
 
 ```bash
-python train.py hparams/train_mrl.yaml --pretrained_backbone=b2-vox2-ptn --data_folder=<voxceleb> --output_folder=<out>
-python speaker_verification_cosine.py hparams/verification.yaml --model_folder=<out>/model \\
-    --enrol_csv=... --test_csv=... --trials=... --train_csv=... --output_folder=<scores>
-python hub_upload/package_model.py --recipe_output <out> --scores <scores> --out <hub folder>
+{command or "# the training command was not recorded"}
 ```
 """
     if extra:
@@ -248,8 +257,7 @@ def check_scores_match(model, scoring_info, scores):
 
 
 def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=None,
-                     language="en", license_id="apache-2.0", datasets=("voxceleb",),
-                     overwrite=False):
+                     language="en", license_id="apache-2.0", datasets=None, overwrite=False):
     """Writes the hub-ready folder; returns the list of the files it wrote (and uploads)."""
     model = find_model_folder(recipe_output)
     results, scoring_info = read_results(scores)
@@ -305,13 +313,16 @@ def main(argv=None):
                    help="write the folder and list what would be uploaded, upload nothing")
     p.add_argument("--language", default="en")
     p.add_argument("--license", default="apache-2.0", dest="license_id")
-    p.add_argument("--datasets", nargs="+", default=["voxceleb"])
+    p.add_argument("--datasets", nargs="+", default=None,
+                   help="training data named in the card (default: what the recipe recorded)")
     p.add_argument("--overwrite", action="store_true",
                    help="package into a folder that holds other files (they are not uploaded)")
     args = p.parse_args(argv)
+    if args.repo_id:
+        validate_repo_id(args.repo_id)
     files = build_hub_folder(args.recipe_output, args.scores, args.out, args.repo_id,
                              args.official_scores, args.language, args.license_id,
-                             tuple(args.datasets), args.overwrite)
+                             args.datasets, args.overwrite)
     out = pathlib.Path(args.out)
     target = args.repo_id or "<--repo_id not given>"
     vis = "private" if args.private else "public"

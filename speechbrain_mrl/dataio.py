@@ -465,8 +465,9 @@ def resolve_trials(trials, known_ids, source="trial list"):
     ------
     ValueError
         Naming the entries that are in no manifest (a test on a subset of the
-        list would be reported as if it were the whole list), or a list that
-        lacks target or non-target trials.
+        list would be reported as if it were the whole list), a pair listed as
+        both target and non-target, or a list that lacks target or non-target
+        trials. Repeated trials are counted and logged.
 
     Example
     -------
@@ -496,6 +497,17 @@ def resolve_trials(trials, known_ids, source="trial list"):
         shown = ", ".join(repr(m) for m in missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise ValueError(f"{source}: {len(missing)} entries are in no manifest (tried the IDs "
                          f"of trial_id_candidates), e.g. {shown}")
+    seen, n_duplicates = {}, 0
+    for lab, a, b in zip(labels, enrol, test):
+        pair = (a, b) if a <= b else (b, a)
+        if pair in seen and seen[pair] != lab:
+            raise ValueError(f"{source}: the trial {names[a]!r} {names[b]!r} is listed as both "
+                             "target and non-target")
+        n_duplicates += pair in seen
+        seen[pair] = lab
+    if n_duplicates:
+        logger.warning("%s: %d of %d trials repeat another trial (counted twice in the metrics)",
+                       source, n_duplicates, len(labels))
     labels = np.asarray(labels, dtype=np.int8)
     n_target = int(labels.sum())
     if n_target == 0 or n_target == len(labels):

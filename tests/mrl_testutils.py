@@ -97,7 +97,9 @@ def write_tiny_model(folder, seed=0, thresholds=THRESHOLDS):
     """Writes the tiny model with ``write_model_folder``; returns (folder, lobe, head)."""
     lobe, head = tiny_modules(seed)
     folder = write_model_folder(folder, tiny_encoder(lobe, head), thresholds=thresholds,
-                                extra_info={"note": "tiny test model"})
+                                extra_info={"note": "tiny test model", "datasets": ["synthetic"],
+                                            "command": "python train.py hparams/demo_mrl.yaml "
+                                                       "--data_folder data"})
     return folder, lobe, head
 
 

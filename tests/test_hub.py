@@ -65,7 +65,11 @@ def test_hub_folder_and_model_card(hub, capsys):
     assert card.startswith("---\n")
     front = yaml.safe_load(card.split("---\n")[1])
     assert front["language"] == "en" and front["license"] == "apache-2.0"
-    assert "voxceleb" in front["datasets"] and {"eer", "mindcf"} <= set(front["metrics"])
+    assert front["datasets"] == ["synthetic"] and {"eer", "mindcf"} <= set(front["metrics"])
+    # the card states what the recipe recorded, and an install line that works
+    assert "Trained on synthetic" in card and "python train.py hparams/demo_mrl.yaml" in card
+    assert "pip install /path/to/speechbrain-mrl" in card and "pip install speechbrain-mrl" not in card
+    assert "voxceleb" not in card.split("## Citation")[0].replace("recipes/VoxCeleb", "").lower()
     assert "matryoshka" in front["tags"] and "speechbrain" in front["tags"]
     for d in MRL_DIMS:
         assert f"| Matryoshka | {d} |" in card
@@ -142,7 +146,7 @@ def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, cap
     calls = []
 
     class FakeApi:
-        def __init__(self, token=None):
+        def __init__(self, token=None, endpoint=None):
             calls.append(("init", token))
 
         def create_repo(self, **kw):
@@ -195,6 +199,20 @@ def test_scores_of_another_model_are_refused(hub, tmp_path):
     with pytest.raises(ValueError, match="another model"):
         pkg.build_hub_folder(root / "recipe_out", other, tmp_path / "o")
     assert not (tmp_path / "o").exists()
+
+
+def test_model_card_datasets_override_and_repo_id_check(hub, tmp_path):
+    """Regression: every card said VoxCeleb; a malformed repo id went into the card."""
+    root = hub[0]
+    pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+              "--out", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry-run"])
+    assert "datasets:\n- voxceleb\n" in (tmp_path / "o" / "README.md").read_text()
+    from huggingface_hub.errors import HFValidationError
+
+    with pytest.raises(HFValidationError):
+        pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+                  "--out", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry-run"])
+    assert not (tmp_path / "o2").exists()
 
 
 def test_bad_inputs(hub, tmp_path):

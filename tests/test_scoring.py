@@ -351,3 +351,15 @@ def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path
     with pytest.raises(FileNotFoundError, match=r"1 of \d+ audio files do not exist, e\.g\. .*gone\.wav"):
         svc.main(argv)
     assert calls == []
+
+
+def test_repeated_and_contradictory_trials(caplog):
+    from speechbrain_mrl.dataio import resolve_trials
+
+    ids = {"a/1", "a/2", "b/1"}
+    trials = [(1, "a/1.wav", "a/2.wav"), (1, "a/2.wav", "a/1.wav"), (0, "a/1.wav", "b/1.wav")]
+    with caplog.at_level("WARNING"):
+        labels, _, _, _ = resolve_trials(trials, ids, "t.txt")
+    assert len(labels) == 3 and "1 of 3 trials repeat another trial" in caplog.text
+    with pytest.raises(ValueError, match="listed as both target and non-target"):
+        resolve_trials(trials + [(0, "a/2.wav", "a/1.wav")], ids, "t.txt")

@@ -35,11 +35,13 @@ import logging
 import math
 import os
 import random
+import shlex
 import sys
 import time
 
 import speechbrain as sb
 import torch
+import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
@@ -153,6 +155,12 @@ class MRLBrain(sb.core.Brain):
         """SpeechBrain's start (DDP, optimiser, recovery), then the validation of the initial model."""
         self.epoch_times, self.train_stats, self.stats_cache = [], None, {}
         super().on_fit_start()
+        if self.checkpointer is not None:  # epoch times of the epochs done before a resume
+            current = self.hparams.epoch_counter.current
+            done = self.checkpointer.find_checkpoints(
+                ckpt_predicate=lambda c: "epoch_times_s" in c.meta and c.meta["epoch"] <= current,
+                importance_key=lambda c: c.meta["epoch"], max_num_checkpoints=1)
+            self.epoch_times = list(done[0].meta["epoch_times_s"]) if done else []
         fresh = self.checkpointer is None or self.checkpointer.find_checkpoint() is None
         if self.hparams.validate_before_training and fresh:
             self.on_stage_start(sb.Stage.VALID, 0)
@@ -212,7 +220,7 @@ class MRLBrain(sb.core.Brain):
         self.train_stats = None
         if self.checkpointer is not None:
             self.checkpointer.save_and_keep_only(
-                meta={"EER": mean_eer, "epoch": epoch,
+                meta={"EER": mean_eer, "epoch": epoch, "epoch_times_s": list(self.epoch_times),
                       "thresholds": {str(d): m["threshold"] for d, m in metrics.items()}},
                 min_keys=["EER"], num_to_keep=self.hparams.ckpt_num_to_keep,
                 name=f"epoch{epoch}" if epoch is not None else None)
@@ -325,6 +333,15 @@ def dataio_prep(hparams):
 
 
 # --------------------------------------------------------------------- main
+def training_command(hparams_file, overrides):
+    """The command line of this run for the model card, paths cut to their last component."""
+    args = ["python", "train.py", f"hparams/{os.path.basename(hparams_file)}"]
+    for key, value in (yaml.safe_load(overrides) or {}).items() if overrides else ():
+        shown = os.path.basename(str(value).rstrip("/")) if os.path.exists(str(value)) else value
+        args += [f"--{key}", str(shown)]
+    return shlex.join(args)
+
+
 def check_options(hparams, distributed):
     """Refuses unknown or unsupported option values before anything is prepared or trained."""
     choices = {"final_checkpoint": ("best_valid", "last")}
@@ -409,7 +426,8 @@ def main(argv):
                                thresholds={d: m["threshold"] for d, m in val.items()},
                                extra_info={"valid_EER": {str(d): m["EER"] for d, m in val.items()},
                                            "n_train_speakers": n_classes,
-                                           "train_annotation": hparams["train_annotation"],
+                                           "datasets": list(hparams["datasets"]),
+                                           "command": training_command(hparams_file, overrides),
                                            "frozen_backbone": not hparams["train_backbone"]})
         # written last: its presence marks a finished run (run_demo.py relies on it)
         write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
