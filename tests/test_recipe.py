@@ -380,3 +380,16 @@ def test_broken_checkpoints_never_block_resume(tmp_path, monkeypatch, capfd):
     # resumed after epoch 1: epochs 2 and 3 trained; epoch 1's time kept from its checkpoint
     assert len(res["epoch_times_s"]) == 3
     assert not list(save.glob(".partial-*"))
+
+
+def test_test_trials_with_missing_files_are_an_error(tmp_path):
+    """Regression: train.py reported a test EER on the subset of trials whose files existed."""
+    data = make_speech_commands(tmp_path / "data")
+    out = tmp_path / "out"
+    trials = tmp_path / "trials.txt"
+    good = (data / "speech_commands" / "splits" / "trials_test.txt").read_text().splitlines()
+    trials.write_text("\n".join(good[:6] + ["1 00000009/gone.flac 00000009/word_0.flac",
+                                            "0 00000010/gone.flac 00000009/word_0.flac"]) + "\n")
+    argv = scratch_overrides(data, out, N_CLASSES)
+    with pytest.raises(ValueError, match=r"skipped_files.txt.*2 entries are in no manifest.*gone"):
+        train.main(argv + ["--test_trials", str(trials)])
