@@ -4,15 +4,13 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import csv
-import io
 import logging
 import pathlib
 
 from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from speechbrain_mrl.dataio import AudioError, audio_info, write_text_atomic
+from speechbrain_mrl.dataio import AudioError, audio_info, write_manifest
 
 __all__ = ["build_augmenter", "audio_csv"]
 
@@ -68,11 +66,7 @@ def audio_csv(source, csv_path):
                        len(unusable), source, unusable[0])
     if not rows:
         raise ValueError(f"no readable audio file in {source}")
-    text = io.StringIO()
-    writer = csv.writer(text)
-    writer.writerow(["ID", "duration", "wav"])
-    writer.writerows(rows)
-    write_text_atomic(csv_path, text.getvalue())
+    write_manifest(csv_path, rows, header=["ID", "duration", "wav"])
     return str(csv_path)
 
 

@@ -17,6 +17,7 @@ Authors
  * speechbrain-mrl developers
 """
 import csv
+import io
 import logging
 import os
 import pathlib
@@ -376,19 +377,11 @@ def check_audio_files(rows, what="manifest"):
 
 def write_manifest(path, rows, header=CSV_HEADER):
     """Writes manifest rows (lists in ``header`` order) atomically."""
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(rows)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    text = io.StringIO()
+    writer = csv.writer(text)
+    writer.writerow(header)
+    writer.writerows(rows)
+    return write_text_atomic(path, text.getvalue())
 
 
 # --------------------------------------------------------------------------- trials
