@@ -112,9 +112,9 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
     def _custom_checkpoint_dirpath(self, name):
         return self._staged(super()._custom_checkpoint_dirpath(name))
 
-    def _staged(self, final):
+    @staticmethod
+    def _staged(final):
         """A hidden folder beside ``final``: not a checkpoint until renamed to it."""
-        self._final_dir = final
         return final.parent / f"{_STAGING}{final.name}"
 
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
@@ -127,11 +127,14 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
         except OSError as err:
             raise OSError(f"saving a checkpoint into {self.checkpoints_dir} failed ({err}); "
                           "the previous checkpoints are untouched") from err
-        final = self._final_dir
-        if if_main_process():
-            if final.exists():  # a checkpoint of the same name is replaced
-                shutil.rmtree(final)
-            os.replace(saved.path, final)
+        if saved is None:  # other processes: SpeechBrain saves on the main one
+            ddp_barrier()
+            return None
+        staged = pathlib.Path(saved.path)
+        final = staged.parent / staged.name[len(_STAGING):]
+        if final.exists():  # a checkpoint of the same name is replaced
+            shutil.rmtree(final)
+        os.replace(staged, final)
         ddp_barrier()
         paramfiles = {k: final / pathlib.Path(p).name for k, p in saved.paramfiles.items()}
         return sb_checkpoints.Checkpoint(final, saved.meta, paramfiles)
