@@ -1,4 +1,4 @@
-"""Starting a Matryoshka head from a pretrained backbone, and pooled statistics of a loader.
+"""Starting a Matryoshka head from a pretrained backbone, and evaluating heads on trials.
 
 The frozen-backbone stage of the recipe starts the head
 (:class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`) from the
@@ -15,8 +15,9 @@ import logging
 import torch
 
 from speechbrain_mrl.losses import class_centroids
+from speechbrain_mrl.metrics import id_metrics
 
-__all__ = ["pooled_statistics", "init_head_from_backbone"]
+__all__ = ["pooled_statistics", "init_head_from_backbone", "evaluate_trials"]
 
 logger = logging.getLogger(__name__)
 
@@ -123,3 +124,51 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
     logger.info("head initialised from the backbone (%s ordering on %d crops); %d/%d speaker "
                 "centroids", ordering, n_rows, int((counts > 0).sum()), loss.n_classes)
     return pca_state
+
+
+@torch.no_grad()
+def evaluate_trials(encoder, loaders, trials, device="cpu", heads=()):
+    """Metrics of a trial list for the encoder and its baselines, from one backbone pass.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        The model; with a Matryoshka head, the baselines below are computed too.
+    loaders : list of iterable
+        Batches of the trial utterances (``id``, ``sig``).
+    trials : tuple
+        ``(labels, enrol_ids, test_ids)``.
+    device : str or torch.device
+        Where the encoder runs.
+    heads : list of (str, dict)
+        ``(name, head_state_dict)``: the head with other weights (e.g. the PCA one).
+
+    Returns
+    -------
+    dict of str to dict
+        ``test`` for the encoder, plus, with a head, ``test_backbone`` (the
+        backbone's own embedding) and one entry per name of ``heads``; each
+        ``{size: {"EER", "threshold", "minDCF"}}``.
+    """
+    stats, ids = [], []
+    for loader in loaders:
+        s, _, i = pooled_statistics(encoder, loader, device)
+        stats.append(s)
+        ids.extend(i)
+    stats = torch.cat(stats)
+
+    def metrics(embed, dims):
+        emb = torch.cat([embed(chunk.to(device)).cpu() for chunk in stats.split(4096)])
+        return id_metrics(dict(zip(ids, emb)), trials, dims)
+
+    out = {"test": metrics(encoder.embed_pooled, encoder.mrl_dims)}
+    if encoder.mrl_head is None:
+        return out
+    model = encoder.embedding_model
+    out["test_backbone"] = metrics(model.embed, [model.embed_dim])
+    trained = {k: v.clone() for k, v in encoder.mrl_head.state_dict().items()}
+    for name, state in heads:
+        encoder.mrl_head.load_state_dict(state)
+        out[name] = metrics(encoder.embed_pooled, encoder.mrl_dims)
+    encoder.mrl_head.load_state_dict(trained)
+    return out

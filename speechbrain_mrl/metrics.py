@@ -34,6 +34,7 @@ __all__ = [
     "error_rates",
     "verification_metrics",
     "prefix_metrics",
+    "id_metrics",
     "cohort_statistics",
     "normalise",
     "cohort_groups",
@@ -222,6 +223,37 @@ def prefix_metrics(embeddings, labels, enrol_idx, test_idx, dims, toolkit_max_tr
         out[int(d)] = {"EER": m["EER"], "threshold": float(m["EER_threshold"]),
                        "minDCF": float(m["minDCF@0.01"])}
     return out
+
+
+def id_metrics(embeddings, trials, dims):
+    """:func:`prefix_metrics` of a trial list given ``{ID: embedding}``.
+
+    Arguments
+    ---------
+    embeddings : dict of str to torch.Tensor
+        Full-size embedding per utterance ID.
+    trials : tuple
+        ``(labels, enrol_ids, test_ids)`` as :func:`speechbrain_mrl.dataio.resolve_trials`
+        returns them (without the names).
+    dims : list of int
+        Prefix sizes.
+
+    Returns
+    -------
+    dict of int to dict
+        As :func:`prefix_metrics`.
+
+    Example
+    -------
+    >>> emb = {"a": torch.tensor([1.0, 0.0]), "b": torch.tensor([0.9, 0.1]), "c": torch.tensor([0.0, 1.0])}
+    >>> id_metrics(emb, ([1, 0], ["a", "a"], ["b", "c"]), [2])[2]["EER"]
+    0.0
+    """
+    labels, enrol, test = trials
+    ids = sorted(embeddings)
+    index = {i: n for n, i in enumerate(ids)}
+    mat = torch.stack([embeddings[i].float().flatten() for i in ids])
+    return prefix_metrics(mat, labels, [index[i] for i in enrol], [index[i] for i in test], dims)
 
 
 # --------------------------------------------------------------------------- normalisation

@@ -47,9 +47,9 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
                                     resolve_trials, save_torch_atomic, write_text_atomic)
-from speechbrain_mrl.head_init import init_head_from_backbone, pooled_statistics
+from speechbrain_mrl.head_init import evaluate_trials, init_head_from_backbone
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
-from speechbrain_mrl.metrics import prefix_metrics
+from speechbrain_mrl.metrics import id_metrics
 from speechbrain_mrl.official import save_official_checkpoint
 from speechbrain_mrl.packaging import write_model_folder
 
@@ -59,15 +59,6 @@ logger = logging.getLogger(__name__)
 def unwrap(module):
     """The module inside a DDP wrapper (or the module itself)."""
     return getattr(module, "module", module)
-
-
-def trial_metrics(embeddings, trials, dims):
-    """Per-size EER/threshold/minDCF of ``trials`` from ``{ID: embedding}``."""
-    labels, enrol, test = trials
-    ids = sorted(embeddings)
-    index = {i: n for n, i in enumerate(ids)}
-    mat = torch.stack([embeddings[i].float().flatten() for i in ids])
-    return prefix_metrics(mat, labels, [index[i] for i in enrol], [index[i] for i in test], dims)
 
 
 class MRLBrain(sb.core.Brain):
@@ -209,7 +200,7 @@ class MRLBrain(sb.core.Brain):
                                f"{bad[:4]}); no checkpoint saved, the last good one is in "
                                f"{self.hparams.save_folder}")
         dims = unwrap(self.modules.encoder).mrl_dims
-        metrics = trial_metrics(self.valid_embeddings, self.valid_trials, dims)
+        metrics = id_metrics(self.valid_embeddings, self.valid_trials, dims)
         mean_eer = sum(m["EER"] for m in metrics.values()) / len(metrics)
         stats = {"EER": round(mean_eer, 4)}
         stats.update({f"EER_{d}": round(m["EER"], 3) for d, m in metrics.items()})
@@ -224,39 +215,6 @@ class MRLBrain(sb.core.Brain):
                       "thresholds": {str(d): m["threshold"] for d, m in metrics.items()}},
                 min_keys=["EER"], num_to_keep=self.hparams.ckpt_num_to_keep,
                 name=f"epoch{epoch}" if epoch is not None else None)
-
-
-# --------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def split_metrics(encoder, loaders, trials, device, heads=()):
-    """Metrics of a trial list for the encoder and its baselines, from one backbone pass.
-
-    Returns ``{"test": ...}`` for the encoder, plus, with a head,
-    ``test_backbone`` (the backbone's own embedding) and one entry per
-    ``(name, head_state_dict)`` of ``heads`` (the head with those weights).
-    """
-    stats, ids = [], []
-    for loader in loaders:
-        s, _, i = pooled_statistics(encoder, loader, device)
-        stats.append(s)
-        ids.extend(i)
-    stats = torch.cat(stats)
-
-    def metrics(embed, dims):
-        emb = torch.cat([embed(chunk.to(device)).cpu() for chunk in stats.split(4096)])
-        return trial_metrics(dict(zip(ids, emb)), trials, dims)
-
-    out = {"test": metrics(encoder.embed_pooled, encoder.mrl_dims)}
-    if encoder.mrl_head is None:
-        return out
-    model = encoder.embedding_model
-    out["test_backbone"] = metrics(model.embed, [model.embed_dim])
-    trained = {k: v.clone() for k, v in encoder.mrl_head.state_dict().items()}
-    for name, state in heads:
-        encoder.mrl_head.load_state_dict(state)
-        out[name] = metrics(encoder.embed_pooled, encoder.mrl_dims)
-    encoder.mrl_head.load_state_dict(trained)
-    return out
 
 
 # --------------------------------------------------------------------- data
@@ -335,10 +293,15 @@ def dataio_prep(hparams):
 # --------------------------------------------------------------------- main
 def training_command(hparams_file, overrides):
     """The command line of this run for the model card, paths cut to their last component."""
+    def shown(value):
+        if isinstance(value, list):
+            return "[" + ", ".join(shown(v) for v in value) + "]"
+        value = str(value)
+        return os.path.basename(value.rstrip("/")) if os.path.isabs(value) else value
+
     args = ["python", "train.py", f"hparams/{os.path.basename(hparams_file)}"]
     for key, value in (yaml.safe_load(overrides) or {}).items() if overrides else ():
-        shown = os.path.basename(str(value).rstrip("/")) if os.path.exists(str(value)) else value
-        args += [f"--{key}", str(shown)]
+        args += [f"--{key}", shown(value)]
     return shlex.join(args)
 
 
@@ -405,7 +368,7 @@ def main(argv):
     best = hparams["final_checkpoint"] == "best_valid"
     brain.checkpointer.recover_if_possible(min_key="EER" if best else None)
     encoder = unwrap(brain.modules.encoder)
-    val = split_metrics(encoder, [brain.valid_loader], datasets["valid_trials"], brain.device)["test"]
+    val = evaluate_trials(encoder, [brain.valid_loader], datasets["valid_trials"], brain.device)["test"]
     results = {"valid": val, "epoch_times_s": brain.epoch_times, "n_classes": n_classes,
                "frozen_backbone": not hparams["train_backbone"]}
     if "test" in datasets:
@@ -416,7 +379,7 @@ def main(argv):
                 names.append(("test_init", "initial_head.ckpt"))
             heads = [(split, torch.load(os.path.join(out, f), weights_only=True)) for split, f in names]
         test_loader = sb.dataio.dataloader.make_dataloader(datasets["test"], **loader_kw)
-        results.update(split_metrics(encoder, [test_loader], datasets["test_trials"],
+        results.update(evaluate_trials(encoder, [test_loader], datasets["test_trials"],
                                      brain.device, heads))
     if if_main_process():
         if hparams["train_backbone"] and hparams["export_backbone"]:
