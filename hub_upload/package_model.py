@@ -27,7 +27,6 @@ import pathlib
 import shutil
 import sys
 
-import httpx2
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.utils import validate_repo_id
 
@@ -285,19 +284,26 @@ def upload(folder, repo_id, files, private=False, token=None, commit_message=Non
            endpoint=None, timeout=60.0):
     """Creates (if needed) the hub repository and commits exactly ``files`` of ``folder``.
 
-    Every network operation (connect, each read and write) waits at most
-    ``timeout`` seconds, so a stalled endpoint ends in an error instead of a hang.
+    Every request of huggingface_hub's HTTP client (connect, each read and write:
+    repository creation, commit) waits at most ``timeout`` seconds, so a stalled
+    endpoint ends in an error instead of a hang; file contents sent through
+    ``hf_xet`` follow that library's own limits.
     """
     token = token if token is not None else os.environ.get("HF_TOKEN")
     if not token:
         raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
-    get_session().timeout = httpx2.Timeout(timeout)
-    api = HfApi(token=token, endpoint=endpoint)
-    api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
-    operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
-                  for f in files]
-    return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
-                             commit_message=commit_message or "Upload Matryoshka ReDimNet model")
+    session = get_session()
+    previous = session.timeout
+    session.timeout = timeout
+    try:
+        api = HfApi(token=token, endpoint=endpoint)
+        api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
+                      for f in files]
+        return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
+                                 commit_message=commit_message or "Upload Matryoshka ReDimNet model")
+    finally:
+        session.timeout = previous
 
 
 def main(argv=None):

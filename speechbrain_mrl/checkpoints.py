@@ -98,13 +98,26 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
     True
     """
 
+    def __init__(self, checkpoints_dir, recoverables=None, *args, **kwargs):
+        super().__init__(checkpoints_dir, None, *args, **kwargs)
+        if recoverables is not None:
+            self.add_recoverables(recoverables)
+
     def add_recoverable(self, name, obj, custom_load_hook=None, custom_save_hook=None,
                         optional_load=False):
-        """As ``Checkpointer.add_recoverable``; objects with a state dict load weights-only."""
-        if custom_load_hook is None and hasattr(obj, "load_state_dict"):
+        """As ``Checkpointer.add_recoverable``; what SpeechBrain would ``torch.load`` loads weights-only."""
+        default = sb_checkpoints.get_default_hook(obj, sb_checkpoints.DEFAULT_LOAD_HOOKS)
+        if (custom_load_hook is None and name not in self.custom_load_hooks
+                and default is sb_checkpoints.torch_recovery):
             custom_load_hook = _safe_recovery
         super().add_recoverable(name, obj, custom_load_hook=custom_load_hook,
                                 custom_save_hook=custom_save_hook, optional_load=optional_load)
+
+    def add_recoverables(self, recoverables):
+        """As ``Checkpointer.add_recoverables``, each one through :meth:`add_recoverable`."""
+        items = recoverables.items() if hasattr(recoverables, "items") else recoverables
+        for name, obj in items:
+            self.add_recoverable(name, obj)
 
     def _new_checkpoint_dirpath(self):
         return self._staged(super()._new_checkpoint_dirpath())
@@ -117,24 +130,44 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
         """A hidden folder beside ``final``: not a checkpoint until renamed to it."""
         return final.parent / f"{_STAGING}{final.name}"
 
+    def check_finite(self):
+        """Raises ``RuntimeError`` naming the recoverables' tensors that hold NaN/Inf."""
+        bad = [f"{name}.{key}" for name, obj in self.recoverables.items()
+               if isinstance(obj, torch.nn.Module)
+               for key, t in obj.state_dict().items()
+               if t.is_floating_point() and not torch.isfinite(t).all()]
+        if bad:
+            raise RuntimeError(f"{len(bad)} model tensors hold NaN/Inf (e.g. {bad[:4]}); no "
+                               f"checkpoint saved, the last good one is in {self.checkpoints_dir}")
+
     def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):
-        """As ``Checkpointer.save_checkpoint``, but the checkpoint appears only once complete."""
+        """As ``Checkpointer.save_checkpoint``, but never a model with NaN/Inf tensors, and the
+        checkpoint appears only once complete."""
+        self.check_finite()
         if if_main_process():
             for stale in self.checkpoints_dir.glob(f"{_STAGING}*"):  # from a killed save
                 shutil.rmtree(stale, ignore_errors=True)
         try:
             saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         except OSError as err:
-            raise OSError(f"saving a checkpoint into {self.checkpoints_dir} failed ({err}); "
-                          "the previous checkpoints are untouched") from err
+            if if_main_process():
+                for staged in self.checkpoints_dir.glob(f"{_STAGING}*"):
+                    shutil.rmtree(staged, ignore_errors=True)
+            raise OSError(err.errno, f"saving a checkpoint into {self.checkpoints_dir} failed "
+                          f"({err}); the previous checkpoints are untouched") from err
+        ddp_barrier()  # every process has written its part before the folder moves
         if saved is None:  # other processes: SpeechBrain saves on the main one
             ddp_barrier()
             return None
         staged = pathlib.Path(saved.path)
         final = staged.parent / staged.name[len(_STAGING):]
-        if final.exists():  # a checkpoint of the same name is replaced
-            shutil.rmtree(final)
-        os.replace(staged, final)
+        if final.exists():  # a checkpoint of the same name: set aside until the new one is in place
+            old = staged.parent / f"{_STAGING}old-{final.name}"
+            os.replace(final, old)
+            os.replace(staged, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(staged, final)
         ddp_barrier()
         paramfiles = {k: final / pathlib.Path(p).name for k, p in saved.paramfiles.items()}
         return sb_checkpoints.Checkpoint(final, saved.meta, paramfiles)
@@ -144,12 +177,17 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
         """Loads the best checkpoint that can be read, skipping (and logging) broken ones."""
         candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate,
                                            max_num_checkpoints=None)
+        failed = []
         for ckpt in candidates:
             try:
                 self.load_checkpoint(ckpt)
             except (ValueError, RuntimeError, OSError, KeyError) as err:
                 logger.warning("skipping checkpoint %s, which cannot be loaded: %s", ckpt.path, err)
+                failed.append(str(ckpt.path))
                 continue
             return ckpt
+        if failed:  # objects may hold part of a broken checkpoint: do not go on as if fresh
+            raise RuntimeError(f"no checkpoint in {self.checkpoints_dir} can be loaded "
+                               f"({failed}); remove or repair them to start again")
         logger.info("Would load a checkpoint here, but none found yet.")
         return None

@@ -25,6 +25,7 @@ Authors
 """
 import logging
 import math
+import numbers
 import pathlib
 
 import torch
@@ -128,6 +129,8 @@ class MRLEncoderClassifier(EncoderClassifier):
         MRLEncoderClassifier
         """
         source = str(source) if isinstance(source, pathlib.Path) else source
+        if isinstance(source, str) and source.startswith("~"):
+            source = str(pathlib.Path(source).expanduser())
         if isinstance(source, str) and _looks_like_a_path(source) and not pathlib.Path(source).is_dir():
             raise FileNotFoundError(f"model folder not found: {source} (a hub model is named "
                                     "'user/name')")
@@ -400,9 +403,12 @@ class MRLEncoderClassifier(EncoderClassifier):
 
 
 def _looks_like_a_path(source):
-    """True for strings that cannot be a hub id ``user/name``: absolute, relative with dots, deeper."""
-    return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") > 1
-            or pathlib.Path(source).exists())
+    """True for a local path (existing or mistyped), False for a hub id ``user/name`` or a URL."""
+    if source.startswith(("http://", "https://")):
+        return False
+    path = pathlib.Path(source).expanduser()
+    return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1
+            or path.exists() or path.parent.is_dir())
 
 
 def _check_threshold(threshold):
@@ -411,8 +417,7 @@ def _check_threshold(threshold):
         if threshold.numel() != 1 or threshold.dtype == torch.bool:
             raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         threshold = threshold.item()
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-    if not math.isfinite(threshold):
+    if (isinstance(threshold, bool) or type(threshold).__name__ == "bool_"
+            or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)):
         raise ValueError(f"threshold must be a finite number, got {threshold!r}")
     return float(threshold)

@@ -220,7 +220,7 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
 
 
 def model_fingerprint(folder):
-    """SHA-256 of a model folder's weights (``embedding_model.ckpt`` then ``mrl_head.ckpt``).
+    """SHA-256 of a model folder (``hyperparams.yaml``, ``embedding_model.ckpt``, ``mrl_head.ckpt``).
 
     The scoring script records it with its results, so that results can be
     matched to the model they were computed with (``hub_upload`` checks it).
@@ -236,7 +236,7 @@ def model_fingerprint(folder):
         Hex digest.
     """
     digest = hashlib.sha256()
-    for name in ("embedding_model.ckpt", "mrl_head.ckpt"):
+    for name in ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt"):
         path = pathlib.Path(folder) / name
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a model folder: {name} is missing")

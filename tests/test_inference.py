@@ -258,3 +258,19 @@ def test_bad_input_messages_name_the_problem(model, tiny, tmp_path, no_network):
     (folder / "embedding_model.ckpt").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="cannot read checkpoint file .*embedding_model.ckpt"):
         MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+
+
+def test_sources_and_numpy_thresholds(model, tmp_path):
+    import numpy as np
+
+    from speechbrain_mrl.inference import _looks_like_a_path
+
+    assert not _looks_like_a_path("user/mrl-model")
+    assert not _looks_like_a_path("https://example.org/models/mrl")
+    (tmp_path / "results").mkdir()
+    assert _looks_like_a_path(str(tmp_path / "results" / "mdoel"))  # a typo of a local folder
+    wav = speaker_voice(0, 0, 1.0)[None]
+    for thr in (np.float32(0.5), np.int64(0), torch.tensor(0.5)):
+        model.verify_batch(wav, wav, threshold=thr)
+    with pytest.raises(ValueError, match="finite number"):
+        model.verify_batch(wav, wav, threshold=np.bool_(True))

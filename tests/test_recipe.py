@@ -111,6 +111,13 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
     log = (out / "mrl" / "train_log.txt").read_text()
     assert "epoch: 0" in log and "epoch: 1" in log  # validated before the first epoch too
     model = out / "mrl" / "model"
+    # what the model card will state: the recorded data and command, no absolute paths
+    info_text = (model / "model_info.json").read_text()
+    extra = json.loads(info_text)["extra_info"]
+    assert extra["datasets"] == ["speech_commands", "librispeech"]
+    assert extra["command"].startswith("python train.py hparams/demo_mrl.yaml ")
+    assert "--pretrained_backbone backbone.pt" in extra["command"]
+    assert str(demo_run["data"]) not in info_text and str(out) not in info_text
     calib = json.loads((model / "calibration.json").read_text())
     assert set(calib["thresholds"]) == {"4", "8", "16"}
     for d, thr in calib["thresholds"].items():
@@ -199,7 +206,7 @@ def test_non_finite_model_is_never_checkpointed(tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(train.MRLBrain, "fit_batch", poisoned)
-    with pytest.raises(RuntimeError, match=r"epoch 2: .* NaN/Inf .*bn\.running_mean"):
+    with pytest.raises(RuntimeError, match=r"NaN/Inf .*embedding_model\.bn\.running_mean"):
         train.main(scratch_overrides(data, out, N_CLASSES, epochs=2,
                                      extra=["--ckpt_num_to_keep", "2"]))
     assert [c.name for c in (out / "scratch" / "save").glob("CKPT+*")] == ["CKPT+epoch1"]

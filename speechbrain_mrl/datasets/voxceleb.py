@@ -368,10 +368,13 @@ def input_fingerprint(folders, extensions=AUDIO_EXTENSIONS, lists=()):
     digest = hashlib.sha256()
     exts = tuple(e.lower() for e in extensions)
     for folder in folders:
-        for path in sorted(pathlib.Path(folder).rglob("*")):
-            if path.suffix.lower() in exts and path.is_file():
-                st = path.stat()
-                digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+        listing = []
+        for root, dirs, files in os.walk(folder, followlinks=True):  # as scan_speakers sees them
+            dirs.sort()
+            listing += [os.path.join(root, f) for f in files if f.lower().endswith(exts)]
+        for path in sorted(listing):
+            st = os.stat(path)
+            digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     for path in lists:
         if path is not None:
             digest.update(pathlib.Path(path).read_bytes())

@@ -192,13 +192,7 @@ class MRLBrain(sb.core.Brain):
                                      getattr(self, "per_dim_loss", {}).items()})
             self.epoch_times.append(elapsed)
             return
-        bad = [f"{name}.{key}" for name, module in self.modules.items()
-               for key, t in unwrap(module).state_dict().items()
-               if t.is_floating_point() and not torch.isfinite(t).all()]
-        if bad:  # never checkpoint a poisoned model: the last good checkpoint stays the newest
-            raise RuntimeError(f"epoch {epoch}: {len(bad)} model tensors hold NaN/Inf (e.g. "
-                               f"{bad[:4]}); no checkpoint saved, the last good one is in "
-                               f"{self.hparams.save_folder}")
+        self.checkpointer.check_finite()  # a poisoned model is named before its NaN scores
         dims = unwrap(self.modules.encoder).mrl_dims
         metrics = id_metrics(self.valid_embeddings, self.valid_trials, dims)
         mean_eer = sum(m["EER"] for m in metrics.values()) / len(metrics)
@@ -292,7 +286,7 @@ def dataio_prep(hparams):
 
 # --------------------------------------------------------------------- main
 def training_command(hparams_file, overrides):
-    """The command line of this run for the model card, paths cut to their last component."""
+    """The command line of this run for the model card, absolute paths cut to their last part."""
     def shown(value):
         if isinstance(value, list):
             return "[" + ", ".join(shown(v) for v in value) + "]"
@@ -300,7 +294,11 @@ def training_command(hparams_file, overrides):
         return os.path.basename(value.rstrip("/")) if os.path.isabs(value) else value
 
     args = ["python", "train.py", f"hparams/{os.path.basename(hparams_file)}"]
-    for key, value in (yaml.safe_load(overrides) or {}).items() if overrides else ():
+    try:
+        pairs = (yaml.safe_load(overrides) or {}).items() if overrides else ()
+    except yaml.YAMLError:  # HyperPyYAML tags: recorded as given, paths included
+        return shlex.join(args) + " " + " ".join(str(overrides).split())
+    for key, value in pairs:
         args += [f"--{key}", shown(value)]
     return shlex.join(args)
 
@@ -327,6 +325,7 @@ def main(argv):
                                    hyperparams_to_save=hparams_file, overrides=overrides)
     world = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
     check_options(hparams, world > 1)
+    command = training_command(hparams_file, overrides)  # before any work: it cannot fail late
     if hparams["prepare_data"] is not None:  # null: the manifests are already there
         run_on_main(hparams["prepare_data"])
     datasets = dataio_prep(hparams)
@@ -389,8 +388,8 @@ def main(argv):
                                thresholds={d: m["threshold"] for d, m in val.items()},
                                extra_info={"valid_EER": {str(d): m["EER"] for d, m in val.items()},
                                            "n_train_speakers": n_classes,
-                                           "datasets": list(hparams["datasets"]),
-                                           "command": training_command(hparams_file, overrides),
+                                           "datasets": list(hparams.get("datasets") or []),
+                                           "command": command,
                                            "frozen_backbone": not hparams["train_backbone"]})
         # written last: its presence marks a finished run (run_demo.py relies on it)
         write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))

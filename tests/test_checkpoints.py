@@ -1,0 +1,53 @@
+"""SafeCheckpointer: weights-only loads, no poisoned checkpoints, atomic folders."""
+import os
+
+import pytest
+import torch
+
+from speechbrain_mrl.checkpoints import SafeCheckpointer
+
+
+class _Payload:
+    """Unpickling it creates a folder: stands for arbitrary code in a pickle."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_training_checkpoint_with_a_pickle_payload_is_refused(tmp_path, monkeypatch):
+    model, optimizer = torch.nn.Linear(2, 2), None
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    ckpt = SafeCheckpointer(tmp_path / "save", {"model": model, "optimizer": optimizer})
+    saved = ckpt.save_checkpoint()
+    marker = tmp_path / "payload_ran"
+    torch.save({"state": _Payload(marker), "param_groups": []}, saved.path / "optimizer.ckpt")
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    with pytest.raises(RuntimeError, match="no checkpoint .* can be loaded"):
+        ckpt.recover_if_possible()
+    assert not marker.exists()
+
+
+def test_no_checkpoint_of_a_model_with_nan(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ckpt = SafeCheckpointer(tmp_path / "save", {"model": model})
+    ckpt.save_checkpoint(name="good")
+    with torch.no_grad():
+        model.weight[0, 0] = float("nan")
+    with pytest.raises(RuntimeError, match=r"NaN/Inf .*model\.weight"):
+        ckpt.save_checkpoint(end_of_epoch=False)  # intra-epoch saves are checked too
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == ["CKPT+good"]
+
+
+def test_a_checkpoint_of_the_same_name_is_replaced_whole(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    ckpt = SafeCheckpointer(tmp_path / "save", {"model": model})
+    ckpt.save_checkpoint(name="epoch1")
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    saved = ckpt.save_checkpoint(name="epoch1")
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == ["CKPT+epoch1"]
+    assert torch.equal(torch.load(saved.paramfiles["model"], weights_only=True)["weight"],
+                       torch.full((2, 2), 3.0))
