@@ -1,6 +1,6 @@
 """Safe checkpoint files: weights-only loading, atomic saves, recovery past a broken checkpoint.
 
-SpeechBrain 1.1.2 loads state dicts with ``torch.load(path)``, whose safety
+SpeechBrain 1.1.2 loads state dicts with ``torch.load`` and no ``weights_only``, whose safety
 depends on torch's default (``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` turns
 unpickling of arbitrary objects back on), writes a checkpoint's ``CKPT.yaml``
 before its files (a killed save leaves a folder that looks complete), and
