@@ -1,0 +1,297 @@
+"""Speaker search over Matryoshka embeddings: a small prefix first, the full embedding last.
+
+:class:`SpeakerIndex` holds one vector per enrolled speaker: the mean of the
+L2-normalised full-size embeddings of its utterances. The score of a query
+against a speaker at size ``d`` is the cosine of their first ``d``
+coordinates. A search runs a funnel: FAISS finds a shortlist on the smallest
+prefix (exact inner product, or HNSW for large enrolments), and each later
+stage re-ranks the shortlist with a larger prefix, the last with the full
+embedding. The extraction cost does not depend on the prefix size (one pass
+gives every size); the funnel saves search time and first-stage memory.
+
+An index is stored as a folder: ``vectors.npy`` (float32 or float16, read
+memory-mapped), ``speakers.json`` (IDs and utterance counts) and
+``index.json`` (sizes, the model fingerprint, the first-stage settings),
+written into a hidden folder that replaces the old one only once complete.
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+
+import numpy as np
+
+__all__ = ["SpeakerIndex"]
+
+FORMAT_VERSION = 1
+
+
+def _normalised(x):
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class SpeakerIndex:
+    """Enrolled speakers, searched with a Matryoshka funnel.
+
+    Arguments
+    ---------
+    embed_dim : int
+        Full embedding size.
+    mrl_dims : list of int
+        Nested sizes of the model (the sizes a funnel may use).
+    model_sha256 : str, optional
+        Fingerprint of the model the embeddings come from
+        (:func:`speechbrain_mrl.packaging.model_fingerprint`); recorded, and
+        checked by :meth:`load`.
+    first_stage : str
+        ``flat`` (exact inner product) or ``hnsw`` (approximate, for large
+        enrolments).
+    hnsw_m : int
+        Graph degree of the HNSW first stage.
+    dtype : str
+        ``float32`` or ``float16`` storage of the vectors.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> index = SpeakerIndex(embed_dim=8, mrl_dims=[4, 8])
+    >>> centres = np.repeat(rng.standard_normal((3, 8)), 2, axis=0)   # 3 speakers, 2 utterances
+    >>> emb = (centres + 0.1 * rng.standard_normal((6, 8))).astype("float32")
+    >>> index.enrol(["a", "a", "b", "b", "c", "c"], emb)
+    >>> len(index), index.speakers
+    (3, ['a', 'b', 'c'])
+    >>> ids, scores = index.search(emb[:1], k=2, stages=[4], shortlist=3)
+    >>> ids[0], bool(scores[0, 0] > scores[0, 1])
+    (['a', 'c'], True)
+    """
+
+    def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
+                 dtype="float32"):
+        mrl_dims = [int(d) for d in mrl_dims]
+        if not mrl_dims or mrl_dims != sorted(set(mrl_dims)) or mrl_dims[-1] != int(embed_dim):
+            raise ValueError(f"mrl_dims must be increasing and end with embed_dim={embed_dim}, "
+                             f"got {mrl_dims}")
+        if first_stage not in ("flat", "hnsw"):
+            raise ValueError(f"first_stage must be 'flat' or 'hnsw', got {first_stage!r}")
+        if dtype not in ("float32", "float16"):
+            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        self.embed_dim, self.mrl_dims = int(embed_dim), mrl_dims
+        self.model_sha256, self.first_stage, self.hnsw_m, self.dtype = (
+            model_sha256, first_stage, int(hnsw_m), dtype)
+        self.speakers, self.counts = [], []
+        self._vectors = np.zeros((0, self.embed_dim), dtype=dtype)
+        self._stage_indexes = {}
+
+    def __len__(self):
+        return len(self.speakers)
+
+    # ------------------------------------------------------------ enrolment
+    def _check_embeddings(self, embeddings, what="embeddings"):
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.embed_dim:
+            raise ValueError(f"{what} must be [N, {self.embed_dim}], got {list(x.shape)}")
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{what}: rows {np.flatnonzero(bad)[:5].tolist()} hold NaN/Inf")
+        zero = ~x.any(axis=1)
+        if zero.any():
+            raise ValueError(f"{what}: rows {np.flatnonzero(zero)[:5].tolist()} are all zeros")
+        return x
+
+    def enrol(self, speaker_ids, embeddings, replace=False):
+        """Adds speakers from their utterances' full-size embeddings.
+
+        Arguments
+        ---------
+        speaker_ids : list of str
+            Speaker of each row of ``embeddings`` (several rows per speaker are
+            averaged after L2 normalisation).
+        embeddings : array-like
+            ``[N, embed_dim]``.
+        replace : bool
+            Re-enrol speakers that are already in the index (their old
+            utterances are dropped); without it, an enrolled ID is an error.
+        """
+        x = self._check_embeddings(embeddings)
+        ids = [str(s) for s in speaker_ids]
+        if len(ids) != x.shape[0]:
+            raise ValueError(f"{len(ids)} speaker IDs for {x.shape[0]} embeddings")
+        known = set(self.speakers) & set(ids)
+        if known and not replace:
+            raise ValueError(f"speakers already enrolled: {sorted(known)[:5]} (replace=True to "
+                             "re-enrol them)")
+        if known:
+            self.remove(sorted(known))
+        new = sorted(set(ids), key=ids.index)
+        rows = {s: i for i, s in enumerate(new)}
+        sums = np.zeros((len(new), self.embed_dim))
+        counts = np.zeros(len(new), dtype=np.int64)
+        np.add.at(sums, [rows[s] for s in ids], _normalised(x.astype(np.float64)))
+        np.add.at(counts, [rows[s] for s in ids], 1)
+        means = (sums / counts[:, None]).astype(self.dtype)
+        self.speakers += new
+        self.counts += counts.tolist()
+        self._vectors = np.concatenate([np.asarray(self._vectors), means])
+        self._stage_indexes = {}
+
+    def remove(self, speaker_ids):
+        """Removes enrolled speakers (an unknown ID is an error, and nothing is removed).
+
+        The vectors of an index loaded from disk are read into memory by the first change.
+        """
+        ids = [str(s) for s in speaker_ids]
+        unknown = sorted(set(ids) - set(self.speakers))
+        if unknown:
+            raise KeyError(f"speakers not enrolled: {unknown[:5]}")
+        keep = [i for i, s in enumerate(self.speakers) if s not in set(ids)]
+        self.speakers = [self.speakers[i] for i in keep]
+        self.counts = [self.counts[i] for i in keep]
+        self._vectors = np.asarray(self._vectors)[keep]
+        self._stage_indexes = {}
+
+    # ------------------------------------------------------------ search
+    def _stage_index(self, d):
+        if d not in self._stage_indexes:
+            import faiss
+
+            vectors = _normalised(np.asarray(self._vectors[:, :d], dtype=np.float32))
+            if self.first_stage == "hnsw":
+                index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            else:
+                index = faiss.IndexFlatIP(d)
+            index.add(np.ascontiguousarray(vectors))
+            self._stage_indexes[d] = index
+        return self._stage_indexes[d]
+
+    def search(self, queries, k=1, stages=None, shortlist=100):
+        """Top-``k`` speakers of each query: the funnel ``stages`` then the full size.
+
+        Arguments
+        ---------
+        queries : array-like
+            ``[Q, embed_dim]`` full-size query embeddings.
+        k : int
+            Speakers returned per query.
+        stages : list of int, optional
+            Prefix sizes of the funnel before the full size, increasing, each in
+            ``mrl_dims``; the first runs in FAISS over every speaker, each later
+            one re-ranks the shortlist. ``[]``: exact full-size search. Default:
+            ``[64]``, or the smallest size when 64 is not one of the model's.
+        shortlist : int or list of int
+            Candidates kept after each stage.
+
+        Returns
+        -------
+        ids : list of list of str
+            ``[Q][k]`` speaker IDs, best first.
+        scores : numpy.ndarray
+            ``[Q, k]`` full-size cosine scores.
+        """
+        if not self.speakers:
+            raise ValueError("the index is empty: enrol speakers first")
+        q = self._check_embeddings(queries, "queries")
+        k = int(k)
+        if not 1 <= k <= len(self):
+            raise ValueError(f"k must be in [1, {len(self)}] (enrolled speakers), got {k}")
+        if stages is None:
+            smaller = self.mrl_dims[:-1]
+            stages = [64] if 64 in smaller else smaller[:1]
+        stages = [int(d) for d in stages]
+        if stages != sorted(set(stages)) or any(d not in self.mrl_dims[:-1] for d in stages):
+            raise ValueError(f"stages must be increasing sizes of {self.mrl_dims[:-1]}, got {stages}")
+        sizes = list(shortlist) if isinstance(shortlist, (list, tuple)) else [shortlist] * len(stages)
+        if len(sizes) != len(stages):
+            raise ValueError(f"one shortlist size per stage: {len(stages)} stages, {sizes}")
+        sizes = [min(max(int(s), k), len(self)) for s in sizes]
+        if not stages:
+            candidates = np.tile(np.arange(len(self)), (q.shape[0], 1))
+        else:
+            first = _normalised(q[:, :stages[0]])
+            candidates = self._stage_index(stages[0]).search(np.ascontiguousarray(first), sizes[0])[1]
+        for d, size in zip(stages[1:] + [self.embed_dim], sizes[1:] + [k]):
+            scores = self._rescore(q, candidates, d)
+            order = np.argsort(-scores, axis=1, kind="stable")[:, :size]
+            candidates = np.take_along_axis(candidates, order, axis=1)
+        scores = self._rescore(q, candidates, self.embed_dim)
+        return [[self.speakers[i] for i in row] for row in candidates], scores
+
+    def _rescore(self, q, candidates, d):
+        """Cosine at size ``d`` of each query with its candidates (``-1`` marks none)."""
+        qn = _normalised(q[:, :d])
+        valid = candidates >= 0
+        vec = np.asarray(self._vectors[np.where(valid, candidates, 0)][..., :d], dtype=np.float32)
+        vec = vec / np.maximum(np.linalg.norm(vec, axis=2, keepdims=True), 1e-12)
+        return np.where(valid, np.einsum("qd,qcd->qc", qn, vec), -np.inf)
+
+    # ------------------------------------------------------------ storage
+    def save(self, folder):
+        """Writes the index folder, replacing an existing one only once the new one is complete."""
+        folder = pathlib.Path(folder)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+        try:
+            np.save(staging / "vectors.npy", np.asarray(self._vectors))
+            (staging / "speakers.json").write_text(json.dumps(
+                {"speakers": self.speakers, "counts": self.counts}))
+            (staging / "index.json").write_text(json.dumps({
+                "format_version": FORMAT_VERSION, "embed_dim": self.embed_dim,
+                "mrl_dims": self.mrl_dims, "model_sha256": self.model_sha256,
+                "first_stage": self.first_stage, "hnsw_m": self.hnsw_m, "dtype": self.dtype},
+                indent=1))
+            if folder.exists():
+                old = folder.parent / f".{folder.name}.old"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(folder, old)
+                os.replace(staging, folder)
+                shutil.rmtree(old)
+            else:
+                os.replace(staging, folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder, model_sha256=None):
+        """Reads an index folder (vectors memory-mapped); refuses one built with another model.
+
+        Arguments
+        ---------
+        folder : str or os.PathLike
+            Written by :meth:`save`.
+        model_sha256 : str, optional
+            Fingerprint of the model that will embed the queries: must be the
+            index's.
+
+        Returns
+        -------
+        SpeakerIndex
+        """
+        folder = pathlib.Path(folder)
+        previous = folder.parent / f".{folder.name}.old"
+        if not folder.exists() and previous.is_dir():  # killed between the two renames of save
+            folder = previous
+        try:
+            meta = json.loads((folder / "index.json").read_text())
+            names = json.loads((folder / "speakers.json").read_text())
+            vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{folder} is not a readable speaker index: {err}") from err
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"{folder}: unknown index format {meta.get('format_version')!r}")
+        if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+            raise ValueError(f"{folder} was built with another model (model_sha256 "
+                             f"{meta['model_sha256']!r}); embed with that model or enrol again")
+        index = cls(meta["embed_dim"], meta["mrl_dims"], meta["model_sha256"],
+                    meta["first_stage"], meta["hnsw_m"], meta["dtype"])
+        if vectors.shape != (len(names["speakers"]), index.embed_dim):
+            raise ValueError(f"{folder}: vectors.npy has shape {vectors.shape} for "
+                             f"{len(names['speakers'])} speakers of size {index.embed_dim}")
+        index.speakers, index.counts = list(names["speakers"]), list(names["counts"])
+        index._vectors = vectors
+        return index

@@ -1,0 +1,131 @@
+"""SpeakerIndex: Matryoshka funnel search against brute force, storage, bad input."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+from speechbrain_mrl.search import SpeakerIndex
+
+DIMS = [8, 16, 32]
+
+
+def _speakers(n_spk=120, n_utt=3, dim=32, seed=0, noise=0.6):
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_spk, dim))
+    ids = [f"spk{s:04d}" for s in range(n_spk) for _ in range(n_utt)]
+    emb = np.repeat(centres, n_utt, axis=0) + noise * rng.standard_normal((n_spk * n_utt, dim))
+    queries = centres + noise * rng.standard_normal((n_spk, dim))
+    return ids, emb.astype("float32"), queries.astype("float32")
+
+
+def _brute_force(ids, emb, queries, k):
+    """Speaker model = mean of L2-normalised embeddings; full-size cosine; exact top-k."""
+    names = sorted(set(ids), key=ids.index)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    means = np.stack([unit[[i for i, s in enumerate(ids) if s == n]].mean(0) for n in names])
+    means /= np.linalg.norm(means, axis=1, keepdims=True)
+    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    scores = q @ means.T
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1)
+
+
+@pytest.mark.parametrize("stages", [[], [8], [8, 16]])
+def test_funnel_with_a_full_shortlist_equals_brute_force(stages):
+    ids, emb, queries = _speakers()
+    index = SpeakerIndex(32, DIMS)
+    index.enrol(ids, emb)
+    got_ids, got_scores = index.search(queries, k=5, stages=stages, shortlist=len(index))
+    want_ids, want_scores = _brute_force(ids, emb, queries, 5)
+    assert got_ids == want_ids
+    np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
+
+
+def test_small_prefix_shortlist_and_hnsw_keep_the_top_speaker():
+    ids, emb, queries = _speakers(n_spk=300, noise=0.3)
+    want, _ = _brute_force(ids, emb, queries, 1)
+    for first_stage in ("flat", "hnsw"):
+        index = SpeakerIndex(32, DIMS, first_stage=first_stage)
+        index.enrol(ids, emb)
+        got, _ = index.search(queries, k=1, stages=[8], shortlist=30)
+        agree = np.mean([g[0] == w[0] for g, w in zip(got, want)])
+        assert agree >= 0.97, (first_stage, agree)
+
+
+def test_incremental_add_replace_remove():
+    ids, emb, queries = _speakers(n_spk=20)
+    index = SpeakerIndex(32, DIMS)
+    index.enrol(ids[:30], emb[:30])
+    index.enrol(ids[30:], emb[30:])
+    assert index.speakers == sorted(set(ids)) and index.counts == [3] * 20
+    whole = SpeakerIndex(32, DIMS)
+    whole.enrol(ids, emb)
+    assert index.search(queries, k=3)[0] == whole.search(queries, k=3, stages=[8])[0]
+    index.enrol(["spk0003"], emb[:1], replace=True)  # spk0003 now has spk0000's voice
+    assert index.counts[index.speakers.index("spk0003")] == 1
+    index.remove(["spk0000"])
+    assert index.search(queries[:1], k=1, stages=[])[0] == [["spk0003"]]
+    assert "spk0000" not in index.speakers and len(index) == 19
+
+
+def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
+    ids, emb, queries = _speakers(n_spk=40)
+    index = SpeakerIndex(32, DIMS, model_sha256="abc", dtype="float16")
+    index.enrol(ids, emb)
+    folder = index.save(tmp_path / "index")
+    loaded = SpeakerIndex.load(folder, model_sha256="abc")
+    assert np.asarray(loaded._vectors).dtype == np.float16
+    assert np.array_equal(np.asarray(loaded._vectors), np.asarray(index._vectors))
+    assert loaded.speakers == index.speakers and loaded.counts == index.counts
+    assert loaded.search(queries, k=3, stages=[8]) [0] == index.search(queries, k=3, stages=[8])[0]
+    with pytest.raises(ValueError, match="built with another model"):
+        SpeakerIndex.load(folder, model_sha256="other")
+    # a save killed before its rename leaves the previous index as it was
+    loaded.enrol(["new"], emb[:1])
+    real_replace = os.replace
+
+    def killed(src, dst):
+        raise KeyboardInterrupt("killed during the save")
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        loaded.save(folder)
+    monkeypatch.setattr(os, "replace", real_replace)
+    again = SpeakerIndex.load(folder)
+    assert again.speakers == index.speakers
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no staging folder left
+    assert json.loads((folder / "index.json").read_text())["dtype"] == "float16"
+    # killed between its two renames: the previous index is found beside the folder
+    os.replace(folder, tmp_path / ".index.old")
+    assert SpeakerIndex.load(folder).speakers == index.speakers
+
+
+def test_bad_input_is_named():
+    ids, emb, queries = _speakers(n_spk=5)
+    index = SpeakerIndex(32, DIMS)
+    with pytest.raises(ValueError, match="empty"):
+        index.search(queries, k=1)
+    with pytest.raises(ValueError, match=r"must be \[N, 32\]"):
+        index.enrol(["a"], np.ones((1, 16)))
+    bad = emb[:2].copy()
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match=r"rows \[1\] hold NaN/Inf"):
+        index.enrol(["a", "b"], bad)
+    with pytest.raises(ValueError, match=r"rows \[0\] are all zeros"):
+        index.enrol(["a"], np.zeros((1, 32)))
+    with pytest.raises(ValueError, match="2 speaker IDs for 1 embeddings"):
+        index.enrol(["a", "b"], emb[:1])
+    index.enrol(ids, emb)
+    with pytest.raises(ValueError, match="already enrolled"):
+        index.enrol(["spk0001"], emb[:1])
+    with pytest.raises(KeyError, match="not enrolled"):
+        index.remove(["nobody"])
+    with pytest.raises(ValueError, match=r"k must be in \[1, 5\]"):
+        index.search(queries, k=6)
+    with pytest.raises(ValueError, match="stages must be increasing sizes"):
+        index.search(queries, k=1, stages=[16, 8])
+    with pytest.raises(ValueError, match="stages must be increasing sizes"):
+        index.search(queries, k=1, stages=[32])
+    with pytest.raises(ValueError, match="first_stage"):
+        SpeakerIndex(32, DIMS, first_stage="ivf")
