@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["SpeakerIndex"]
+__all__ = ["SpeakerIndex", "cascade_verify", "calibrate_margin"]
 
 FORMAT_VERSION = 1
 
@@ -295,3 +295,77 @@ class SpeakerIndex:
         index.speakers, index.counts = list(names["speakers"]), list(names["counts"])
         index._vectors = vectors
         return index
+
+
+def _prefix_cosine(a, b, d):
+    return np.einsum("nd,nd->n", _normalised(a[:, :d]), _normalised(b[:, :d]))
+
+
+def cascade_verify(enrol, test, small_dim, small_threshold, full_threshold, margin):
+    """1:1 decisions from a small prefix, escalated to the full size near its threshold.
+
+    Arguments
+    ---------
+    enrol, test : array-like
+        ``[T, embed_dim]`` full-size embeddings of each trial's two sides.
+    small_dim : int
+        Prefix size of the first decision.
+    small_threshold, full_threshold : float
+        Cosine thresholds at ``small_dim`` and at full size.
+    margin : float
+        Trials whose small-prefix score is within ``margin`` of ``small_threshold``
+        are decided at full size.
+
+    Returns
+    -------
+    decisions : numpy.ndarray
+        ``[T]`` bool, True: same speaker.
+    escalated : numpy.ndarray
+        ``[T]`` bool, the trials decided at full size.
+
+    Example
+    -------
+    >>> a = np.array([[1.0, 0.0, 0.0], [1.0, 0.0, 0.0]])
+    >>> b = np.array([[1.0, 0.1, 0.0], [0.1, 1.0, 0.0]])
+    >>> cascade_verify(a, b, 2, 0.5, 0.5, margin=0.1)
+    (array([ True, False]), array([False, False]))
+    """
+    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
+    if enrol.shape != test.shape or enrol.ndim != 2:
+        raise ValueError(f"enrol and test must be [T, D] alike, got {enrol.shape} and {test.shape}")
+    small = _prefix_cosine(enrol, test, small_dim)
+    escalated = np.abs(small - small_threshold) < margin
+    decisions = small > small_threshold
+    if escalated.any():
+        full = _prefix_cosine(enrol[escalated], test[escalated], enrol.shape[1])
+        decisions[escalated] = full > full_threshold
+    return decisions, escalated
+
+
+def calibrate_margin(enrol, test, small_dim, small_threshold, full_threshold, agreement=0.999):
+    """The smallest :func:`cascade_verify` margin whose decisions equal full-size ones on
+    at least ``agreement`` of the calibration trials.
+
+    Returns
+    -------
+    margin : float
+    escalated_fraction : float
+        Fraction of the calibration trials decided at full size with it.
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> a, b = rng.standard_normal((500, 16)), rng.standard_normal((500, 16))
+    >>> margin, escalated = calibrate_margin(a, b, 4, 0.0, 0.0, agreement=1.0)
+    >>> bool((cascade_verify(a, b, 4, 0.0, 0.0, margin)[0]
+    ...       == (_prefix_cosine(a, b, 16) > 0.0)).all())
+    True
+    """
+    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
+    small = _prefix_cosine(enrol, test, small_dim)
+    full = _prefix_cosine(enrol, test, enrol.shape[1]) > full_threshold
+    distance = np.abs(small - small_threshold)
+    wrong = np.sort(distance[(small > small_threshold) != full])[::-1]
+    allowed = int(np.floor((1.0 - agreement) * len(small) + 1e-9))
+    margin = float(np.nextafter(wrong[allowed], np.inf)) if len(wrong) > allowed else 0.0
+    return margin, float(np.mean(distance < margin))

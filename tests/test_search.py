@@ -129,3 +129,21 @@ def test_bad_input_is_named():
         index.search(queries, k=1, stages=[32])
     with pytest.raises(ValueError, match="first_stage"):
         SpeakerIndex(32, DIMS, first_stage="ivf")
+
+
+def test_cascade_verification_matches_full_size_on_the_calibration_list():
+    from speechbrain_mrl.search import calibrate_margin, cascade_verify
+
+    ids, emb, _ = _speakers(n_spk=60, n_utt=4, noise=0.8)
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, len(ids), 3000), rng.integers(0, len(ids), 3000)
+    full = np.einsum("nd,nd->n", *(x / np.linalg.norm(x, axis=1, keepdims=True) for x in (emb[a], emb[b])))
+    thr = float(np.median(full))
+    for agreement in (1.0, 0.999, 0.99):
+        margin, escalated = calibrate_margin(emb[a], emb[b], 8, thr, thr, agreement)
+        decisions, escalated_mask = cascade_verify(emb[a], emb[b], 8, thr, thr, margin)
+        assert np.mean(decisions == (full > thr)) >= agreement
+        assert escalated == pytest.approx(escalated_mask.mean())
+    assert escalated < 1.0  # the small prefix decides some trials on its own
+    with pytest.raises(ValueError, match="alike"):
+        cascade_verify(emb[:3], emb[:2], 8, thr, thr, 0.1)
