@@ -369,3 +369,4 @@ def calibrate_margin(enrol, test, small_dim, small_threshold, full_threshold, ag
     allowed = int(np.floor((1.0 - agreement) * len(small) + 1e-9))
     margin = float(np.nextafter(wrong[allowed], np.inf)) if len(wrong) > allowed else 0.0
     return margin, float(np.mean(distance < margin))
+

@@ -147,3 +147,48 @@ def test_cascade_verification_matches_full_size_on_the_calibration_list():
     assert escalated < 1.0  # the small prefix decides some trials on its own
     with pytest.raises(ValueError, match="alike"):
         cascade_verify(emb[:3], emb[:2], 8, thr, thr, 0.1)
+
+
+def test_enrol_identify_evaluate_commands(tmp_path, capsys):
+    """The commands on generated speech with a real (tiny) model folder and FAISS index."""
+    import csv
+    import subprocess
+    import sys
+
+    from mrl_testutils import write_tiny_model, write_voice_corpus
+    from speechbrain_mrl import search_cli
+    from speechbrain_mrl.search import SpeakerIndex
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    corpus = write_voice_corpus(tmp_path / "speakers", n_spk=4, n_utt=3)
+    index_dir = tmp_path / "index"
+    search_cli.main(["enrol", "--model_folder", str(folder), "--folder", str(tmp_path / "speakers"),
+                     "--index", str(index_dir)])
+    index = SpeakerIndex.load(index_dir)
+    assert sorted(index.speakers) == sorted({spk for spk, _ in corpus.values()})
+    assert index.counts == [3] * 4
+    files = [str(p) for _, p in sorted(corpus.values())[:2]]
+    out = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+                           "--files", *files, "--k", "2", "--stages", "4", "--out",
+                           str(tmp_path / "id.json")])
+    assert set(out) == set(files) and all(len(v) == 2 for v in out.values())
+    saved = json.loads((tmp_path / "id.json").read_text())
+    assert saved == json.loads(json.dumps(out))
+    with open(tmp_path / "queries.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "wav", "spk_id"])
+        w.writerows([[rel, str(p), spk] for rel, (spk, p) in sorted(corpus.items())])
+    report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
+                              "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "4,8"])
+    assert report["queries"] == 12 and set(report["funnels"]) == {"exact full size", "4->full",
+                                                                   "4->8->full"}
+    # the funnels keep the exact search's answers with a shortlist covering the index
+    assert len({json.dumps(r) for r in report["funnels"].values()}) == 1
+    # an index of another model is refused; the module runs as a command
+    other, _, _ = write_tiny_model(tmp_path / "other", seed=1)
+    with pytest.raises(ValueError, match="built with another model"):
+        search_cli.main(["identify", "--model_folder", str(other), "--index", str(index_dir),
+                         "--files", files[0]])
+    proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.search_cli", "identify", "--help"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "--stages" in proc.stdout

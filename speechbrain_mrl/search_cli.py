@@ -1,0 +1,169 @@
+"""Command line of speaker search: ``enrol``, ``identify`` and ``evaluate``.
+
+::
+
+    python -m speechbrain_mrl.search_cli enrol --model_folder M --folder speakers/ --index idx/
+    python -m speechbrain_mrl.search_cli identify --model_folder M --index idx/ --files a.wav b.wav
+    python -m speechbrain_mrl.search_cli evaluate --model_folder M --index idx/ --csv queries.csv
+
+Audio comes from a CSV manifest (``ID,wav`` plus optional ``start,stop,duration,spk_id``)
+or from a folder of speaker sub-folders (the sub-folder names are the speaker IDs).
+Embeddings are extracted in length-sorted, padded batches with
+:func:`speechbrain_mrl.embeddings.embed_manifest` (one pass gives every size).
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import argparse
+import json
+import logging
+import pathlib
+
+import numpy as np
+
+from speechbrain_mrl.dataio import audio_info, check_audio_files, read_manifest, write_text_atomic
+from speechbrain_mrl.embeddings import embed_manifest
+from speechbrain_mrl.search import SpeakerIndex
+
+__all__ = ["main", "speaker_folder_rows"]
+
+logger = logging.getLogger(__name__)
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
+
+
+def speaker_folder_rows(folder):
+    """Manifest rows of ``<folder>/<speaker>/**/<audio>``: ``{ID: {wav, duration, spk_id}}``."""
+    folder = pathlib.Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder not found: {folder}")
+    rows = {}
+    for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
+        for path in sorted(p for p in spk.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+            frames, sr = audio_info(path)
+            uid = path.relative_to(folder).with_suffix("").as_posix()
+            rows[uid] = {"wav": str(path), "duration": frames / sr, "spk_id": spk.name}
+    if not rows:
+        raise ValueError(f"no audio files in speaker sub-folders of {folder}")
+    return rows
+
+
+def _rows(args):
+    if args.csv:
+        rows = read_manifest(args.csv)
+    elif args.folder:
+        rows = speaker_folder_rows(args.folder)
+    else:
+        rows = {}
+        for path in args.files:
+            frames, sr = audio_info(path)
+            rows[str(path)] = {"wav": str(path), "duration": frames / sr}
+    check_audio_files(rows, args.csv or args.folder or "files")
+    return rows
+
+
+def _embed(args, rows):
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.packaging import model_fingerprint
+
+    model = MRLEncoderClassifier.from_hparams(source=args.model_folder,
+                                              run_opts={"device": args.device})
+    ids, emb = embed_manifest(model.encoder, rows, batch_size=args.batch_size,
+                              sample_rate=model.sample_rate, min_duration=model.min_duration,
+                              device=args.device)
+    return model, model_fingerprint(args.model_folder), ids, emb.numpy()
+
+
+def enrol(args):
+    """Embeds the audio and enrols its speakers (``spk_id`` column or sub-folder names)."""
+    rows = _rows(args)
+    missing = [u for u, r in rows.items() if not r.get("spk_id")]
+    if missing:
+        raise ValueError(f"enrolment needs a speaker per file: no spk_id for {missing[:3]}")
+    model, sha, ids, emb = _embed(args, rows)
+    index = (SpeakerIndex.load(args.index, sha) if pathlib.Path(args.index).exists() else
+             SpeakerIndex(model.embed_dim, model.mrl_dims, sha, args.first_stage, dtype=args.dtype))
+    index.enrol([rows[u]["spk_id"] for u in ids], emb, replace=args.replace)
+    index.save(args.index)
+    print(f"enrolled {len(set(rows[u]['spk_id'] for u in ids))} speakers from {len(ids)} "
+          f"files; the index holds {len(index)}: {args.index}")
+    return index
+
+
+def identify(args):
+    """Top-k speakers of each file, written as JSON (and printed)."""
+    rows = _rows(args)
+    _, sha, ids, emb = _embed(args, rows)
+    index = SpeakerIndex.load(args.index, sha)
+    found, scores = index.search(emb, k=min(args.k, len(index)), stages=args.stages,
+                                 shortlist=args.shortlist)
+    out = {u: [{"speaker": s, "score": float(c)} for s, c in zip(f, sc)]
+           for u, f, sc in zip(ids, found, scores)}
+    if args.out:
+        write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
+    for u in ids:
+        print(u, " ".join(f"{r['speaker']}:{r['score']:.3f}" for r in out[u]))
+    return out
+
+
+def evaluate(args):
+    """Top-1/top-5 identification accuracy of a labelled list, per funnel and for exact search."""
+    rows = _rows(args)
+    _, sha, ids, emb = _embed(args, rows)
+    index = SpeakerIndex.load(args.index, sha)
+    truth = np.array([rows[u].get("spk_id") for u in ids])
+    enrolled = np.isin(truth, index.speakers)
+    if not enrolled.any():
+        raise ValueError("no query speaker is enrolled in the index: nothing to identify")
+    k = min(5, len(index))
+    funnels = {"exact full size": []}
+    funnels.update({f"{'->'.join(map(str, s))}->full": s for s in args.funnels})
+    results = {}
+    for name, stages in funnels.items():
+        found, _ = index.search(emb[enrolled], k=k, stages=stages, shortlist=args.shortlist)
+        top = np.array(found)
+        results[name] = {"top1": float(np.mean(top[:, 0] == truth[enrolled])),
+                         f"top{k}": float(np.mean((top == truth[enrolled, None]).any(axis=1)))}
+    report = {"queries": int(enrolled.sum()), "not_enrolled": int((~enrolled).sum()),
+              "speakers": len(index), "funnels": results}
+    if args.out:
+        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    print(f"{report['queries']} queries of enrolled speakers ({len(index)} enrolled)")
+    for name, r in results.items():
+        print(f"{name}: " + ", ".join(f"{key} {v:.2%}" for key, v in r.items()))
+    return report
+
+
+def main(argv=None):
+    """Command-line entry point."""
+    p = argparse.ArgumentParser(description="Speaker search with Matryoshka funnels")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("enrol", "identify", "evaluate"):
+        s = sub.add_parser(name)
+        s.add_argument("--model_folder", required=True)
+        s.add_argument("--index", required=True, help="index folder")
+        src = s.add_mutually_exclusive_group(required=True)
+        src.add_argument("--csv", help="manifest: ID,wav[,start,stop,duration,spk_id]")
+        src.add_argument("--folder", help="folder of speaker sub-folders")
+        if name == "identify":
+            src.add_argument("--files", nargs="+")
+        s.add_argument("--batch_size", type=int, default=16)
+        s.add_argument("--device", default="cpu")
+        s.add_argument("--out", help="JSON output")
+        s.add_argument("--shortlist", type=int, default=100)
+    sub.choices["enrol"].add_argument("--replace", action="store_true")
+    sub.choices["enrol"].add_argument("--first_stage", choices=["flat", "hnsw"], default="flat")
+    sub.choices["enrol"].add_argument("--dtype", choices=["float32", "float16"], default="float32")
+    sub.choices["identify"].add_argument("--k", type=int, default=5)
+    sub.choices["identify"].add_argument("--stages", type=int, nargs="*", default=None)
+    sub.choices["evaluate"].add_argument("--funnels", type=lambda s: [int(d) for d in s.split(",")],
+                                         nargs="*", default=[], help="e.g. 64 32,128")
+    args = p.parse_args(argv)
+    if getattr(args, "files", None) is None:
+        args.files = None
+    return {"enrol": enrol, "identify": identify, "evaluate": evaluate}[args.command](args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    logging.basicConfig(level=logging.INFO)
+    main()
