@@ -1,29 +1,18 @@
 """SafeCheckpointer: weights-only loads, no poisoned checkpoints, atomic folders."""
-import os
-
 import pytest
 import torch
 
+from mrl_testutils import PicklePayload
 from speechbrain_mrl.checkpoints import SafeCheckpointer
 
 
-class _Payload:
-    """Unpickling it creates a folder: stands for arbitrary code in a pickle."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
-
 def test_training_checkpoint_with_a_pickle_payload_is_refused(tmp_path, monkeypatch):
-    model, optimizer = torch.nn.Linear(2, 2), None
+    model = torch.nn.Linear(2, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     ckpt = SafeCheckpointer(tmp_path / "save", {"model": model, "optimizer": optimizer})
     saved = ckpt.save_checkpoint()
     marker = tmp_path / "payload_ran"
-    torch.save({"state": _Payload(marker), "param_groups": []}, saved.path / "optimizer.ckpt")
+    torch.save({"state": PicklePayload(marker), "param_groups": []}, saved.path / "optimizer.ckpt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(RuntimeError, match="no checkpoint .* can be loaded"):
         ckpt.recover_if_possible()

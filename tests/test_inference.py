@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from mrl_testutils import (EMBED_DIM, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
+from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
                            speaker_voice, write_tiny_model)
 from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
 from speechbrain_mrl.packaging import read_calibration, write_model_folder
@@ -198,16 +198,6 @@ def test_reused_savedir_never_serves_stale_files(tiny, tmp_path, no_network):
     assert mb.thresholds == {4: 0.1, 8: 0.2, 16: 0.3}
 
 
-class _Payload:
-    """Unpickling it creates a marker folder: stands for arbitrary code in a pickle."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (os.makedirs, (self.marker,))
-
-
 def test_model_folder_with_a_pickle_payload_is_refused(tiny, tmp_path, monkeypatch):
     """Regression: with TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1, a checkpoint's pickle payload ran."""
     import shutil
@@ -215,7 +205,7 @@ def test_model_folder_with_a_pickle_payload_is_refused(tiny, tmp_path, monkeypat
     folder = tmp_path / "evil"
     shutil.copytree(tiny[0], folder)
     marker = tmp_path / "payload_ran"
-    torch.save({"linear.weight": _Payload(marker)}, folder / "mrl_head.ckpt")
+    torch.save({"linear.weight": PicklePayload(marker)}, folder / "mrl_head.ckpt")
     monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     with pytest.raises(ValueError, match="cannot read checkpoint file .*mrl_head.ckpt"):
         MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
