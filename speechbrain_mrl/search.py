@@ -26,7 +26,7 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["SpeakerIndex", "cascade_verify", "calibrate_margin"]
+__all__ = ["SpeakerIndex", "cascade_verify", "calibrate_margin", "open_set_rates"]
 
 FORMAT_VERSION = 1
 
@@ -370,3 +370,49 @@ def calibrate_margin(enrol, test, small_dim, small_threshold, full_threshold, ag
     margin = float(np.nextafter(wrong[allowed], np.inf)) if len(wrong) > allowed else 0.0
     return margin, float(np.mean(distance < margin))
 
+
+
+def open_set_rates(top_ids, top_scores, truth, enrolled, far=0.01):
+    """Open-set identification: detection-and-identification rate at a false-alarm rate.
+
+    The threshold is set on the queries of speakers who are not enrolled: at most
+    ``far`` of them may score at or above it with their best match. A query of an
+    enrolled speaker counts as found when its best match is right and scores at or
+    above the threshold.
+
+    Arguments
+    ---------
+    top_ids : list of str
+        Best-matching speaker per query.
+    top_scores : array-like
+        Its score per query.
+    truth : list of str
+        True speaker per query.
+    enrolled : array-like of bool
+        Whether each query's speaker is enrolled.
+    far : float
+        Target false-alarm rate.
+
+    Returns
+    -------
+    dict
+        ``threshold``, ``far`` (measured), ``dir`` (detection and identification rate).
+
+    Example
+    -------
+    >>> r = open_set_rates(["a", "b", "a", "b"], [0.9, 0.8, 0.3, 0.6], ["a", "c", "x", "y"],
+    ...                    [True, True, False, False], far=0.5)
+    >>> r["dir"], r["far"]
+    (0.5, 0.5)
+    """
+    scores = np.asarray(top_scores, dtype=np.float64)
+    enrolled = np.asarray(enrolled, dtype=bool)
+    if enrolled.all() or not enrolled.any():
+        raise ValueError("open-set rates need queries of enrolled and of unknown speakers")
+    impostor = np.sort(scores[~enrolled])[::-1]
+    allowed = int(np.floor(far * len(impostor) + 1e-9))
+    threshold = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) else -np.inf
+    right = np.array([i == t for i, t in zip(top_ids, truth)])
+    found = right & (scores >= threshold) & enrolled
+    return {"threshold": threshold, "far": float(np.mean(scores[~enrolled] >= threshold)),
+            "dir": float(found.sum() / enrolled.sum())}

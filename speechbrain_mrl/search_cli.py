@@ -24,7 +24,7 @@ import numpy as np
 
 from speechbrain_mrl.dataio import audio_info, check_audio_files, read_manifest, write_text_atomic
 from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.search import SpeakerIndex, open_set_rates
 
 __all__ = ["main", "speaker_folder_rows"]
 
@@ -90,24 +90,46 @@ def enrol(args):
     return index
 
 
+def _threshold(args):
+    """The open-set threshold: a number, ``calibrated`` (the model's full-size one) or None."""
+    if args.threshold in (None, "none"):
+        return None
+    if args.threshold == "calibrated":
+        calibration = json.loads((pathlib.Path(args.model_folder) / "calibration.json").read_text())
+        thresholds = calibration.get("thresholds") or {}
+        if not thresholds:
+            raise ValueError(f"{args.model_folder} has no calibrated thresholds; give --threshold X")
+        return float(thresholds[max(thresholds, key=int)])
+    return float(args.threshold)
+
+
 def identify(args):
-    """Top-k speakers of each file, written as JSON (and printed)."""
+    """Top-k speakers of each file, written as JSON (and printed); with ``--threshold``, only
+    those scoring at least the threshold (an empty list: an unknown speaker)."""
     rows = _rows(args)
     _, sha, ids, emb = _embed(args, rows)
     index = SpeakerIndex.load(args.index, sha)
     found, scores = index.search(emb, k=min(args.k, len(index)), stages=args.stages,
                                  shortlist=args.shortlist)
+    threshold = _threshold(args)
     out = {u: [{"speaker": s, "score": float(c)} for s, c in zip(f, sc)]
            for u, f, sc in zip(ids, found, scores)}
+    if threshold is not None:  # open set: a best score under the threshold is an unknown speaker
+        out = {u: [r for r in matches if r["score"] >= threshold] for u, matches in out.items()}
     if args.out:
         write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
     for u in ids:
-        print(u, " ".join(f"{r['speaker']}:{r['score']:.3f}" for r in out[u]))
+        print(u, " ".join(f"{r['speaker']}:{r['score']:.3f}" for r in out[u]) or "unknown speaker")
     return out
 
 
 def evaluate(args):
-    """Top-1/top-5 identification accuracy of a labelled list, per funnel and for exact search."""
+    """Identification accuracy of a labelled list per funnel and for exact search.
+
+    Closed set: top-1 and top-5 accuracy on the queries of enrolled speakers. Open set,
+    when some queries are of speakers who are not enrolled: the detection and
+    identification rate at the false-alarm rate ``--far`` (:func:`open_set_rates`).
+    """
     rows = _rows(args)
     _, sha, ids, emb = _embed(args, rows)
     index = SpeakerIndex.load(args.index, sha)
@@ -120,17 +142,23 @@ def evaluate(args):
     funnels.update({f"{'->'.join(map(str, s))}->full": s for s in args.funnels})
     results = {}
     for name, stages in funnels.items():
-        found, _ = index.search(emb[enrolled], k=k, stages=stages, shortlist=args.shortlist)
+        found, scores = index.search(emb, k=k, stages=stages, shortlist=args.shortlist)
         top = np.array(found)
-        results[name] = {"top1": float(np.mean(top[:, 0] == truth[enrolled])),
-                         f"top{k}": float(np.mean((top == truth[enrolled, None]).any(axis=1)))}
+        results[name] = {"top1": float(np.mean(top[enrolled, 0] == truth[enrolled])),
+                         f"top{k}": float(np.mean((top[enrolled] == truth[enrolled, None]).any(axis=1)))}
+        if not enrolled.all():
+            rates = open_set_rates(top[:, 0], scores[:, 0], truth, enrolled, args.far)
+            results[name][f"DIR@FAR={args.far:g}"] = rates["dir"]
+            results[name]["open_set_threshold"] = rates["threshold"]
     report = {"queries": int(enrolled.sum()), "not_enrolled": int((~enrolled).sum()),
               "speakers": len(index), "funnels": results}
     if args.out:
         write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
-    print(f"{report['queries']} queries of enrolled speakers ({len(index)} enrolled)")
+    print(f"{report['queries']} queries of enrolled speakers, {report['not_enrolled']} of unknown "
+          f"ones ({len(index)} enrolled)")
     for name, r in results.items():
-        print(f"{name}: " + ", ".join(f"{key} {v:.2%}" for key, v in r.items()))
+        print(f"{name}: " + ", ".join(f"{key} {v:.2%}" if "threshold" not in key else
+                                      f"{key} {v:.3f}" for key, v in r.items()))
     return report
 
 
@@ -156,6 +184,11 @@ def main(argv=None):
     sub.choices["enrol"].add_argument("--dtype", choices=["float32", "float16"], default="float32")
     sub.choices["identify"].add_argument("--k", type=int, default=5)
     sub.choices["identify"].add_argument("--stages", type=int, nargs="*", default=None)
+    sub.choices["identify"].add_argument(
+        "--threshold", default=None,
+        help="open set: a cosine threshold, or 'calibrated' (the model's full-size EER threshold)")
+    sub.choices["evaluate"].add_argument("--far", type=float, default=0.01,
+                                         help="false-alarm rate of the open-set evaluation")
     sub.choices["evaluate"].add_argument("--funnels", type=lambda s: [int(d) for d in s.split(",")],
                                          nargs="*", default=[], help="e.g. 64 32,128")
     args = p.parse_args(argv)

@@ -174,6 +174,9 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     assert set(out) == set(files) and all(len(v) == 2 for v in out.values())
     saved = json.loads((tmp_path / "id.json").read_text())
     assert saved == json.loads(json.dumps(out))
+    above = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+                             "--files", *files, "--threshold", "2.0"])  # above any cosine
+    assert all(v == [] for v in above.values()) and "unknown speaker" in capsys.readouterr().out
     with open(tmp_path / "queries.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ID", "wav", "spk_id"])
@@ -184,6 +187,18 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
                                                                    "4->8->full"}
     # the funnels keep the exact search's answers with a shortlist covering the index
     assert len({json.dumps(r) for r in report["funnels"].values()}) == 1
+    # open set: two speakers left out of the index are unknown queries
+    small = tmp_path / "index_open"
+    keep = sorted({spk for spk, _ in corpus.values()})[:2]
+    with open(tmp_path / "enrol_open.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ID", "wav", "spk_id"])
+        w.writerows([[rel, str(p), spk] for rel, (spk, p) in sorted(corpus.items()) if spk in keep])
+    search_cli.main(["enrol", "--model_folder", str(folder), "--csv", str(tmp_path / "enrol_open.csv"),
+                     "--index", str(small)])
+    open_report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(small),
+                                   "--csv", str(tmp_path / "queries.csv"), "--far", "0.5"])
+    assert open_report["not_enrolled"] == 6 and "DIR@FAR=0.5" in open_report["funnels"]["exact full size"]
     # an index of another model is refused; the module runs as a command
     other, _, _ = write_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="built with another model"):
@@ -192,3 +207,19 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.search_cli", "identify", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--stages" in proc.stdout
+
+
+def test_open_set_rates_against_a_count():
+    from speechbrain_mrl.search import open_set_rates
+
+    rng = np.random.default_rng(3)
+    scores = rng.uniform(size=400)
+    enrolled = np.arange(400) < 300
+    truth = ["s"] * 400
+    top = ["s" if i % 4 else "t" for i in range(400)]  # a quarter of the top matches are wrong
+    r = open_set_rates(top, scores, truth, enrolled, far=0.05)
+    assert r["far"] <= 0.05 and np.sum(scores[~enrolled] >= r["threshold"]) == 5
+    want = np.sum(enrolled & (scores >= r["threshold"]) & (np.array(top) == "s")) / 300
+    assert r["dir"] == pytest.approx(want)
+    with pytest.raises(ValueError, match="enrolled and of unknown"):
+        open_set_rates(top, scores, truth, np.ones(400, bool))
