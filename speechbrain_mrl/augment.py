@@ -10,13 +10,11 @@ import pathlib
 from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from speechbrain_mrl.dataio import AudioError, audio_info, write_manifest
+from speechbrain_mrl.dataio import AUDIO_EXTENSIONS, AudioError, audio_info, write_manifest
 
 __all__ = ["build_augmenter", "audio_csv"]
 
 logger = logging.getLogger(__name__)
-
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
 
 def audio_csv(source, csv_path):
@@ -50,7 +48,7 @@ def audio_csv(source, csv_path):
         raise FileNotFoundError(f"augmentation data not found: {source} (a folder or a CSV)")
     rows, unusable = [], []
     for path in sorted(source.rglob("*")):
-        if path.suffix.lower() not in AUDIO_SUFFIXES:
+        if path.suffix.lower() not in AUDIO_EXTENSIONS:
             continue
         try:
             frames, sr = audio_info(path)

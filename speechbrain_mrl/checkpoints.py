@@ -20,13 +20,14 @@ Authors
  * speechbrain-mrl developers
 """
 import logging
-import os
 import pathlib
 import shutil
 
 import torch
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
+
+from speechbrain_mrl.dataio import swap_folder
 
 __all__ = ["load_state_dict", "register_safe_hooks", "SafeCheckpointer"]
 
@@ -161,13 +162,7 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
             return None
         staged = pathlib.Path(saved.path)
         final = staged.parent / staged.name[len(_STAGING):]
-        if final.exists():  # a checkpoint of the same name: set aside until the new one is in place
-            old = staged.parent / f"{_STAGING}old-{final.name}"
-            os.replace(final, old)
-            os.replace(staged, final)
-            shutil.rmtree(old)
-        else:
-            os.replace(staged, final)
+        swap_folder(staged, final, staged.parent / f"{_STAGING}old-{final.name}")
         ddp_barrier()
         paramfiles = {k: final / pathlib.Path(p).name for k, p in saved.paramfiles.items()}
         return sb_checkpoints.Checkpoint(final, saved.meta, paramfiles)

@@ -48,10 +48,15 @@ __all__ = [
     "resolve_trials",
     "write_text_atomic",
     "save_torch_atomic",
+    "swap_folder",
     "download",
+    "AUDIO_EXTENSIONS",
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Audio file extensions the reader handles (soundfile, then torchcodec/FFmpeg).
+AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
 #: Columns of the manifests written by the data preparation.
 CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
@@ -79,6 +84,20 @@ def write_text_atomic(path, text):
         if os.path.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def swap_folder(staged, final, aside):
+    """Moves the complete folder ``staged`` to ``final``; an existing ``final`` waits at
+    ``aside`` until the new one is in place, so a kill never leaves neither of them."""
+    staged, final, aside = pathlib.Path(staged), pathlib.Path(final), pathlib.Path(aside)
+    if not final.exists():
+        os.replace(staged, final)
+        return final
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(final, aside)
+    os.replace(staged, final)
+    shutil.rmtree(aside)
+    return final
 
 
 def save_torch_atomic(obj, path):

@@ -19,12 +19,13 @@ Authors
  * speechbrain-mrl developers
 """
 import json
-import os
 import pathlib
 import shutil
 import tempfile
 
 import numpy as np
+
+from speechbrain_mrl.dataio import swap_folder
 
 __all__ = ["SpeakerIndex", "cascade_verify", "calibrate_margin", "open_set_rates"]
 
@@ -244,14 +245,7 @@ class SpeakerIndex:
                 "mrl_dims": self.mrl_dims, "model_sha256": self.model_sha256,
                 "first_stage": self.first_stage, "hnsw_m": self.hnsw_m, "dtype": self.dtype},
                 indent=1))
-            if folder.exists():
-                old = folder.parent / f".{folder.name}.old"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(folder, old)
-                os.replace(staging, folder)
-                shutil.rmtree(old)
-            else:
-                os.replace(staging, folder)
+            swap_folder(staging, folder, folder.parent / f".{folder.name}.old")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return folder

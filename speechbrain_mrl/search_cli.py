@@ -22,27 +22,24 @@ import pathlib
 
 import numpy as np
 
-from speechbrain_mrl.dataio import audio_info, check_audio_files, read_manifest, write_text_atomic
+from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, check_audio_files, read_manifest,
+                                    write_text_atomic)
+from speechbrain_mrl.datasets.voxceleb import scan_speakers
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.search import SpeakerIndex, open_set_rates
 
 __all__ = ["main", "speaker_folder_rows"]
 
 logger = logging.getLogger(__name__)
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".m4a", ".mp3")
 
 
 def speaker_folder_rows(folder):
     """Manifest rows of ``<folder>/<speaker>/**/<audio>``: ``{ID: {wav, duration, spk_id}}``."""
-    folder = pathlib.Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"folder not found: {folder}")
     rows = {}
-    for spk in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for path in sorted(p for p in spk.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES):
+    for spk, items in scan_speakers(folder, AUDIO_EXTENSIONS).items():
+        for rel, path in items:
             frames, sr = audio_info(path)
-            uid = path.relative_to(folder).with_suffix("").as_posix()
-            rows[uid] = {"wav": str(path), "duration": frames / sr, "spk_id": spk.name}
+            rows[rel.rsplit(".", 1)[0]] = {"wav": str(path), "duration": frames / sr, "spk_id": spk}
     if not rows:
         raise ValueError(f"no audio files in speaker sub-folders of {folder}")
     return rows
