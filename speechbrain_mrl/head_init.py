@@ -17,7 +17,9 @@ import torch
 from speechbrain_mrl.losses import class_centroids
 from speechbrain_mrl.metrics import id_metrics
 
-__all__ = ["pooled_statistics", "init_head_from_backbone", "evaluate_trials"]
+__all__ = ["ORDERINGS", "pooled_statistics", "init_head_from_backbone", "evaluate_trials"]
+
+ORDERINGS = ("discriminant", "pca", "identity")
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +76,10 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
     output (every full-size cosine score is kept): ``ordering="pca"`` orders
     the axes by variance of the clean crops of ``loader``;
     ``"discriminant"`` by speaker discrimination, estimated on the clean
-    crops plus ``augment_passes`` passes of them through ``augment``.
+    crops plus ``augment_passes`` passes of them through ``augment``;
+    ``"identity"`` keeps the backbone's own axis order (for a backbone
+    trained end to end with the per-size loss, whose prefixes are nested
+    already).
 
     Arguments
     ---------
@@ -87,7 +92,7 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
     device : str or torch.device
         Where the encoder runs.
     ordering : str
-        ``discriminant`` or ``pca``.
+        ``discriminant``, ``pca`` or ``identity``.
     shrinkage : float
         Within-speaker scatter shrinkage of the discriminant ordering.
     augment : callable, optional
@@ -101,8 +106,8 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
         State dict of the PCA-ordered head (PCA truncation of the backbone
         embedding: the baseline a Matryoshka head must beat), on the CPU.
     """
-    if ordering not in ("discriminant", "pca"):
-        raise ValueError(f"ordering must be 'discriminant' or 'pca', got {ordering!r}")
+    if ordering not in ORDERINGS:
+        raise ValueError(f"ordering must be one of {ORDERINGS}, got {ordering!r}")
     stats, labels, _ = pooled_statistics(encoder, loader, device)
     model, head = encoder.embedding_model, encoder.mrl_head
     layer = (model.bn, model.linear, model.bn2)
@@ -117,6 +122,8 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
         head.init_from_embedding_layer(*layer, stats=all_stats, labels=all_labels,
                                        shrinkage=shrinkage)
         n_rows = all_stats.shape[0]
+    elif ordering == "identity":
+        head.init_from_embedding_layer(*layer)
     head.eval()
     emb = head(stats.to(device)).cpu()
     centroids, counts = class_centroids(emb, labels, loss.n_classes)

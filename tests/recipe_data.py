@@ -50,8 +50,12 @@ def make_voxceleb(root, speakers=("id10001", "id10002", "id10003", "id10004"), v
     return rels
 
 
-def make_speech_commands(root, n_train=8, n_test=4, clips=6, duration=0.5, libri=2):
-    """A miniature copy of the demo data layout (speech_commands + splits + trials, librispeech)."""
+def make_speech_commands(root, n_train=8, n_test=4, clips=6, duration=0.5, libri=2, libri_long=2):
+    """A miniature copy of the demo data layout (speech_commands + splits + trials, librispeech).
+
+    ``libri`` readers of 3.5 s (training) and ``libri_long`` readers of 12.5 s
+    (three 4-s segments: the long-utterance validation list).
+    """
     import random
 
     root = pathlib.Path(root)
@@ -81,6 +85,9 @@ def make_speech_commands(root, n_train=8, n_test=4, clips=6, duration=0.5, libri
     for r in range(libri):
         write_wav(root / "librispeech_train_clean_100" / f"{100 + r}" / f"{100 + r}-1-0001.flac",
                   voice(n_train + n_test + r, int(3.5 * SR), 7 + r))
+    for r in range(libri_long):
+        write_wav(root / "librispeech_train_clean_100" / f"{300 + r}" / f"{300 + r}-1-0001.flac",
+                  voice(n_train + n_test + libri + r, int(12.5 * SR), 70 + r))
     return root
 
 

@@ -220,11 +220,51 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
     assert (data / "speech_commands" / "splits" / "trials_test.txt").is_file()
 
 
+def test_long_validation_list_holds_out_readers(tmp_path):
+    """Long-utterance validation: held-out readers only, disjoint segments, all target pairs."""
+    data = make_speech_commands(tmp_path / "data", libri=2, libri_long=0)
+    libri = data / "librispeech_train_clean_100"
+    for r, seconds in enumerate((13.0, 9.0, 12.5, 5.0)):  # 3, 2 (+0.5 s tail), 3, 1 segments
+        write_wav(libri / f"{200 + r}" / f"{200 + r}-1-0001.flac",
+                  voice(30 + r, int(seconds * 16000), 50 + r))
+    out = speech_commands.prepare_demo(data, tmp_path / "prep", n_val_speakers=2, n_val_trials=20,
+                                       n_long_val_readers=5, long_val_segment_dur=4.0,
+                                       n_long_val_trials=30)
+    long_rows = read_csv(out["dev_long"])
+    assert {r["spk_id"] for r in long_rows} == {"libri200", "libri202"}  # >= 3 segments each
+    by_spk = {}
+    for r in long_rows:
+        by_spk.setdefault(r["spk_id"], []).append((int(r["start"]), int(r["stop"])))
+    for spans in by_spk.values():
+        spans.sort()
+        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))  # no shared audio
+    train_spks = {r["spk_id"] for r in read_csv(out["train"])}
+    assert not train_spks & set(by_spk) and {"libri201", "libri203"} <= train_spks
+    trials = read_trials(out["val_long_trials"])
+    spk = {r["ID"]: r["spk_id"] for r in long_rows}
+    assert all(lab == int(spk[a] == spk[b]) and a != b for lab, a, b in trials)
+    assert sum(lab for lab, _, _ in trials) == 3 + 3  # every same-reader pair
+    assert len(trials) == 15  # 6 segments: every pair, as fewer than 30 exist
+    none = speech_commands.prepare_demo(data, tmp_path / "prep0", n_val_speakers=2,
+                                        n_val_trials=20, n_long_val_readers=0)
+    assert "dev_long" not in none
+    assert {"libri200", "libri202"} <= {r["spk_id"] for r in read_csv(none["train"])}
+    with pytest.raises(ValueError, match="n_long_val_readers=5 but only 0 LibriSpeech reader"):
+        speech_commands.prepare_demo(data, tmp_path / "prep1", n_val_speakers=2, n_val_trials=20,
+                                     n_long_val_readers=5, long_val_segment_dur=6.0)
+
+
 def test_prepare_demo_real_data(shared_data, tmp_path):
     out = speech_commands.prepare_demo(shared_data, tmp_path / "prep")
     train = read_csv(out["train"])
-    assert len({r["spk_id"] for r in train}) == 159 + 251
+    long_rows = read_csv(out["dev_long"])
+    held_out = {r["spk_id"] for r in long_rows}
+    assert len(held_out) == 60 and not held_out & {r["spk_id"] for r in train}
+    assert len({r["spk_id"] for r in train}) == 159 + 251 - 60
+    assert all(2.0 <= float(r["duration"]) <= 4.0 for r in long_rows)
     assert len(read_trials(out["test_trials"])) == 20000
+    trials = read_trials(out["val_long_trials"])
+    assert len(trials) == 10000 and sum(lab for lab, _, _ in trials) > 250
 
 
 def encode_m4a(path, data):

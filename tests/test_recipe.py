@@ -132,6 +132,11 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
         assert table["pca"][d]["EER"] == pytest.approx(res["test_pca"][d]["EER"], abs=0.5)
         assert table["initial_head"][d]["EER"] == pytest.approx(res["test_init"][d]["EER"], abs=0.5)
     assert table["pca"][16]["EER"] == pytest.approx(table["backbone"][16]["EER"], abs=0.5)
+    # and the held-out readers' long-utterance validation list, for every model
+    long_table = {k: {int(d): v for d, v in t.items()} for k, t in summary["long_valid_table"].items()}
+    assert set(long_table) == set(table) and set(long_table["matryoshka"]) == {4, 8, 16}
+    assert long_table["pca"][16]["EER"] == pytest.approx(long_table["backbone"][16]["EER"], abs=0.5)
+    assert "Long read speech validation list" in (out / "results.md").read_text()
     for name in ("summary.json", "results.md", "eer_vs_size.png"):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "summary.json").read_text())
@@ -152,7 +157,7 @@ def test_demo_restarts_from_the_stages_on_disk(demo_run, capsys):
     summary = run_demo.main(args)
     assert summary["table"] == demo_run["summary"]["table"]
     assert all(p.stat().st_mtime == t for p, t in before.items())
-    assert capsys.readouterr().out.count("stage skipped") == 7
+    assert capsys.readouterr().out.count("stage skipped") == 3 + 2 * 4  # trainings, 4 models x 2 lists
 
 
 def test_resume_mid_epoch(tmp_path, monkeypatch):

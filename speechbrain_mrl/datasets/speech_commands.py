@@ -4,7 +4,8 @@ Speaker verification data from the Speech Commands v0.02 *test* set regrouped
 by speaker (``<data_folder>/speech_commands/<speaker>/<word>_<n>.<ext>``),
 plus, optionally, LibriSpeech excerpts as extra training speakers
 (``<data_folder>/librispeech_train_clean_100/<reader>/<utt>.flac``, cut into
-``libri_seg_dur``-second segments).
+``libri_seg_dur``-second segments), of which ``n_long_val_readers`` readers
+are held out of training for a long-utterance validation list.
 
 With a local copy holding ``speech_commands/splits/`` the fixed speaker split
 (``train_speakers.txt``/``test_speakers.txt``) and trial list
@@ -21,6 +22,13 @@ validation speakers, plus LibriSpeech segments), ``dev.csv`` (all clips of
 trial list among them, used for validation EER and threshold calibration),
 ``enrol.csv``/``test.csv`` and ``trials_test.txt`` (the test trial list with
 absolute-path-free IDs as in the local copy).
+
+With LibriSpeech, ``dev_long.csv`` holds the held-out readers' utterances cut
+into disjoint ``long_val_segment_dur``-second segments (readers with at least
+three of them), and ``val_long_trials.txt`` every same-reader pair of
+different segments (enrolment and test never share audio) plus cross-reader
+pairs: the long read speech validation list beside the 1-s clip list. Its
+readers are never in ``train.csv``.
 
 Command line::
 
@@ -174,9 +182,56 @@ def _read_list(path):
     return [line.strip() for line in pathlib.Path(path).read_text().splitlines() if line.strip()]
 
 
+def long_val_rows(libri, n_readers, seg_dur, seed):
+    """Rows of ``n_readers`` seeded LibriSpeech readers cut into ``seg_dur``-second segments.
+
+    Only readers whose audio gives at least three segments (the last one at
+    least ``seg_dur / 2`` long) are drawn, so every reader has several
+    same-reader trials on disjoint audio.
+
+    Arguments
+    ---------
+    libri : pathlib.Path
+        ``<reader>/<utterance>.flac`` folder.
+    n_readers : int
+        Readers to hold out (fewer if not enough are long enough).
+    seg_dur : float
+        Segment length in seconds.
+    seed : int
+        Seed of the draw.
+
+    Returns
+    -------
+    list of list
+        Manifest rows; speaker IDs are ``libri<reader>`` as in training.
+        Unusable files are left out here and reported by the training scan.
+
+    Raises
+    ------
+    ValueError
+        When fewer than two readers are long enough.
+    """
+    by_reader = {}
+    for spk, items in sorted(scan_speakers(libri).items()):
+        rows = [row for rel, path in items
+                for row in make_rows("libri" + spk, "libri/" + rel, path, seg_dur / 2, seg_dur)]
+        if len(rows) >= 3:
+            by_reader[spk] = rows
+    if len(by_reader) < 2:
+        raise ValueError(
+            f"n_long_val_readers={n_readers} but only {len(by_reader)} LibriSpeech reader(s) in "
+            f"{libri} have three {seg_dur}-s segments: a long-utterance list needs two or more "
+            f"(set n_long_val_readers to 0 to go without it)")
+    chosen = random.Random(seed).sample(sorted(by_reader), min(n_readers, len(by_reader)))
+    return [row for spk in sorted(chosen) for row in by_reader[spk]]
+
+
 def _train_dev_rows(sc, libri, train_spks, val_spks, test_spks, min_duration, libri_seg_dur,
                     skipped):
-    """``(train_rows, dev_rows)``: Speech Commands speakers, then LibriSpeech segments."""
+    """``(train_rows, dev_rows)``: Speech Commands speakers, then LibriSpeech segments.
+
+    ``test_spks`` are left out (Speech Commands test speakers and held-out readers).
+    """
     speakers = scan_speakers(sc)
     train_rows, dev_rows = [], []
     for spk in sorted(train_spks):
@@ -185,7 +240,7 @@ def _train_dev_rows(sc, libri, train_spks, val_spks, test_spks, min_duration, li
             (dev_rows if spk in val_spks else train_rows).extend(rows)
     if libri is not None:
         for spk, items in scan_speakers(libri).items():
-            if spk in test_spks:
+            if "libri" + spk in test_spks:
                 continue
             for rel, path in items:
                 train_rows.extend(make_rows("libri" + spk, "libri/" + rel, path,
@@ -214,6 +269,9 @@ def prepare_demo(
     libri_seg_dur=2.0,
     n_val_speakers=20,
     n_val_trials=3000,
+    n_long_val_readers=60,
+    long_val_segment_dur=4.0,
+    n_long_val_trials=10000,
     min_duration=0.3,
     seed=1234,
     download=False,
@@ -236,6 +294,14 @@ def prepare_demo(
         Train speakers held out for validation (EER, threshold calibration).
     n_val_trials : int
         Size of the validation trial list.
+    n_long_val_readers : int
+        LibriSpeech readers held out of training for the long-utterance
+        validation list (0: none, every reader trains).
+    long_val_segment_dur : float
+        Segment length (s) of the long-utterance validation list.
+    n_long_val_trials : int
+        Size of the long-utterance validation list (every target pair is
+        kept; the rest are non-target pairs).
     min_duration : float
         Shorter files are reported and skipped.
     seed : int
@@ -248,8 +314,9 @@ def prepare_demo(
     Returns
     -------
     dict
-        Paths of the manifests (``train``, ``dev``, ``enrol``, ``test``) and
-        trial lists (``val_trials``, ``test_trials``).
+        Paths of the manifests (``train``, ``dev``, ``enrol``, ``test``, and
+        ``dev_long`` with LibriSpeech) and trial lists (``val_trials``,
+        ``test_trials``, and ``val_long_trials`` with LibriSpeech).
 
     Raises
     ------
@@ -266,6 +333,12 @@ def prepare_demo(
         "val_trials": str(save_folder / "val_trials.txt"),
         "test_trials": str(save_folder / "trials_test.txt"),
     }
+    libri = data_folder / LIBRI_DIR
+    use_libri = bool(use_librispeech) and libri.is_dir()
+    long_val = use_libri and n_long_val_readers > 0
+    if long_val:
+        out["dev_long"] = str(save_folder / "dev_long.csv")
+        out["val_long_trials"] = str(save_folder / "val_long_trials.txt")
     if skip_prep:
         return out
     sc = data_folder / SC_DIR
@@ -275,13 +348,14 @@ def prepare_demo(
                 f"{sc}/splits/trials_test.txt not found; give a local copy or download=True"
             )
         download_speech_commands(data_folder)
-    libri = data_folder / LIBRI_DIR
-    use_libri = bool(use_librispeech) and libri.is_dir()
     opts = {
         "data_folder": str(data_folder), "use_librispeech": use_libri,
         "libri_seg_dur": libri_seg_dur, "n_val_speakers": n_val_speakers,
         "n_val_trials": n_val_trials, "min_duration": min_duration, "seed": seed,
     }
+    if long_val:
+        opts.update(n_long_val_readers=n_long_val_readers, n_long_val_trials=n_long_val_trials,
+                    long_val_segment_dur=long_val_segment_dur)
     files = [os.path.basename(p) for p in out.values()]
     save_folder.mkdir(parents=True, exist_ok=True)
     splits = sc / "splits"
@@ -297,9 +371,14 @@ def prepare_demo(
     train_spks = [s for s in _read_list(sc / "splits" / "train_speakers.txt") if s not in test_spks]
     rng = random.Random(seed)
     val_spks = set(rng.sample(sorted(train_spks), min(n_val_speakers, len(train_spks) // 2)))
-    skipped = []
+    skipped, held_out = [], set(test_spks)
+    if long_val:
+        long_rows = long_val_rows(libri, n_long_val_readers, long_val_segment_dur, seed)
+        held_out.update(r[5] for r in long_rows)
+        write_manifest(out["dev_long"], long_rows)
+        write_trials(out["val_long_trials"], make_trials(long_rows, n_long_val_trials, seed=seed))
     train_rows, dev_rows = _train_dev_rows(sc, libri if use_libri else None, train_spks, val_spks,
-                                           test_spks, min_duration, libri_seg_dur, skipped)
+                                           held_out, min_duration, libri_seg_dur, skipped)
     write_manifest(out["train"], train_rows)
     write_manifest(out["dev"], dev_rows)
     write_trials(out["val_trials"], make_trials(dev_rows, n_val_trials, seed=seed))

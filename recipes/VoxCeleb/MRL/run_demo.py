@@ -67,13 +67,24 @@ def run_stage(done, script, *args):
     return True
 
 
-def score(name, out, prep, model_args):
-    """Scores the demo test trials (cosine, every size) -> ``{dim: {"EER", "minDCF"}}``."""
-    folder = out / "scoring" / name
+TRIAL_LISTS = {  # scoring folder -> (enrol manifest, test manifest, trials)
+    "scoring": ("enrol.csv", "test.csv", "trials_test.txt"),
+    "scoring_long_valid": ("dev_long.csv", "dev_long.csv", "val_long_trials.txt"),
+}
+
+
+def score(name, out, prep, model_args, trial_list="scoring"):
+    """Scores a trial list (cosine, every size) -> ``{dim: {"EER", "minDCF"}}``.
+
+    ``trial_list``: ``scoring`` (the Speech Commands test trials) or
+    ``scoring_long_valid`` (the held-out LibriSpeech readers' validation list).
+    """
+    folder = out / trial_list / name
+    enrol, test, trials = TRIAL_LISTS[trial_list]
     run_stage(folder / "results.json", "speaker_verification_cosine.py",
               HERE / "hparams" / "verification.yaml", *model_args,
-              f"--enrol_csv={prep / 'enrol.csv'}", f"--test_csv={prep / 'test.csv'}",
-              f"--trials={prep / 'trials_test.txt'}", f"--output_folder={folder}",
+              f"--enrol_csv={prep / enrol}", f"--test_csv={prep / test}",
+              f"--trials={prep / trials}", f"--output_folder={folder}",
               "--score_norm=[]", "--batch_size=32", "--device=cpu")
     res = json.loads((folder / "results.json").read_text())
     return {int(d): {"EER": r["EER"], "minDCF": r["minDCF@0.01"]} for d, r in res.items()}
@@ -120,9 +131,8 @@ def plot(table, path):
     plt.close(fig)
 
 
-def report(table, times, scratch, mrl, finetune, out):
-    """Prints and writes the results table, the target checks, summary.json and the plot."""
-    full = max(table["matryoshka"])
+def table_lines(table):
+    """Markdown rows: EER (minDCF) per size for the Matryoshka model and its baselines."""
     columns = ("matryoshka", "initial_head", "pca")
     lines = ["| size | Matryoshka EER % (minDCF) | untrained initial head | PCA-truncated backbone |",
              "|---:|---:|---:|---:|"]
@@ -131,6 +141,16 @@ def report(table, times, scratch, mrl, finetune, out):
         lines.append(f"| {d} | " + " | ".join(cells) + " |")
     for d, r in table["backbone"].items():
         lines.append(f"| frozen backbone's own embedding ({d}) | {r['EER']:.2f} ({r['minDCF']:.4f}) | | |")
+    return lines
+
+
+def report(table, times, scratch, mrl, finetune, out, long_table=None):
+    """Prints and writes the results tables, the target checks, summary.json and the plot."""
+    full = max(table["matryoshka"])
+    lines = ["Speech Commands test trials (1-s clips):", ""] + table_lines(table)
+    if long_table is not None:
+        lines += ["", "Long read speech validation list (held-out LibriSpeech readers, 4-s "
+                  "segments):", ""] + table_lines(long_table)
     m_full = table["matryoshka"][full]["EER"]
     b_full = next(iter(table["backbone"].values()))["EER"]
     d64 = 64 if 64 in table["matryoshka"] else sorted(table["matryoshka"])[0]
@@ -154,6 +174,8 @@ def report(table, times, scratch, mrl, finetune, out):
     print("\n" + text, flush=True)
     (out / "results.md").write_text(text + "\n")
     summary = {"table": {k: {str(d): v for d, v in t.items()} for k, t in table.items()},
+               "long_valid_table": {k: {str(d): v for d, v in t.items()}
+                                    for k, t in (long_table or {}).items()},
                "times": times, "checks": checks,
                "validation": {"scratch": scratch["valid"], "mrl": mrl["valid"]}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -214,21 +236,26 @@ def main(argv=None):
                        "--test_trials", "", "--init_crops_per_speaker", "1"] + common))
 
     t = time.time()
-    table = {
-        "matryoshka": score("matryoshka", out, prep, [f"--model_folder={out / 'mrl' / 'model'}"]),
-        "initial_head": score("initial_head", out, prep, head_variant(
-            out / "mrl", "initial_head.ckpt", out / "initial_head_model", "untrained initial head")),
-        "pca": score("pca", out, prep, head_variant(
-            out / "mrl", "pca_head.ckpt", out / "pca_model", "PCA truncation baseline")),
-        "backbone": score("backbone", out, prep, [f"--official_checkpoint={backbone}"]),
+    models = {
+        "matryoshka": [f"--model_folder={out / 'mrl' / 'model'}"],
+        "initial_head": head_variant(out / "mrl", "initial_head.ckpt", out / "initial_head_model",
+                                     "untrained initial head"),
+        "pca": head_variant(out / "mrl", "pca_head.ckpt", out / "pca_model",
+                            "PCA truncation baseline"),
+        "backbone": [f"--official_checkpoint={backbone}"],
     }
+    table = {name: score(name, out, prep, args) for name, args in models.items()}
+    long_table = None
+    if (prep / "val_long_trials.txt").is_file():
+        long_table = {name: score(name, out, prep, args, "scoring_long_valid")
+                      for name, args in models.items()}
     times["scoring_s"] = time.time() - t
     times["total_s"] = time.time() - t0
     results = {name: json.loads((out / name / "results.json").read_text())
                for name in ("scratch", "mrl", "finetune_timing")
                if (out / name / "results.json").is_file()}
     return report(table, times, results["scratch"], results["mrl"],
-                  None if a.no_finetune_timing else results["finetune_timing"], out)
+                  None if a.no_finetune_timing else results["finetune_timing"], out, long_table)
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
                                     resolve_trials, save_torch_atomic, write_text_atomic)
-from speechbrain_mrl.head_init import evaluate_trials, init_head_from_backbone
+from speechbrain_mrl.head_init import ORDERINGS, evaluate_trials, init_head_from_backbone
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.metrics import id_metrics
 from speechbrain_mrl.official import save_official_checkpoint
@@ -307,7 +307,7 @@ def check_options(hparams, distributed):
     """Refuses unknown or unsupported option values before anything is prepared or trained."""
     choices = {"final_checkpoint": ("best_valid", "last")}
     if not hparams["train_backbone"]:
-        choices["init_ordering"] = ("discriminant", "pca")
+        choices["init_ordering"] = ORDERINGS
     for key, allowed in choices.items():
         if hparams[key] not in allowed:
             raise ValueError(f"{key} must be one of {allowed}, got {hparams[key]!r}")
