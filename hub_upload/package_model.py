@@ -122,6 +122,25 @@ def results_table(results, official=None):
     return "\n".join(lines)
 
 
+def validation_section(model_info):
+    """Model-card section: the validation EER of every size and the recommended size."""
+    validation = model_info.get("validation_EER")
+    if not validation:
+        return ""
+    dims = sorted({int(d) for eers in validation.values() for d in eers})
+    lines = ["## Which size to use", "",
+             "Validation EER % per size, recorded at training time (the lists the training "
+             "chose its checkpoint on; not test results):", "",
+             "| list | " + " | ".join(str(d) for d in dims) + " |",
+             "|---|" + "---:|" * len(dims)]
+    for name, eers in validation.items():
+        lines.append(f"| {name} | " + " | ".join(f"{float(eers[str(d)]):.2f}" for d in dims) + " |")
+    lines += ["", f"Recommended size: **{model_info['recommended_dim']}** (lowest mean validation "
+              "EER; `model.recommended_dim`). Smaller prefixes trade accuracy for search speed "
+              "and storage.", ""]
+    return "\n".join(lines) + "\n"
+
+
 def model_card(model_info, calibration, results, scoring_info, repo_id, official=None,
                language="en", license_id="apache-2.0", datasets=None):
     """README.md text with YAML front matter.
@@ -178,6 +197,7 @@ minDCF is unnormalised (c_miss = c_fa = 1), as `speechbrain.utils.metric_stats.m
 returns it. Default verification thresholds (cosine, calibrated at training time):
 {thr_line or 'none'}.
 
+{validation_section(model_info)}
 ## Usage
 
 ```bash

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import urllib.request
+import warnings
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +39,8 @@ __all__ = [
     "load_audio",
     "read_audio",
     "check_waveforms",
+    "ShortAudioWarning",
+    "warn_short",
     "crop_or_tile",
     "read_manifest",
     "write_manifest",
@@ -347,6 +350,53 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):
     if not bool(valid.all()):
         wavs = wavs.masked_fill(~valid, 0.0)
     return wavs.float(), wav_lens
+
+
+class ShortAudioWarning(UserWarning):
+    """Audio the model embeds but shorter than its reliable duration (accuracy falls)."""
+
+
+def warn_short(wav_lens, total, short_samples, sample_rate=16000, names=None):
+    """Warns (:class:`ShortAudioWarning`) when utterances are shorter than ``short_samples``.
+
+    Arguments
+    ---------
+    wav_lens : torch.Tensor
+        Relative lengths ``[B]`` of a batch of ``total`` samples.
+    total : int
+        Padded length of the batch.
+    short_samples : int
+        Length below which embeddings are less reliable (0: never warn).
+    sample_rate : int
+        For the durations in the message.
+    names : list of str, optional
+        Utterance names for the message (default: batch indices).
+
+    Returns
+    -------
+    int
+        How many utterances were short.
+
+    Example
+    -------
+    >>> import warnings
+    >>> with warnings.catch_warnings(record=True) as caught:
+    ...     warnings.simplefilter("always")
+    ...     warn_short(torch.tensor([1.0, 0.25]), 16000, 8000)
+    1
+    >>> print(caught[0].message)
+    1 utterance(s) shorter than 0.500 s (1: 0.250 s): embeddings of clips this short are less reliable (see the model card's accuracy by duration)
+    """
+    n = torch.round(torch.as_tensor(wav_lens, dtype=torch.float32).flatten() * total).long()
+    short = [i for i, v in enumerate(n.tolist()) if v < short_samples]
+    if short:
+        shown = ", ".join(f"{names[i] if names else i}: {int(n[i]) / sample_rate:.3f} s"
+                          for i in short[:5])
+        warnings.warn(f"{len(short)} utterance(s) shorter than {short_samples / sample_rate:.3f} s "
+                      f"({shown}{', ...' if len(short) > 5 else ''}): embeddings of clips this "
+                      "short are less reliable (see the model card's accuracy by duration)",
+                      ShortAudioWarning, stacklevel=3)
+    return len(short)
 
 
 def crop_or_tile(sig, n):

@@ -110,7 +110,7 @@ def embed_manifest(encoder, rows, batch_size=8, num_workers=0, sample_rate=16000
     """
     if not rows:
         return [], torch.zeros(0, int(getattr(encoder, "embed_dim", 0)))
-    min_samples = max(1, int(round(min_duration * sample_rate)))
+    min_samples = max(int(getattr(encoder, "min_samples", 1)), int(round(min_duration * sample_rate)))
     loader = sb.dataio.dataloader.make_dataloader(_dataset(rows, sample_rate), batch_size=batch_size,
                                                   num_workers=num_workers)
     was_training = encoder.training

@@ -121,6 +121,11 @@ class MRLEncoder(nn.Module):
             return [int(self.embedding_model.embed_dim)]
         return [int(d) for d in self.mrl_head.mrl_dims]
 
+    @property
+    def min_samples(self):
+        """Shortest waveform the front end takes (its reflect padding needs ``n_fft // 2 + 1``)."""
+        return int(self.compute_features.n_fft) // 2 + 1
+
     def train(self, mode=True):
         """As ``nn.Module.train``, but a frozen backbone (and the head's input norm) stay in ``eval()``."""
         super().train(mode)

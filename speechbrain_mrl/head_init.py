@@ -17,11 +17,63 @@ import torch
 from speechbrain_mrl.losses import class_centroids
 from speechbrain_mrl.metrics import id_metrics
 
-__all__ = ["ORDERINGS", "pooled_statistics", "init_head_from_backbone", "evaluate_trials"]
+__all__ = ["ORDERINGS", "window_rows", "pooled_statistics", "init_head_from_backbone", "evaluate_trials"]
 
 ORDERINGS = ("discriminant", "pca", "identity")
 
 logger = logging.getLogger(__name__)
+
+
+def window_rows(rows, duration=None, min_duration=2.0, sample_rate=16000):
+    """Manifest rows re-cut into ``duration``-second windows of each file's listed audio.
+
+    The rows of one file (e.g. the consecutive segments a data preparation
+    cut) are merged into one span, from their first start to their last stop,
+    which is cut into consecutive windows; ``duration=None`` gives the whole
+    span. Windows (tails included) shorter than ``min_duration`` are left out,
+    so files shorter than that give none.
+
+    Arguments
+    ---------
+    rows : dict of str to dict
+        Manifest rows by ID (``wav``, ``start``, ``stop``, ``spk_id``).
+    duration : float, optional
+        Window length in seconds (None: whole spans).
+    min_duration : float
+        Shortest window kept, in seconds.
+    sample_rate : int
+        Sample rate of ``start``/``stop``.
+
+    Returns
+    -------
+    dict of str to dict
+        ``{"<file>@<start>": row}`` with ``duration`` (s), ``wav``, ``start``,
+        ``stop`` and ``spk_id``.
+
+    Example
+    -------
+    >>> rows = {f"a_{i}": {"wav": "a.flac", "start": 32000 * i, "stop": 32000 * (i + 1),
+    ...                    "spk_id": "s1"} for i in range(5)}
+    >>> [(r["start"], r["stop"]) for r in window_rows(rows, 4.0).values()]
+    [(0, 64000), (64000, 128000), (128000, 160000)]
+    >>> [r["duration"] for r in window_rows(rows).values()]
+    [10.0]
+    """
+    spans = {}
+    for r in rows.values():
+        start, stop = int(r["start"]), int(r["stop"])
+        first, last, spk = spans.get(r["wav"], (start, stop, r["spk_id"]))
+        spans[r["wav"]] = (min(first, start), max(last, stop), spk)
+    out = {}
+    min_len = int(round(min_duration * sample_rate))
+    for wav, (first, last, spk) in sorted(spans.items()):
+        step = int(round(duration * sample_rate)) if duration else last - first
+        for start in range(first, last, step):
+            stop = min(start + step, last)
+            if stop - start >= min_len:
+                out[f"{wav}@{start}"] = {"wav": wav, "start": start, "stop": stop, "spk_id": spk,
+                                         "duration": (stop - start) / sample_rate}
+    return out
 
 
 @torch.no_grad()

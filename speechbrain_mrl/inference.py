@@ -34,7 +34,7 @@ import torchaudio
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
-from speechbrain_mrl.dataio import AudioError, check_waveforms, load_audio
+from speechbrain_mrl.dataio import AudioError, check_waveforms, load_audio, warn_short
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.matryoshka import check_target_dim
 
@@ -50,7 +50,10 @@ class MRLEncoderClassifier(EncoderClassifier):
     ``embedding_model`` (:class:`~speechbrain_mrl.redimnet.ReDimNet`) and
     ``mrl_head`` (:class:`~speechbrain_mrl.matryoshka.MatryoshkaProjection`),
     which :attr:`encoder` (:class:`~speechbrain_mrl.encoder.MRLEncoder`) chains,
-    and optionally the hparams ``thresholds``, ``sample_rate``, ``min_duration``.
+    and optionally the hparams ``thresholds``, ``sample_rate``, ``min_duration``
+    (shorter audio is refused; never below what the front end needs,
+    :attr:`MRLEncoder.min_samples`) and ``short_duration`` (shorter audio is
+    embedded with a :class:`~speechbrain_mrl.dataio.ShortAudioWarning`).
 
     Arguments
     ---------
@@ -91,6 +94,10 @@ class MRLEncoderClassifier(EncoderClassifier):
         self.mrl_dims = self.encoder.mrl_dims
         self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
         self.min_duration = float(getattr(self.hparams, "min_duration", 0.0) or 0.0)
+        self.short_duration = float(getattr(self.hparams, "short_duration", 0.0) or 0.0)
+        recommended = getattr(self.hparams, "recommended_dim", None)
+        #: The size with the best validation EER when the model folder records it, else None.
+        self.recommended_dim = None if recommended is None else int(recommended)
         thr = getattr(self.hparams, "thresholds", None) or {}
         self.thresholds = {int(k): float(v) for k, v in thr.items()}
         self.similarity = torch.nn.CosineSimilarity(dim=-1, eps=1e-6)
@@ -250,8 +257,10 @@ class MRLEncoderClassifier(EncoderClassifier):
         if sample_rate is not None and int(sample_rate) != self.sample_rate:
             wavs, wav_lens = check_waveforms(wavs, wav_lens)  # relative lengths survive resampling
             wavs = torchaudio.functional.resample(wavs, int(sample_rate), self.sample_rate)
-        min_samples = max(int(round(self.min_duration * self.sample_rate)), 1)
+        min_samples = max(int(round(self.min_duration * self.sample_rate)), self.encoder.min_samples)
         wavs, wav_lens = check_waveforms(wavs, wav_lens, min_samples, self.sample_rate)
+        warn_short(wav_lens, wavs.shape[1], int(round(self.short_duration * self.sample_rate)),
+                   self.sample_rate)
         with torch.no_grad():
             return self.encoder(wavs.to(self.device), wav_lens.to(self.device))
 

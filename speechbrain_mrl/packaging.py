@@ -86,7 +86,8 @@ def _check_thresholds(thresholds, mrl_dims):
 
 
 def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=None,
-                       sample_rate=16000, min_duration=0.5):
+                       sample_rate=16000, min_duration=0.0, short_duration=0.5,
+                       recommended_dim=None):
     """Inference ``hyperparams.yaml`` text for a Matryoshka ReDimNet.
 
     Arguments
@@ -105,7 +106,11 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     sample_rate : int
         Model sample rate.
     min_duration : float
-        Shortest accepted input, seconds.
+        Shortest accepted input, seconds (0: what the front end can take).
+    short_duration : float
+        Shorter inputs are embedded with a warning, seconds.
+    recommended_dim : int, optional
+        The size with the best validation EER (see :func:`recommended_dim`).
 
     Returns
     -------
@@ -134,6 +139,8 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     return HYPERPARAMS_TEMPLATE.format(
         sample_rate=int(sample_rate),
         min_duration=float(min_duration),
+        short_duration=float(short_duration),
+        recommended_dim="null" if recommended_dim is None else int(recommended_dim),
         embed_dim=int(embed_dim),
         mrl_dims=json.dumps([int(d) for d in mrl_dims]),
         thresholds=thr_text,
@@ -147,7 +154,37 @@ def _cpu_state(module):
     return {k: v.detach().cpu().clone() for k, v in module.state_dict().items()}
 
 
-def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
+def recommended_dim(validation):
+    """The size with the lowest validation EER, averaged over the lists (ties: the smaller).
+
+    Arguments
+    ---------
+    validation : dict of str to dict
+        ``{list name: {size: EER}}``, every list with the same sizes.
+
+    Returns
+    -------
+    int
+
+    Example
+    -------
+    >>> recommended_dim({"clips": {64: 7.9, 192: 8.3}, "long": {64: 1.2, 192: 0.6}})
+    192
+    >>> recommended_dim({"clips": {64: 7.9, 192: 8.3}})
+    64
+    """
+    sizes = [sorted(int(d) for d in eers) for eers in validation.values()]
+    if not sizes or any(s != sizes[0] for s in sizes) or not sizes[0]:
+        raise ValueError(f"validation must give an EER for the same sizes on every list, got "
+                         f"{ {name: sorted(e) for name, e in validation.items()} }")
+    mean = {d: sum(float({int(k): v for k, v in eers.items()}[d]) for eers in validation.values())
+            / len(validation) for d in sizes[0]}
+    if not all(math.isfinite(v) for v in mean.values()):
+        raise ValueError(f"validation EERs must be finite, got {validation}")
+    return min(sizes[0], key=lambda d: (mean[d], d))
+
+
+def write_model_folder(folder, encoder, thresholds=None, extra_info=None, validation=None):
     """Writes a model folder loadable by ``MRLEncoderClassifier.from_hparams``.
 
     The folder's names are the encoder's own: ``embedding_model.ckpt`` and
@@ -166,7 +203,12 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
         a validation trial list).
     extra_info : dict, optional
         JSON-serialisable information stored in ``model_info.json`` (training
-        data, epochs, validation EER, ...).
+        data, epochs, ...).
+    validation : dict, optional
+        ``{list name: {size: EER %}}`` on validation trial lists: stored as
+        ``validation_EER`` in ``model_info.json``, with the
+        :func:`recommended_dim` also in ``hyperparams.yaml``
+        (``MRLEncoderClassifier.recommended_dim``).
 
     Returns
     -------
@@ -198,6 +240,15 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
         "model_config": plain_config(encoder.model_config),
         "extra_info": plain_config(extra_info) if extra_info is not None else {},
     }
+    recommended = None
+    if validation:
+        recommended = recommended_dim(validation)
+        info["validation_EER"] = {name: {str(int(d)): float(v) for d, v in sorted(
+            eers.items(), key=lambda kv: int(kv[0]))} for name, eers in validation.items()}
+        info["recommended_dim"] = recommended
+        if recommended not in mrl_dims:
+            raise ValueError(f"validation sizes {sorted(validation[next(iter(validation))])} "
+                             f"are not the model's mrl_dims={mrl_dims}")
     try:
         info_text = json.dumps(info, indent=2) + "\n"
     except TypeError as err:
@@ -213,7 +264,7 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None):
     save_torch_atomic(_cpu_state(encoder.mrl_head), folder / "mrl_head.ckpt")
     write_text_atomic(folder / "hyperparams.yaml", render_hyperparams(
         encoder.model_config, encoder.pool_dim, encoder.embed_dim, mrl_dims, thr,
-        sample_rate=info["sample_rate"]))
+        sample_rate=info["sample_rate"], recommended_dim=recommended))
     write_text_atomic(folder / "calibration.json", json.dumps(calibration, indent=2) + "\n")
     write_text_atomic(folder / "model_info.json", info_text)
     return folder

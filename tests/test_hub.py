@@ -76,6 +76,8 @@ def test_hub_folder_and_model_card(hub, capsys):
     assert "| official ReDimNet | 12 |" in card
     assert 'source="someone/mrl-tiny"' in card and "target_dim=" in card
     assert "@inproceedings{yakovlev2024redimnet" in card and "veri_test2.txt" in card
+    # every size's validation EER and the recommended size, as the training recorded them
+    assert "| valid_long | 3.00 | 1.00 | 0.90 |" in card and "Recommended size: **8**" in card
     # dry run lists and uploads nothing
     pkg.main(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
               str(root / "scores" / "results.json"), "--out", str(root / "again"), "--dry-run"])
@@ -93,7 +95,7 @@ def test_hub_folder_loads_offline_and_matches_training(hub, tmp_path, no_network
     for d in MRL_DIMS:
         torch.testing.assert_close(m.encode_batch(wavs, lens, target_dim=d)[:, 0], ref[:, :d],
                                    atol=1e-5, rtol=0)
-    assert m.thresholds == THRESHOLDS
+    assert m.thresholds == THRESHOLDS and m.recommended_dim == 8
 
 
 def test_foreign_class_path(hub, tmp_path, no_network):

@@ -1,6 +1,7 @@
 """Tests of speechbrain_mrl.inference.MRLEncoderClassifier and packaging.write_model_folder."""
 import json
 import os
+import warnings
 
 import pytest
 import soundfile as sf
@@ -8,7 +9,9 @@ import torch
 import torchaudio
 
 from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
+                           tiny_modules,
                            speaker_voice, write_tiny_model)
+from speechbrain_mrl.dataio import ShortAudioWarning
 from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
 from speechbrain_mrl.packaging import read_calibration, write_model_folder
 
@@ -132,6 +135,43 @@ def test_verification_thresholds(model, tmp_path):
             model.encode_batch(a, target_dim=bad)
 
 
+def test_recommended_size_recorded(tmp_path):
+    from mrl_testutils import VALIDATION
+    from speechbrain_mrl.packaging import recommended_dim
+
+    folder, _, _ = write_tiny_model(tmp_path / "m")
+    info = json.loads((folder / "model_info.json").read_text())
+    assert info["validation_EER"]["valid"] == {"4": 9.0, "8": 7.5, "16": 8.0}
+    assert info["recommended_dim"] == 8 == recommended_dim(VALIDATION)
+    model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    assert model.recommended_dim == 8
+    assert recommended_dim({"a": {4: 2.0, 8: 2.0}}) == 4  # ties: the smaller size
+    with pytest.raises(ValueError, match="same sizes"):
+        recommended_dim({"a": {4: 1.0, 8: 2.0}, "b": {8: 1.0}})
+    with pytest.raises(ValueError, match="finite"):
+        recommended_dim({"a": {4: float("nan"), 8: 2.0}})
+    with pytest.raises(ValueError, match="mrl_dims"):
+        write_model_folder(tmp_path / "bad", tiny_encoder(*tiny_modules(0)),
+                           validation={"a": {5: 1.0, 9: 2.0}})
+    plain = write_model_folder(tmp_path / "plain", tiny_encoder(*tiny_modules(0)))
+    assert MRLEncoderClassifier.from_hparams(source=str(plain)).recommended_dim is None
+
+
+def test_short_clips_embed_with_a_warning(model):
+    """Clips the front end can take embed; under the model's short_duration with a warning."""
+    good = speaker_voice(0, 0, 1.0)
+    assert model.encoder.min_samples == 257 and model.short_duration == 0.5
+    with pytest.warns(ShortAudioWarning, match=r"1 utterance\(s\) shorter than 0.500 s \(0: 0.100 s\)"):
+        short = model.encode_batch(good[None, :1600])
+    assert short.shape == (1, 1, EMBED_DIM) and torch.isfinite(short).all()
+    with pytest.warns(ShortAudioWarning, match=r"\(1: 0.020 s\)"):
+        both = model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 0.02]))
+    torch.testing.assert_close(both[1], model.encode_batch(good[None, :320])[0], atol=1e-4, rtol=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no warning at or above short_duration
+        model.encode_batch(good[None, :8000])
+
+
 def test_bad_audio_errors(model, tmp_path):
     good = speaker_voice(0, 0, 1.0)
     cases = {
@@ -139,7 +179,7 @@ def test_bad_audio_errors(model, tmp_path):
         "zeros": (torch.zeros(1, 16000), "all zeros"),
         "nan": (torch.cat([good[:8000], torch.tensor([float("nan")]), good[8001:]])[None], "NaN or Inf"),
         "inf": (torch.cat([good[:100], torch.tensor([float("inf")]), good[101:]])[None], "NaN or Inf"),
-        "short": (good[None, :1600], "too short"),
+        "short": (good[None, :200], "too short"),  # under what the front end takes (257)
     }
     for name, (wav, msg) in cases.items():
         with pytest.raises(AudioError, match=msg):
@@ -152,7 +192,7 @@ def test_bad_audio_errors(model, tmp_path):
     emb = model.encode_batch(padded, torch.tensor([1.0, 0.75]))
     torch.testing.assert_close(emb[1], model.encode_batch(good[None, :12000])[0], atol=1e-4, rtol=0)
     with pytest.raises(AudioError, match="utterance 1: audio too short"):
-        model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 0.2]))
+        model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 0.01]))
     with pytest.raises(AudioError, match="relative lengths"):
         model.encode_batch(torch.stack([good, good]), torch.tensor([1.0, 1.5]))
     # files

@@ -194,10 +194,15 @@ class MRLBrain(sb.core.Brain):
             return
         self.checkpointer.check_finite()  # a poisoned model is named before its NaN scores
         dims = unwrap(self.modules.encoder).mrl_dims
-        metrics = id_metrics(self.valid_embeddings, self.valid_trials, dims)
-        mean_eer = sum(m["EER"] for m in metrics.values()) / len(metrics)
+        lists = {name: id_metrics(self.valid_embeddings, trials, dims)
+                 for name, trials in self.valid_trials.items()}
+        mean_eer = sum(m["EER"] for metrics in lists.values() for m in metrics.values()) / (
+            len(lists) * len(dims))
         stats = {"EER": round(mean_eer, 4)}
-        stats.update({f"EER_{d}": round(m["EER"], 3) for d, m in metrics.items()})
+        for name, metrics in lists.items():
+            tag = "" if name == "valid" else name.replace("valid", "")
+            stats.update({f"EER{tag}_{d}": round(m["EER"], 3) for d, m in metrics.items()})
+        metrics = lists["valid"]
         lr = self.optimizer.param_groups[0]["lr"] if getattr(self, "optimizer", None) else None
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch, "lr": lr, "frozen_backbone": self.backbone_frozen},
@@ -250,26 +255,33 @@ def dataio_prep(hparams):
     label_encoder.load_or_create(path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
                                  from_didatasets=[train], output_key="spk_id")
 
-    def eval_set(csv_paths, trials_path):
+    def eval_set(csv_paths, trials_paths):
+        """One dataset of the utterances of every trial list, and the lists' trials."""
         rows = {}
         for path in csv_paths:
             rows.update(read_manifest(path))
-        ds = sb.dataio.dataset.DynamicItemDataset(rows)
-        labels, enrol, test, _ = resolve_trials(
-            read_trials(trials_path), rows,
-            f"{trials_path} (files the data preparation skipped are in its skipped_files.txt)")
-        keep = set(enrol) | set(test)
-        ds = ds.filtered_sorted(key_test={"id": lambda i: i in keep}, sort_key="duration")
+        trials, keep = [], set()
+        for path in trials_paths:
+            labels, enrol, test, _ = resolve_trials(
+                read_trials(path), rows,
+                f"{path} (files the data preparation skipped are in its skipped_files.txt)")
+            trials.append((labels, enrol, test))
+            keep.update(enrol, test)
+        ds = sb.dataio.dataset.DynamicItemDataset(rows).filtered_sorted(
+            key_test={"id": lambda i: i in keep}, sort_key="duration")
         ds.add_dynamic_item(eval_pipeline)
         ds.set_output_keys(["id", "sig"])
-        return ds, (labels, enrol, test)
+        return ds, trials
 
     out = {"train": train, "label_encoder": label_encoder}
-    out["valid"], out["valid_trials"] = eval_set([hparams["valid_annotation"]],
-                                                 hparams["valid_trials"])
+    valid = {"valid": (hparams["valid_annotation"], hparams["valid_trials"])}
+    if hparams.get("valid_long_trials"):  # a second validation list, scored from the same loader
+        valid["valid_long"] = (hparams["valid_long_annotation"], hparams["valid_long_trials"])
+    out["valid"], trials = eval_set([m for m, _ in valid.values()], [t for _, t in valid.values()])
+    out["valid_trials"] = dict(zip(valid, trials))
     if hparams["test_trials"]:
-        out["test"], out["test_trials"] = eval_set(
-            [hparams["enrol_annotation"], hparams["test_annotation"]], hparams["test_trials"])
+        out["test"], (out["test_trials"],) = eval_set(
+            [hparams["enrol_annotation"], hparams["test_annotation"]], [hparams["test_trials"]])
     if hparams["train_backbone"]:
         return out
     rng = random.Random(hparams["seed"])  # crops for the head initialisation
@@ -367,9 +379,11 @@ def main(argv):
     best = hparams["final_checkpoint"] == "best_valid"
     brain.checkpointer.recover_if_possible(min_key="EER" if best else None)
     encoder = unwrap(brain.modules.encoder)
-    val = evaluate_trials(encoder, [brain.valid_loader], datasets["valid_trials"], brain.device)["test"]
-    results = {"valid": val, "epoch_times_s": brain.epoch_times, "n_classes": n_classes,
-               "frozen_backbone": not hparams["train_backbone"]}
+    results = {name: evaluate_trials(encoder, [brain.valid_loader], trials, brain.device)["test"]
+               for name, trials in datasets["valid_trials"].items()}
+    val = results["valid"]
+    results.update({"epoch_times_s": brain.epoch_times, "n_classes": n_classes,
+                    "frozen_backbone": not hparams["train_backbone"]})
     if "test" in datasets:
         heads = []
         if not hparams["train_backbone"]:
@@ -386,14 +400,15 @@ def main(argv):
         if hparams["write_model_folder"] and encoder.mrl_head is not None:
             write_model_folder(hparams["model_folder"], encoder,
                                thresholds={d: m["threshold"] for d, m in val.items()},
-                               extra_info={"valid_EER": {str(d): m["EER"] for d, m in val.items()},
-                                           "n_train_speakers": n_classes,
+                               validation={name: {d: m["EER"] for d, m in results[name].items()}
+                                           for name in datasets["valid_trials"]},
+                               extra_info={"n_train_speakers": n_classes,
                                            "datasets": list(hparams.get("datasets") or []),
                                            "command": command,
                                            "frozen_backbone": not hparams["train_backbone"]})
         # written last: its presence marks a finished run (run_demo.py relies on it)
         write_text_atomic(os.path.join(out, "results.json"), json.dumps(results, indent=1))
-        for split in ("valid", "test", "test_init", "test_pca", "test_backbone"):
+        for split in ("valid", "valid_long", "test", "test_init", "test_pca", "test_backbone"):
             if split in results:
                 logger.info("%s: %s", split, {d: round(m["EER"], 2) for d, m in results[split].items()})
         hparams["train_logger"].close()
