@@ -141,6 +141,64 @@ class SpeakerIndex:
         self._vectors = np.concatenate([np.asarray(self._vectors), means])
         self._stage_indexes = {}
 
+    @classmethod
+    def for_model(cls, model, model_folder=None, **kwargs):
+        """An empty index for the sizes of an ``MRLEncoderClassifier``.
+
+        ``model_folder`` (the folder the model was loaded from) records its
+        fingerprint, which :meth:`load` then checks; ``kwargs`` go to the
+        constructor (``first_stage``, ``dtype``, ...).
+        """
+        from speechbrain_mrl.packaging import model_fingerprint
+
+        sha = model_fingerprint(model_folder) if model_folder is not None else None
+        return cls(model.embed_dim, model.mrl_dims, model_sha256=sha, **kwargs)
+
+    def embed_audio(self, model, files, batch_size=16):
+        """Full-size embeddings ``[N, embed_dim]`` of audio files, in their order.
+
+        Arguments
+        ---------
+        model : MRLEncoderClassifier
+            A model of this index's sizes.
+        files : list of str or os.PathLike
+            Audio files (any rate or channel count the model's reader takes).
+        batch_size : int
+            Files per batch (padded and bucketed by length).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        from speechbrain_mrl.dataio import audio_info, check_audio_files
+        from speechbrain_mrl.embeddings import embed_manifest
+
+        if int(model.embed_dim) != self.embed_dim or list(model.mrl_dims) != self.mrl_dims:
+            raise ValueError(f"the model gives sizes {list(model.mrl_dims)}, the index holds "
+                             f"{self.mrl_dims}: use the model the index was built with")
+        rows = {str(i): {"wav": str(path)} for i, path in enumerate(files)}
+        if not rows:
+            raise ValueError("no audio files given")
+        check_audio_files(rows, "files")
+        for row in rows.values():
+            frames, sr = audio_info(row["wav"])
+            row["duration"] = frames / sr
+        ids, emb = embed_manifest(model.encoder, rows, batch_size=batch_size,
+                                  sample_rate=model.sample_rate, min_duration=model.min_duration,
+                                  device=model.device)
+        order = np.argsort([int(i) for i in ids])
+        return emb.numpy()[order]
+
+    def enrol_audio(self, model, speaker_ids, files, replace=False, batch_size=16):
+        """:meth:`enrol` from audio files: one speaker ID per file (several files per speaker)."""
+        if len(speaker_ids) != len(files):
+            raise ValueError(f"{len(speaker_ids)} speaker IDs for {len(files)} files")
+        self.enrol(speaker_ids, self.embed_audio(model, files, batch_size), replace=replace)
+
+    def search_audio(self, model, files, k=1, stages=None, shortlist=100, batch_size=16):
+        """:meth:`search` with audio files as queries."""
+        return self.search(self.embed_audio(model, files, batch_size), k, stages, shortlist)
+
     def remove(self, speaker_ids):
         """Removes enrolled speakers (an unknown ID is an error, and nothing is removed).
 

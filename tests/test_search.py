@@ -209,6 +209,37 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     assert proc.returncode == 0 and "--stages" in proc.stdout
 
 
+def test_enrol_and_search_from_audio_in_the_library(tmp_path):
+    """SpeakerIndex.enrol_audio/search_audio through MRLEncoderClassifier equal the embedding path."""
+    from mrl_testutils import write_tiny_model, write_voice_corpus
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.search import SpeakerIndex
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    corpus = sorted(write_voice_corpus(tmp_path / "speakers", n_spk=3, n_utt=3).values())
+    spks, files = [s for s, _ in corpus], [str(p) for _, p in corpus]
+    index = SpeakerIndex.for_model(model, folder)
+    index.enrol_audio(model, spks, files, batch_size=4)
+    assert index.speakers == sorted(set(spks)) and index.counts == [3, 3, 3]
+    by_file = np.stack([model.encode_file(f)[0, 0].numpy() for f in files])
+    reference = SpeakerIndex(model.embed_dim, model.mrl_dims)
+    reference.enrol(spks, by_file)
+    np.testing.assert_allclose(index._vectors, reference._vectors, atol=1e-5)
+    found, scores = index.search_audio(model, files[:2], k=2, stages=[4], shortlist=3)
+    ref_found, ref_scores = reference.search(by_file[:2], k=2, stages=[4], shortlist=3)
+    assert found == ref_found and np.allclose(scores, ref_scores, atol=1e-5)
+    index.save(tmp_path / "index")
+    SpeakerIndex.load(tmp_path / "index", model_sha256=index.model_sha256)
+    with pytest.raises(FileNotFoundError, match="do not exist"):
+        index.enrol_audio(model, ["x"], [str(tmp_path / "missing.wav")])
+    with pytest.raises(ValueError, match="2 speaker IDs for 1 files"):
+        index.enrol_audio(model, ["x", "y"], files[:1])
+    other = SpeakerIndex(8, [4, 8])
+    with pytest.raises(ValueError, match="use the model the index was built with"):
+        other.embed_audio(model, files[:1])
+
+
 def test_open_set_rates_against_a_count():
     from speechbrain_mrl.search import open_set_rates
 
