@@ -2,11 +2,12 @@
 
 The exported graph contains the whole pipeline: the log-mel front end
 (:class:`~speechbrain_mrl.features.ReDimNetFbank`, ``torch.stft`` included),
-the ReDimNet lobe and the Matryoshka head. Input ``wavs`` ``[batch, time]``
-(16 kHz, float32; both axes dynamic; the utterances of one batch share their
-length: no padding mask in the exported graph), outputs ``embedding_<d>``
-``[batch, d]`` for every Matryoshka size ``d`` (prefixes of one projection,
-not normalised; identical to ``MRLEncoderClassifier.encode_batch``).
+the ReDimNet lobe and the Matryoshka head. Inputs ``wavs`` ``[batch, time]``
+(16 kHz, float32, zero-padded; both axes dynamic) and ``wav_lens``
+``[batch]`` (relative lengths in ``(0, 1]``, as in SpeechBrain), so one batch
+may mix lengths; outputs ``embedding_<d>`` ``[batch, d]`` for every
+Matryoshka size ``d`` (prefixes of one projection, not normalised; the same
+as ``MRLEncoderClassifier.encode_batch`` with the same lengths).
 
 ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
 ``torch.stft``; the legacy TorchScript-based exporter cannot export it.
@@ -59,8 +60,10 @@ class PerSizeOutputs(nn.Module):
     ...                                   group_divisor=2, embed_dim=8))
     >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, 8, [4, 8])
     >>> outputs = PerSizeOutputs(enc).eval()
-    >>> [e.shape for e in outputs(torch.randn(2, 8000))], outputs.output_names
-    ([torch.Size([2, 4]), torch.Size([2, 8])], ['embedding_4', 'embedding_8'])
+    >>> [e.shape for e in outputs(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))]
+    [torch.Size([2, 4]), torch.Size([2, 8])]
+    >>> outputs.input_names, outputs.output_names
+    (['wavs', 'wav_lens'], ['embedding_4', 'embedding_8'])
     """
 
     def __init__(self, encoder):
@@ -72,9 +75,15 @@ class PerSizeOutputs(nn.Module):
         """``embedding_<d>`` for every size."""
         return [f"embedding_{d}" for d in self.encoder.mrl_dims]
 
-    def forward(self, wavs):
-        """Embeds equal-length waveforms ``[B, T]``; returns ``(emb_d1, emb_d2, ...)``."""
-        return tuple(self.encoder.all_dims(wavs).values())
+    #: Graph input names.
+    input_names = ["wavs", "wav_lens"]
+
+    def forward(self, wavs, wav_lens):
+        """Embeds zero-padded waveforms ``[B, T]`` of relative lengths ``[B]``.
+
+        Returns ``(emb_d1, emb_d2, ...)``.
+        """
+        return tuple(self.encoder.all_dims(wavs, wav_lens).values())
 
 
 def load_encoder(model_folder):
@@ -97,8 +106,13 @@ def require_export_extra(*modules):
 
 
 def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
+    """``(wavs, wav_lens)``: noise, the last utterance 3/4 of the others' length (zero-padded)."""
     g = torch.Generator().manual_seed(seed)
-    return 0.1 * torch.randn(batch, int(seconds * sample_rate), generator=g)
+    wavs = 0.1 * torch.randn(batch, int(seconds * sample_rate), generator=g)
+    lens = torch.ones(batch)
+    lens[-1] = 0.75
+    wavs[-1, int(0.75 * wavs.shape[1]):] = 0.0
+    return wavs, lens
 
 
 def export_torchscript(encoder, path, example=None):
@@ -110,8 +124,9 @@ def export_torchscript(encoder, path, example=None):
         In eval mode.
     path : str or os.PathLike
         Output ``.pt`` file (``torch.jit.load`` reads it).
-    example : torch.Tensor, optional
-        Example input ``[B, T]`` (default: 2 x 2 s of noise).
+    example : tuple of torch.Tensor, optional
+        Example ``(wavs [B, T], wav_lens [B])`` (default: 2 x 2 s of noise,
+        one of them padded).
 
     Returns
     -------
@@ -122,7 +137,7 @@ def export_torchscript(encoder, path, example=None):
     with torch.no_grad(), warnings.catch_warnings():
         # shape checks of the lobe/head become constants: expected, not a problem
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(module, (example,), check_trace=False, strict=False)
+        traced = torch.jit.trace(module, tuple(example), check_trace=False, strict=False)
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     traced.save(str(path))
@@ -139,8 +154,9 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
         In eval mode.
     path : str or os.PathLike
         Output ``.onnx`` file (weights embedded).
-    example : torch.Tensor, optional
-        Example input ``[B, T]`` (default: 2 x 2 s of noise).
+    example : tuple of torch.Tensor, optional
+        Example ``(wavs [B, T], wav_lens [B])`` (default: 2 x 2 s of noise,
+        one of them padded).
     min_seconds, max_seconds : float
         Range of the dynamic time axis.
     sample_rate : int
@@ -162,15 +178,16 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
-            module, (example,), dynamo=True, input_names=["wavs"],
-            output_names=module.output_names, dynamic_shapes={"wavs": {0: batch, 1: time}},
+            module, tuple(example), dynamo=True, input_names=module.input_names,
+            output_names=module.output_names,
+            dynamic_shapes={"wavs": {0: batch, 1: time}, "wav_lens": {0: batch}},
             opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
         )
     program.save(str(path), external_data=False)
     return path
 
 
-def onnx_parity(encoder, onnx_path, wavs):
+def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
     """Max absolute difference between PyTorch and onnxruntime outputs.
 
     Arguments
@@ -180,7 +197,9 @@ def onnx_parity(encoder, onnx_path, wavs):
     onnx_path : str or os.PathLike
         Exported model.
     wavs : torch.Tensor
-        Input ``[B, T]``.
+        Input ``[B, T]``, zero-padded.
+    wav_lens : torch.Tensor, optional
+        Relative lengths ``[B]`` (default: all 1).
 
     Returns
     -------
@@ -189,10 +208,11 @@ def onnx_parity(encoder, onnx_path, wavs):
     require_export_extra("onnxruntime")
     import onnxruntime as ort
 
+    wav_lens = torch.ones(wavs.shape[0]) if wav_lens is None else wav_lens.float()
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    outs = sess.run(None, {"wavs": wavs.float().numpy()})
+    outs = sess.run(None, {"wavs": wavs.float().numpy(), "wav_lens": wav_lens.numpy()})
     with torch.no_grad():
-        refs = PerSizeOutputs(encoder).eval()(wavs.float())
+        refs = PerSizeOutputs(encoder).eval()(wavs.float(), wav_lens)
     if len(outs) != len(refs):
         raise RuntimeError(f"ONNX model gives {len(outs)} outputs, expected {len(refs)}")
     return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, refs))
@@ -214,7 +234,7 @@ def main(argv=None):
     out = export_onnx(enc, args.out, opset_version=args.opset)
     print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")
     if args.check:
-        diff = onnx_parity(enc, out, _example(seconds=3.1, batch=3, seed=1))
+        diff = onnx_parity(enc, out, *_example(seconds=3.1, batch=3, seed=1))
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
     return out
 

@@ -64,6 +64,11 @@ def _abs_lengths(rel_lens, total):
     return lens.clamp(1, total)
 
 
+def building_graph():
+    """True while tracing or exporting: graphs keep the length-masked path for every batch."""
+    return torch.jit.is_tracing() or torch.compiler.is_exporting()
+
+
 def length_mask(lengths, max_len):
     """Boolean mask ``[B, max_len]`` of valid steps, or None if all are valid.
 
@@ -91,7 +96,7 @@ def length_mask(lengths, max_len):
     if lengths is None:
         return None
     n = _abs_lengths(lengths.to(torch.float32), max_len).to(lengths.device)
-    if bool((n >= max_len).all()):
+    if not building_graph() and bool((n >= max_len).all()):
         return None
     return torch.arange(max_len, device=n.device)[None, :] < n[:, None]
 
@@ -255,7 +260,7 @@ class ReDimNetFbank(nn.Module):
         samples = None
         if wav_lens is not None:
             samples = _abs_lengths(wav_lens.to(wavs.device), total)
-            if bool((samples >= total).all()):
+            if not building_graph() and bool((samples >= total).all()):
                 samples = None
         with torch.no_grad(), torch.autocast(wavs.device.type, enabled=False):
             x = self._preemphasis(wavs.float())

@@ -28,11 +28,38 @@ def _speechy(batch, seconds, seed=0):
     return torch.stack([speaker_voice(seed + i, i, seconds) for i in range(batch)])
 
 
+def _mixed(clips):
+    """Zero-padded batch of 1-D clips and their relative lengths."""
+    longest = max(len(c) for c in clips)
+    wavs = torch.stack([torch.nn.functional.pad(c, (0, longest - len(c))) for c in clips])
+    return wavs, torch.tensor([len(c) / longest for c in clips])
+
+
 @pytest.mark.parametrize("batch,seconds", [(1, 0.7), (3, 2.3), (5, 1.0)])
 def test_onnx_parity_dynamic_axes(exported, batch, seconds):
     _, enc, onnx_path, _ = exported
     wavs = _speechy(batch, seconds, seed=batch)
     assert ex.onnx_parity(enc, onnx_path, wavs) <= 1e-4
+
+
+def test_mixed_length_batches_match_each_utterance_alone(exported):
+    """ONNX and TorchScript take wav_lens: a padded batch gives each clip's own embeddings."""
+    import onnxruntime as ort
+
+    _, enc, onnx_path, ts_path = exported
+    clips = [speaker_voice(i, i, s) for i, s in enumerate((2.1, 0.6, 1.3, 0.35))]
+    wavs, lens = _mixed(clips)
+    assert ex.onnx_parity(enc, onnx_path, wavs, lens) <= 1e-4
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    ts = torch.jit.load(str(ts_path))
+    batch_onnx = sess.run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
+    with torch.no_grad():
+        batch_ts = ts(wavs, lens)
+        for i, clip in enumerate(clips):
+            alone = enc.all_dims(clip[None], torch.ones(1))
+            for d, o, t in zip(MRL_DIMS, batch_onnx, batch_ts):
+                assert float((torch.from_numpy(o[i]) - alone[d][0]).abs().max()) <= 1e-4
+                assert float((t[i] - alone[d][0]).abs().max()) <= 1e-4
 
 
 def test_onnx_outputs_match_interface(exported):
@@ -41,13 +68,14 @@ def test_onnx_outputs_match_interface(exported):
     folder, _, onnx_path, _ = exported
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == [f"embedding_{d}" for d in MRL_DIMS]
-    inp = sess.get_inputs()[0]
-    assert inp.name == "wavs" and all(isinstance(s, str) for s in inp.shape)  # dynamic axes
+    wav_in, lens_in = sess.get_inputs()
+    assert wav_in.name == "wavs" and all(isinstance(s, str) for s in wav_in.shape)  # dynamic axes
+    assert lens_in.name == "wav_lens" and lens_in.shape == [wav_in.shape[0]]
     model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
-    wavs = _speechy(2, 1.6, seed=7)
-    outs = sess.run(None, {"wavs": wavs.numpy()})
+    wavs, lens = _mixed([speaker_voice(7, 0, 1.6), speaker_voice(8, 1, 1.1)])
+    outs = sess.run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
     for d, o in zip(MRL_DIMS, outs):
-        ref = model.encode_batch(wavs, target_dim=d)[:, 0]
+        ref = model.encode_batch(wavs, lens, target_dim=d)[:, 0]
         assert o.shape == (2, d)
         assert float((torch.from_numpy(o) - ref).abs().max()) <= 1e-4
 
@@ -58,7 +86,7 @@ def test_torchscript(exported):
     for batch, seconds in ((1, 0.9), (4, 1.7)):
         wavs = _speechy(batch, seconds, seed=11)
         with torch.no_grad():
-            for a, b in zip(ts(wavs), enc.all_dims(wavs).values()):
+            for a, b in zip(ts(wavs, torch.ones(batch)), enc.all_dims(wavs).values()):
                 assert a.shape == b.shape
                 assert float((a - b).abs().max()) <= 1e-5
 
@@ -68,11 +96,13 @@ def test_onnx_parity_real_speech(exported, shared_data):
     files = sorted((shared_data / "librispeech_train_clean_100").rglob("*.flac"))[:1]
     files += sorted((shared_data / "speech_commands").rglob("*.flac"))[:1]
     assert files, "no FLAC files in the shared data"
+    clips = []
     for f in files:
         wav, sr = sf.read(str(f), dtype="float32")
         assert sr == 16000
-        wav = torch.from_numpy(wav[: 16000 * 8])
-        assert ex.onnx_parity(enc, onnx_path, wav.unsqueeze(0)) <= 1e-4
+        clips.append(torch.from_numpy(wav[: 16000 * 8]))
+        assert ex.onnx_parity(enc, onnx_path, clips[-1].unsqueeze(0)) <= 1e-4
+    assert ex.onnx_parity(enc, onnx_path, *_mixed(clips)) <= 1e-4  # read speech + a 1-s clip
 
 
 def test_missing_onnx_extra_names_it_and_still_writes_torchscript(tmp_path, monkeypatch):
