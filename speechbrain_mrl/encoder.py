@@ -147,6 +147,63 @@ class MRLEncoder(nn.Module):
             frame_lens = self.compute_features.frame_lengths(wav_lens, wavs.shape[-1])
             return self.embedding_model.pool_features(feats, frame_lens)
 
+    def pool_windows(self, wav, window_samples, batch_size=8):
+        """Pooled statistics ``[1, pool_dim]`` of one long waveform, window by window.
+
+        The waveform is cut into consecutive windows of ``window_samples``
+        (a last piece shorter than half a window joins the one before); each
+        window's attentive mean and standard deviation are pooled over its own
+        frames, and the windows' statistics are combined by frame count (the
+        mean of the means; the standard deviation from the pooled second
+        moments). Time and memory grow linearly with the duration, where one
+        pass over the whole waveform grows faster.
+
+        Arguments
+        ---------
+        wav : torch.Tensor
+            ``[T]`` waveform.
+        window_samples : int
+            Window length in samples.
+        batch_size : int
+            Windows run together (bounds the memory).
+
+        Returns
+        -------
+        torch.Tensor
+
+        Example
+        -------
+        >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+        ...                                   group_divisor=2, embed_dim=8)).eval()
+        >>> wav = torch.randn(40000)
+        >>> enc.pool_windows(wav, 16000).shape == (1, enc.pool_dim)
+        True
+        >>> bool(torch.allclose(enc.pool_windows(wav, 40000), enc.pool_features(wav[None])))
+        True
+        """
+        total, window = int(wav.shape[-1]), int(window_samples)
+        starts = list(range(0, total, window))
+        if len(starts) > 1 and total - starts[-1] < window // 2:
+            starts.pop()
+        bounds = [(a, b) for a, b in zip(starts, starts[1:] + [total])]
+        stats, frames = [], []
+        for i in range(0, len(bounds), batch_size):
+            chunk = bounds[i:i + batch_size]
+            longest = max(b - a for a, b in chunk)
+            wavs = torch.stack([torch.nn.functional.pad(wav[a:b], (0, longest - (b - a)))
+                                for a, b in chunk])
+            lens = torch.tensor([(b - a) / longest for a, b in chunk], device=wav.device)
+            stats.append(self.pool_features(wavs, lens))
+            frames += [1 + (b - a) // self.compute_features.hop_length for a, b in chunk]
+        stats = torch.cat(stats)
+        weight = torch.tensor(frames, dtype=stats.dtype, device=stats.device)[:, None]
+        weight = weight / weight.sum()
+        mean, std = stats.chunk(2, dim=1)
+        pooled_mean = (weight * mean).sum(dim=0, keepdim=True)
+        second = (weight * (std ** 2 + mean ** 2)).sum(dim=0, keepdim=True)
+        pooled_std = torch.sqrt((second - pooled_mean ** 2).clamp(min=1e-7))
+        return torch.cat([pooled_mean, pooled_std], dim=1)
+
     def embed_pooled(self, stats, target_dim=None):
         """Pooled statistics ``[B, pool_dim]`` -> embeddings ``[B, target_dim]``."""
         d = check_target_dim(target_dim, self.embed_dim)

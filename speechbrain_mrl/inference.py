@@ -95,6 +95,10 @@ class MRLEncoderClassifier(EncoderClassifier):
         self.sample_rate = int(getattr(self.hparams, "sample_rate", 16000))
         self.min_duration = float(getattr(self.hparams, "min_duration", 0.0) or 0.0)
         self.short_duration = float(getattr(self.hparams, "short_duration", 0.0) or 0.0)
+        #: Audio longer than this (seconds) is embedded window by window
+        #: (:meth:`MRLEncoder.pool_windows`), in ``window_seconds`` windows; None: never.
+        self.long_audio_seconds = getattr(self.hparams, "long_audio_seconds", 60.0)
+        self.window_seconds = float(getattr(self.hparams, "window_seconds", 30.0))
         recommended = getattr(self.hparams, "recommended_dim", None)
         #: The size with the best validation EER when the model folder records it, else None.
         self.recommended_dim = None if recommended is None else int(recommended)
@@ -261,8 +265,25 @@ class MRLEncoderClassifier(EncoderClassifier):
         wavs, wav_lens = check_waveforms(wavs, wav_lens, min_samples, self.sample_rate)
         warn_short(wav_lens, wavs.shape[1], int(round(self.short_duration * self.sample_rate)),
                    self.sample_rate)
+        wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
+        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        limit = (float("inf") if self.long_audio_seconds is None
+                 else float(self.long_audio_seconds) * self.sample_rate)
+        long = [i for i, n in enumerate(samples) if n > limit]
         with torch.no_grad():
-            return self.encoder(wavs.to(self.device), wav_lens.to(self.device))
+            if not long:
+                return self.encoder(wavs, wav_lens)
+            out = torch.zeros(wavs.shape[0], self.embed_dim, device=self.device)
+            rest = [i for i in range(wavs.shape[0]) if i not in long]
+            if rest:
+                width = max(samples[i] for i in rest)
+                lens = torch.tensor([samples[i] / width for i in rest], device=self.device)
+                out[rest] = self.encoder(wavs[rest, :width], lens)
+            window = int(round(self.window_seconds * self.sample_rate))
+            for i in long:
+                stats = self.encoder.pool_windows(wavs[i, :samples[i]], window)
+                out[i] = self.encoder.embed_pooled(stats)[0]
+            return out
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False, target_dim=None, sample_rate=None):
         """Embeds a batch of waveforms, returning the size-``target_dim`` prefix.

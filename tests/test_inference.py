@@ -157,6 +157,27 @@ def test_recommended_size_recorded(tmp_path):
     assert MRLEncoderClassifier.from_hparams(source=str(plain)).recommended_dim is None
 
 
+def test_long_audio_is_embedded_window_by_window(model):
+    """Above long_audio_seconds the interface pools window statistics; close to one pass."""
+    long_clip = torch.cat([speaker_voice(3, u, 2.0) for u in range(4)])  # 8 s of one speaker
+    other = speaker_voice(4, 0, 1.5)
+    wavs = torch.stack([long_clip, torch.nn.functional.pad(other, (0, len(long_clip) - len(other)))])
+    lens = torch.tensor([1.0, len(other) / len(long_clip)])
+    whole = model.encode_batch(wavs, lens)[:, 0]
+    model.long_audio_seconds, model.window_seconds = 5.0, 2.0
+    try:
+        windowed = model.encode_batch(wavs, lens)[:, 0]
+    finally:
+        model.long_audio_seconds, model.window_seconds = 60.0, 30.0
+    with torch.no_grad():
+        enc = model.encoder
+        by_hand = enc.embed_pooled(enc.pool_windows(long_clip, 32000, batch_size=3))[0]
+    torch.testing.assert_close(windowed[0], by_hand, atol=1e-5, rtol=0)
+    torch.testing.assert_close(windowed[1], whole[1], atol=1e-5, rtol=0)  # short ones: one pass
+    cos = torch.nn.functional.cosine_similarity(windowed[0], whole[0], dim=0)
+    assert 0.9 < float(cos) < 1.0 - 1e-6, float(cos)
+
+
 def test_short_clips_embed_with_a_warning(model):
     """Clips the front end can take embed; under the model's short_duration with a warning."""
     good = speaker_voice(0, 0, 1.0)
