@@ -15,7 +15,7 @@ ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
 Command line::
 
     python -m speechbrain_mrl.export --model_folder results/mrl_b2/model --out mrl_b2.onnx \\
-        [--torchscript mrl_b2.pt] [--check]
+        [--torchscript mrl_b2.pt] [--int8 mrl_b2.int8.onnx] [--check]
 
 Authors
 -------
@@ -37,6 +37,7 @@ __all__ = [
     "load_encoder",
     "export_torchscript",
     "export_onnx",
+    "quantize_onnx",
     "onnx_parity",
 ]
 
@@ -187,6 +188,43 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     return path
 
 
+def quantize_onnx(onnx_path, out_path, op_types=("MatMul", "Gemm", "Conv")):
+    """Dynamic int8 quantisation of an exported model (ONNX Runtime; weights per channel).
+
+    Weights are stored in int8 and activations quantised on the fly, so no
+    calibration data is needed; the front end (STFT, mel filterbank) stays in
+    float.
+
+    Arguments
+    ---------
+    onnx_path : str or os.PathLike
+        The float model (:func:`export_onnx`).
+    out_path : str or os.PathLike
+        The int8 model.
+    op_types : sequence of str
+        ONNX operators to quantise.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    require_export_extra("onnx", "onnxruntime")
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    graph = onnx.load(str(onnx_path)).graph
+    # the mel filterbank product sees power spectra (a huge dynamic range): kept in float
+    front_end = [n.name for n in graph.node
+                 if any("compute_features" in name for name in n.input)]
+    out_path = pathlib.Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=list(op_types), nodes_to_exclude=front_end)
+    tmp.replace(out_path)
+    return out_path
+
+
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
     """Max absolute difference between PyTorch and onnxruntime outputs.
 
@@ -225,6 +263,7 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--torchscript", help="also write a TorchScript .pt file here")
     p.add_argument("--opset", type=int, default=18)
+    p.add_argument("--int8", help="also write a dynamically quantised int8 ONNX model here")
     p.add_argument("--check", action="store_true",
                    help="compare onnxruntime with PyTorch on random audio (max abs diff)")
     args = p.parse_args(argv)
@@ -236,6 +275,8 @@ def main(argv=None):
     if args.check:
         diff = onnx_parity(enc, out, *_example(seconds=3.1, batch=3, seed=1))
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
+    if args.int8:
+        print(f"int8 ONNX model: {quantize_onnx(out, args.int8)}")
     return out
 
 
