@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""PyTorch vs ONNX Runtime fp32 vs int8: EER per Matryoshka size and throughput, side by side.
+
+Exports the model folder to ONNX (fp32, and dynamically quantised int8),
+scores a trial list at every size through the three paths (utterances
+batched with their lengths), and times batches of ``--seconds`` of audio
+(batch 1 and ``--batch``), alternating the paths so that they share the
+machine's state. Writes a JSON report.
+
+    python benchmarks/onnx_int8.py --model_folder results/demo/mrl/model \\
+        --manifests results/demo/data/enrol.csv results/demo/data/test.csv \\
+        --trials results/demo/data/trials_test.txt --output results/demo/onnx_int8.json
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import argparse
+import json
+import os
+import pathlib
+import platform
+import time
+
+import numpy as np
+import torch
+
+from speechbrain_mrl import export as ex
+from speechbrain_mrl.dataio import (read_audio, read_manifest, read_trials, resolve_trials,
+                                    write_text_atomic)
+from speechbrain_mrl.metrics import id_metrics
+
+
+def batches(rows, batch_size, sample_rate):
+    """``(ids, wavs [B, T], wav_lens [B])`` over the rows, sorted by duration."""
+    ids = sorted(rows, key=lambda u: float(rows[u]["duration"]))
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        clips = [read_audio(rows[u]["wav"], int(rows[u]["start"]), int(rows[u]["stop"]),
+                            sample_rate) for u in chunk]
+        longest = max(len(c) for c in clips)
+        wavs = torch.stack([torch.nn.functional.pad(c, (0, longest - len(c))) for c in clips])
+        yield chunk, wavs, torch.tensor([len(c) / longest for c in clips])
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model_folder", required=True)
+    p.add_argument("--manifests", nargs="+", required=True)
+    p.add_argument("--trials", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--repeats", type=int, default=10)
+    a = p.parse_args(argv)
+    import onnxruntime as ort
+
+    torch.set_num_threads(a.threads)
+    out = pathlib.Path(a.output)
+    encoder = ex.load_encoder(a.model_folder)
+    fp32 = ex.export_onnx(encoder, out.with_suffix(".fp32.onnx"))
+    int8 = ex.quantize_onnx(fp32, out.with_suffix(".int8.onnx"))
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
+    sessions = {name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
+
+    def run(name, wavs, lens):
+        if name == "pytorch_fp32":
+            with torch.no_grad():
+                return encoder(wavs, lens).numpy()
+        return sessions[name].run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})[-1]
+
+    names = ["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+    rows = {}
+    for path in a.manifests:
+        rows.update(read_manifest(path))
+    labels, enrol, test, _ = resolve_trials(read_trials(a.trials), rows, a.trials)
+    used = set(enrol) | set(test)
+    rows = {u: r for u, r in rows.items() if u in used}
+    emb = {n: {} for n in names}
+    for ids, wavs, lens in batches(rows, 32, 16000):
+        for n in names:
+            emb[n].update(zip(ids, torch.from_numpy(np.asarray(run(n, wavs, lens)))))
+    dims = encoder.mrl_dims
+    eer = {n: {str(d): round(m["EER"], 3) for d, m in
+               id_metrics(emb[n], (labels, enrol, test), dims).items()} for n in names}
+    speed = {}
+    g = torch.Generator().manual_seed(0)
+    for batch in (1, a.batch):
+        wavs = 0.1 * torch.randn(batch, int(a.seconds * 16000), generator=g)
+        lens = torch.ones(batch)
+        times = {n: [] for n in names}
+        for n in names:
+            run(n, wavs, lens)  # warm-up
+        for _ in range(a.repeats):
+            for n in names:
+                t = time.perf_counter()
+                run(n, wavs, lens)
+                times[n].append(time.perf_counter() - t)
+        speed[f"batch{batch}"] = {n: round(batch / float(np.median(t)), 2)
+                                  for n, t in times.items()}
+    report = {"EER": eer, "utterances_per_s": speed, "seconds": a.seconds, "threads": a.threads,
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "trials": a.trials, "onnx_bytes": {"fp32": fp32.stat().st_size,
+                                                 "int8": int8.stat().st_size}}
+    print(json.dumps(report, indent=1))
+    write_text_atomic(out, json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
