@@ -121,14 +121,17 @@ def pooled_statistics(encoder, loader, device="cpu", augment=None):
 
 @torch.no_grad()
 def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discriminant",
-                            shrinkage=0.1, augment=None, augment_passes=0):
+                            shrinkage=0.1, augment=None, augment_passes=0, long_loader=None):
     """Starts ``encoder.mrl_head`` from the backbone and ``loss``'s classifiers from centroids.
 
     The head copies the backbone's embedding layer with a rotation of its
     output (every full-size cosine score is kept): ``ordering="pca"`` orders
     the axes by variance of the clean crops of ``loader``;
     ``"discriminant"`` by speaker discrimination, estimated on the clean
-    crops plus ``augment_passes`` passes of them through ``augment``;
+    crops plus ``augment_passes`` passes of them through ``augment`` (plus
+    the longer windows of ``long_loader``: within-speaker scatter measured on
+    short crops alone is dominated by what is said, which long utterances
+    average out);
     ``"identity"`` keeps the backbone's own axis order (for a backbone
     trained end to end with the per-size loss, whose prefixes are nested
     already).
@@ -151,6 +154,9 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
         Waveform augmentation of the extra passes.
     augment_passes : int
         Extra augmented passes (discriminant ordering only).
+    long_loader : iterable, optional
+        Longer windows of the training speakers' audio, with speaker labels
+        (e.g. :func:`window_rows`), added to the discriminant fit.
 
     Returns
     -------
@@ -169,6 +175,8 @@ def init_head_from_backbone(encoder, loss, loader, device="cpu", ordering="discr
     if ordering == "discriminant":
         passes = [pooled_statistics(encoder, loader, device, augment)[:2]
                   for _ in range(augment_passes)]
+        if long_loader is not None:
+            passes.append(pooled_statistics(encoder, long_loader, device)[:2])
         all_stats = torch.cat([stats] + [s for s, _ in passes])
         all_labels = torch.cat([labels] + [lab for _, lab in passes])
         head.init_from_embedding_layer(*layer, stats=all_stats, labels=all_labels,

@@ -47,7 +47,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
                                     resolve_trials, save_torch_atomic, write_text_atomic)
-from speechbrain_mrl.head_init import ORDERINGS, evaluate_trials, init_head_from_backbone
+from speechbrain_mrl.head_init import ORDERINGS, evaluate_trials, init_head_from_backbone, window_rows
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.metrics import id_metrics
 from speechbrain_mrl.official import save_official_checkpoint
@@ -241,6 +241,11 @@ def dataio_prep(hparams):
             stop = start + n_eval
         return read_audio(wav, start, stop, sr)
 
+    @sb.utils.data_pipeline.takes("wav", "start", "stop")
+    @sb.utils.data_pipeline.provides("sig")
+    def window_pipeline(wav, start, stop):  # the whole window, however long
+        return read_audio(wav, int(start), int(stop), sr)
+
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
 
     @sb.utils.data_pipeline.takes("spk_id")
@@ -293,6 +298,16 @@ def dataio_prep(hparams):
         rng.shuffle(ids)
         init_ids.update(ids[: hparams["init_crops_per_speaker"]])
     out["init"] = train.filtered_sorted(key_test={"id": lambda i: i in init_ids})
+    windows = {}
+    for seconds in hparams.get("init_window_durations") or []:  # None: whole utterances
+        windows.update(window_rows({i: train.data[i] for i in init_ids}, seconds,
+                                   hparams["init_window_min_duration"], sr))
+    if windows:
+        out["init_long"] = sb.dataio.dataset.DynamicItemDataset(windows).filtered_sorted(
+            sort_key="duration")
+        out["init_long"].add_dynamic_item(window_pipeline)
+        out["init_long"].add_dynamic_item(label_pipeline)
+        out["init_long"].set_output_keys(["id", "sig", "spk_id_encoded"])
     return out
 
 
@@ -366,9 +381,12 @@ def main(argv):
     out = hparams["output_folder"]
     if not hparams["train_backbone"] and hparams["checkpointer"].find_checkpoint() is None:
         init_loader = sb.dataio.dataloader.make_dataloader(datasets["init"], **loader_kw)
+        long_loader = (sb.dataio.dataloader.make_dataloader(datasets["init_long"], **loader_kw)
+                       if "init_long" in datasets else None)
         pca_head = init_head_from_backbone(
             encoder, loss, init_loader, brain.device, hparams["init_ordering"],
-            hparams["init_shrinkage"], hparams["wav_augment"], hparams["init_augment_passes"])
+            hparams["init_shrinkage"], hparams["wav_augment"], hparams["init_augment_passes"],
+            long_loader)
         if if_main_process():
             save_torch_atomic(pca_head, os.path.join(out, "pca_head.ckpt"))
             save_torch_atomic(encoder.mrl_head.state_dict(), os.path.join(out, "initial_head.ckpt"))
