@@ -47,7 +47,7 @@ def window_rows(rows, duration=None, min_duration=2.0, sample_rate=16000):
     Returns
     -------
     dict of str to dict
-        ``{"<file>@<start>": row}`` with ``duration`` (s), ``wav``, ``start``,
+        ``{"<file>@<start>-<stop>": row}`` with ``duration`` (s), ``wav``, ``start``,
         ``stop`` and ``spk_id``.
 
     Example
@@ -71,7 +71,7 @@ def window_rows(rows, duration=None, min_duration=2.0, sample_rate=16000):
         for start in range(first, last, step):
             stop = min(start + step, last)
             if stop - start >= min_len:
-                out[f"{wav}@{start}"] = {"wav": wav, "start": start, "stop": stop, "spk_id": spk,
+                out[f"{wav}@{start}-{stop}"] = {"wav": wav, "start": start, "stop": stop, "spk_id": spk,
                                          "duration": (stop - start) / sample_rate}
     return out
 

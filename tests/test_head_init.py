@@ -51,4 +51,7 @@ def test_window_rows_merge_segments_and_drop_short_tails():
         (0, 128000, "s"), (128000, 224000, "s")]
     assert [r["duration"] for r in window_rows(rows, None, 0.5).values()] == [1.0, 14.0]
     assert window_rows(rows, 4.0, min_duration=4.0).keys() == {
-        "f.flac@0", "f.flac@64000", "f.flac@128000"}
+        "f.flac@0-64000", "f.flac@64000-128000", "f.flac@128000-192000"}
+    # windows of several lengths from one file stay distinct (as the recipe gathers them)
+    both = {**window_rows(rows, 8.0), **window_rows(rows, None)}
+    assert len(both) == 3 and {"f.flac@0-128000", "f.flac@0-224000"} <= both.keys()
