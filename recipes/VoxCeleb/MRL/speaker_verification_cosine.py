@@ -31,7 +31,7 @@ extension (``id10270/x/00001``), or with ``/`` replaced by ``--``; an entry in
 no manifest is an error. Embeddings come from
 :func:`speechbrain_mrl.embeddings.embed_manifest` (silent, NaN or too short
 audio is an error naming the utterance; cohort rows shorter than the model's
-``min_duration`` are left out and counted). Trials are scored in chunks
+``short_duration`` are left out and counted). Trials are scored in chunks
 (``trial_chunk_size``) by :func:`speechbrain_mrl.metrics.score_trials`, and
 the metrics (:func:`speechbrain_mrl.metrics.verification_metrics`) come from
 ``speechbrain.utils.metric_stats.EER`` / ``minDCF`` for lists of up to
@@ -64,11 +64,13 @@ logger = logging.getLogger(__name__)
 
 
 def load_encoder(hparams, device):
-    """``(encoder, name, min_duration)`` for the Matryoshka model or the official checkpoint.
+    """``(encoder, name, min_duration, short_duration)`` for the Matryoshka model or the
+    official checkpoint.
 
     ``encoder`` is an :class:`~speechbrain_mrl.encoder.MRLEncoder` on ``device``;
-    ``min_duration`` (seconds) is the shortest audio the model accepts (0 for an
-    official checkpoint).
+    ``min_duration`` (seconds) is the shortest audio the model accepts and
+    ``short_duration`` the shortest it embeds reliably, the cohort's minimum
+    (0 and 0.5 for an official checkpoint).
     """
     model_folder = hparams.get("model_folder")
     official = hparams.get("official_checkpoint")
@@ -79,13 +81,14 @@ def load_encoder(hparams, device):
         from speechbrain_mrl.official import load_official_redimnet
 
         encoder = load_official_redimnet(official).to(device).eval()
-        return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", 0.0
+        return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", 0.0, 0.5
 
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder),
                                               run_opts={"device": str(device)})
-    return model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.min_duration
+    return (model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.min_duration,
+            max(model.min_duration, model.short_duration))
 
 
 def sample_cohort_rows(rows, max_utts, seed, min_duration=0.0):
@@ -139,7 +142,7 @@ def run(hparams, device="cpu"):
     unknown = [k for k in norms if k not in NORMS]
     if unknown:
         raise ValueError(f"score_norm entries must be in {NORMS}, got {unknown}")
-    encoder, name, min_duration = load_encoder(hparams, device)
+    encoder, name, min_duration, cohort_min = load_encoder(hparams, device)
     fingerprint = model_fingerprint(hparams["model_folder"]) if hparams.get("model_folder") else None
     dims = list(encoder.mrl_dims)
     if hparams.get("dims"):
@@ -160,7 +163,7 @@ def run(hparams, device="cpu"):
     if hparams.get("train_csv") and norms:
         cohort_rows, n_short = sample_cohort_rows(
             read_manifest(hparams["train_csv"], data_folder), hparams.get("cohort_max_utts"),
-            hparams.get("seed", 1986), min_duration)
+            hparams.get("seed", 1986), cohort_min)
     check_audio_files(rows, "enrol/test manifests")
     check_audio_files(cohort_rows, f"cohort ({hparams.get('train_csv')})")
 
@@ -177,8 +180,8 @@ def run(hparams, device="cpu"):
     cohort, groups = None, None
     if cohort_rows:
         if n_short:
-            logger.warning("cohort: %d train_csv rows shorter than the model's minimum of %.2f s "
-                           "left out", n_short, min_duration)
+            logger.warning("cohort: %d train_csv rows shorter than %.2f s (the model's reliable "
+                           "minimum) left out", n_short, cohort_min)
         cids, cohort = embed_manifest(encoder, cohort_rows, desc="cohort embeddings", **embed_opts)
         groups = cohort_groups(cids, cohort_rows, hparams.get("cohort_type", "speaker"))
         logger.info("cohort: %d utterances (%s)", cohort.shape[0], hparams.get("cohort_type"))
