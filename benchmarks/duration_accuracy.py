@@ -19,7 +19,7 @@ import json
 
 import torch
 
-from speechbrain_mrl.dataio import read_manifest, read_trials, resolve_trials, write_text_atomic
+from speechbrain_mrl.dataio import read_trial_list, write_text_atomic
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.metrics import id_metrics
@@ -48,12 +48,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     model = MRLEncoderClassifier.from_hparams(source=a.model_folder, run_opts={"device": "cpu"})
-    rows = {}
-    for path in a.manifests:
-        rows.update(read_manifest(path))
-    labels, enrol, test, _ = resolve_trials(read_trials(a.trials), rows, a.trials)
-    used = set(enrol) | set(test)
-    rows = {k: v for k, v in rows.items() if k in used}
+    rows, (labels, enrol, test), _ = read_trial_list(a.manifests, a.trials)
     results = {}
     for seconds in a.durations:
         ids, emb = embed_manifest(model.encoder, central(rows, seconds, model.sample_rate),

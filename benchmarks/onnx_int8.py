@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from speechbrain_mrl import export as ex
-from speechbrain_mrl.dataio import (read_audio, read_manifest, read_trials, resolve_trials,
-                                    write_text_atomic)
+from speechbrain.utils.data_utils import batch_pad_right
+
+from speechbrain_mrl.dataio import read_audio, read_trial_list, write_text_atomic
 from speechbrain_mrl.metrics import id_metrics
 
 
@@ -38,9 +39,7 @@ def batches(rows, batch_size, sample_rate):
         chunk = ids[i:i + batch_size]
         clips = [read_audio(rows[u]["wav"], int(rows[u]["start"]), int(rows[u]["stop"]),
                             sample_rate) for u in chunk]
-        longest = max(len(c) for c in clips)
-        wavs = torch.stack([torch.nn.functional.pad(c, (0, longest - len(c))) for c in clips])
-        yield chunk, wavs, torch.tensor([len(c) / longest for c in clips])
+        yield (chunk, *batch_pad_right(clips))
 
 
 def main(argv=None):
@@ -73,12 +72,7 @@ def main(argv=None):
         return sessions[name].run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})[-1]
 
     names = ["pytorch_fp32", "onnx_fp32", "onnx_int8"]
-    rows = {}
-    for path in a.manifests:
-        rows.update(read_manifest(path))
-    labels, enrol, test, _ = resolve_trials(read_trials(a.trials), rows, a.trials)
-    used = set(enrol) | set(test)
-    rows = {u: r for u, r in rows.items() if u in used}
+    rows, (labels, enrol, test), _ = read_trial_list(a.manifests, a.trials)
     emb = {n: {} for n in names}
     for ids, wavs, lens in batches(rows, 32, 16000):
         for n in names:

@@ -49,6 +49,7 @@ __all__ = [
     "write_trials",
     "trial_id_candidates",
     "resolve_trials",
+    "read_trial_list",
     "write_text_atomic",
     "save_torch_atomic",
     "swap_folder",
@@ -70,6 +71,36 @@ class AudioError(ValueError):
 
 
 # --------------------------------------------------------------------------- files
+def read_trial_list(manifests, trials_path, data_folder=None):
+    """A trial list resolved against manifests, and only the rows its trials use.
+
+    Arguments
+    ---------
+    manifests : list of str or os.PathLike
+        CSV manifests holding the trial utterances (e.g. enrol and test).
+    trials_path : str or os.PathLike
+        VoxCeleb-format trial list.
+    data_folder : str, optional
+        Replaces ``$data_root`` in the manifests' paths.
+
+    Returns
+    -------
+    rows : dict
+        ``{ID: row}`` of the utterances the trials use.
+    trials : tuple
+        ``(labels, enrol_ids, test_ids)`` (see :func:`resolve_trials`).
+    names : tuple
+        The trial list's own ``(enrol, test)`` names.
+    """
+    rows = {}
+    for path in manifests:
+        rows.update(read_manifest(path, data_folder))
+    labels, enrol, test, names = resolve_trials(read_trials(trials_path), rows,
+                                                source=str(trials_path))
+    used = set(enrol) | set(test)
+    return {k: v for k, v in rows.items() if k in used}, (labels, enrol, test), names
+
+
 def write_text_atomic(path, text):
     """Writes ``text`` to ``path`` through a temporary file and a rename.
 

@@ -18,6 +18,7 @@ Authors
 import contextlib
 
 import torch
+from speechbrain.utils.data_utils import batch_pad_right
 from torch import nn
 
 from speechbrain_mrl.features import ReDimNetFbank
@@ -189,11 +190,8 @@ class MRLEncoder(nn.Module):
         stats, frames = [], []
         for i in range(0, len(bounds), batch_size):
             chunk = bounds[i:i + batch_size]
-            longest = max(b - a for a, b in chunk)
-            wavs = torch.stack([torch.nn.functional.pad(wav[a:b], (0, longest - (b - a)))
-                                for a, b in chunk])
-            lens = torch.tensor([(b - a) / longest for a, b in chunk], device=wav.device)
-            stats.append(self.pool_features(wavs, lens))
+            wavs, lens = batch_pad_right([wav[a:b] for a, b in chunk])
+            stats.append(self.pool_features(wavs, lens.to(wav.device)))
             frames += [1 + (b - a) // self.compute_features.hop_length for a, b in chunk]
         stats = torch.cat(stats)
         weight = torch.tensor(frames, dtype=stats.dtype, device=stats.device)[:, None]

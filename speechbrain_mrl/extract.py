@@ -31,7 +31,6 @@ Authors
 """
 import argparse
 import csv
-import io
 import json
 import os
 import pathlib
@@ -41,8 +40,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from speechbrain.utils.data_utils import batch_pad_right
+
 from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, read_audio, read_manifest,
-                                    write_text_atomic)
+                                    write_manifest, write_text_atomic)
 
 __all__ = ["collect_rows", "extract", "load_embeddings"]
 
@@ -122,14 +123,6 @@ def _shard_name(k):
     return f"shard_{k:05d}"
 
 
-def _write_csv(path, header, rows):
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text_atomic(path, buf.getvalue())
-
-
 def _save_npy(path, array):
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "wb") as f:
@@ -150,9 +143,7 @@ def _embed_shard(model, ids, rows, out, k, batch_size, num_workers, precision, d
         good = [(uid, wav) for uid, wav, _ in items if wav is not None]
         skipped += [(uid, rows[uid]["wav"], reason) for uid, wav, reason in items if wav is None]
         if good:
-            longest = max(len(w) for _, w in good)
-            wavs = torch.stack([torch.nn.functional.pad(w, (0, longest - len(w))) for _, w in good])
-            lens = torch.tensor([len(w) / longest for _, w in good])
+            wavs, lens = batch_pad_right([w for _, w in good])
             with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
                 emb = model.encode_batch(wavs, lens)[:, 0].float()
             bad = ~torch.isfinite(emb).all(dim=1)
@@ -166,10 +157,10 @@ def _embed_shard(model, ids, rows, out, k, batch_size, num_workers, precision, d
     matrix = torch.cat(embs).numpy() if embs else np.zeros((0, model.embed_dim), np.float32)
     name = _shard_name(k)
     _save_npy(out / f"{name}.npy", matrix.astype(dtype))
-    _write_csv(out / f"{name}.skipped.csv", ["ID", "wav", "reason"], skipped)
-    _write_csv(out / f"{name}.csv", INDEX_FIELDS, [
+    write_manifest(out / f"{name}.skipped.csv", skipped, ["ID", "wav", "reason"])
+    write_manifest(out / f"{name}.csv", [  # written last: marks the shard done
         [uid, k, r, rows[uid]["duration"], rows[uid]["wav"], rows[uid].get("spk_id", "")]
-        for r, uid in enumerate(done)])  # written last: marks the shard done
+        for r, uid in enumerate(done)], INDEX_FIELDS)
 
 
 def _plan(rows, shard_size, info, out):
@@ -196,8 +187,8 @@ def _merge(out, n_shards, info):
             index += list(csv.reader(f))[1:]
         with open(out / f"{name}.skipped.csv", newline="") as f:
             skipped += list(csv.reader(f))[1:]
-    _write_csv(out / "skipped.csv", ["ID", "wav", "reason"], skipped)
-    _write_csv(out / "index.csv", INDEX_FIELDS, index)
+    write_manifest(out / "skipped.csv", skipped, ["ID", "wav", "reason"])
+    write_manifest(out / "index.csv", index, INDEX_FIELDS)
     write_text_atomic(out / "info.json", json.dumps(
         dict(info, n_embedded=len(index), n_skipped=len(skipped), n_shards=n_shards), indent=1))
     return len(index), len(skipped)

@@ -54,7 +54,7 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_mrl.dataio import (check_audio_files, read_manifest, read_trials, resolve_trials,
+from speechbrain_mrl.dataio import (check_audio_files, read_manifest, read_trial_list,
                                     save_torch_atomic, write_text_atomic)
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.metrics import NORMS, cohort_groups, score_trials, verification_metrics
@@ -152,12 +152,8 @@ def run(hparams, device="cpu"):
         dims = [int(d) for d in hparams["dims"]]
 
     data_folder = hparams.get("data_folder")
-    rows = read_manifest(hparams["enrol_csv"], data_folder)
-    rows.update(read_manifest(hparams["test_csv"], data_folder))
-    labels, enrol_ids, test_ids, names = resolve_trials(read_trials(hparams["trials"]), rows,
-                                                        source=str(hparams["trials"]))
-    needed = set(enrol_ids) | set(test_ids)
-    rows = {k: v for k, v in rows.items() if k in needed}
+    rows, (labels, enrol_ids, test_ids), names = read_trial_list(
+        [hparams["enrol_csv"], hparams["test_csv"]], hparams["trials"], data_folder)
     logger.info("%d trials over %d utterances", len(labels), len(rows))
     cohort_rows, n_short = {}, 0
     if hparams.get("train_csv") and norms:
