@@ -50,6 +50,7 @@ __all__ = [
     "trial_id_candidates",
     "resolve_trials",
     "read_trial_list",
+    "signal_problem",
     "write_text_atomic",
     "save_torch_atomic",
     "swap_folder",
@@ -71,6 +72,21 @@ class AudioError(ValueError):
 
 
 # --------------------------------------------------------------------------- files
+def signal_problem(samples):
+    """Why audio samples cannot be embedded (NaN/Inf, all zeros), or None.
+
+    Example
+    -------
+    >>> signal_problem(torch.zeros(4)), signal_problem(torch.ones(4))
+    ('all zeros (silence)', None)
+    """
+    if not torch.isfinite(samples).all():
+        return "non-finite samples (NaN/Inf)"
+    if not samples.any():
+        return "all zeros (silence)"
+    return None
+
+
 def read_trial_list(manifests, trials_path, data_folder=None):
     """A trial list resolved against manifests, and only the rows its trials use.
 

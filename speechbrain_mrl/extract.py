@@ -43,7 +43,7 @@ from tqdm import tqdm
 from speechbrain.utils.data_utils import batch_pad_right
 
 from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, read_audio, read_manifest,
-                                    write_manifest, write_text_atomic)
+                                    signal_problem, write_manifest, write_text_atomic)
 
 __all__ = ["collect_rows", "extract", "load_embeddings"]
 
@@ -108,11 +108,8 @@ class _Utterances(torch.utils.data.Dataset):
             return uid, None, f"unreadable ({type(err).__name__}: {err})"
         if wav.numel() < self.min_samples:
             return uid, None, f"too short ({wav.numel() / self.sample_rate:.3f} s)"
-        if not torch.isfinite(wav).all():
-            return uid, None, "NaN/Inf samples"
-        if not wav.any():
-            return uid, None, "all zeros (silence)"
-        return uid, wav, ""
+        problem = signal_problem(wav)
+        return uid, (None if problem else wav), problem or ""
 
 
 def _collate(items):

@@ -36,13 +36,12 @@ import os
 import pathlib
 import random
 
-import torch
-
 from speechbrain_mrl.dataio import (
     AudioError,
     audio_info,
     load_audio,
     read_trials,
+    signal_problem,
     write_manifest,
     write_text_atomic,
     write_trials,
@@ -193,12 +192,7 @@ def _check_file(path, min_duration):
         return "empty", frames, sr
     if frames / sr < min_duration:
         return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
-    samples, _ = load_audio(path)
-    if not torch.isfinite(samples).all():
-        return "non-finite samples (NaN/Inf)", frames, sr
-    if not samples.any():
-        return "all zeros (silence)", frames, sr
-    return None, frames, sr
+    return signal_problem(load_audio(path)[0]), frames, sr
 
 
 def speaker_of(rel):
