@@ -4,14 +4,19 @@
 L2-normalised full-size embeddings of its utterances. The score of a query
 against a speaker at size ``d`` is the cosine of their first ``d``
 coordinates. A search runs a funnel: FAISS finds a shortlist on the smallest
-prefix (exact inner product, or HNSW for large enrolments), and each later
-stage re-ranks the shortlist with a larger prefix, the last with the full
-embedding. The extraction cost does not depend on the prefix size (one pass
-gives every size); the funnel saves search time and first-stage memory.
+prefix (exact inner product, or HNSW or IVF for large enrolments), and each
+later stage re-ranks the shortlist with a larger prefix, the last with the
+full embedding (or ``final_dim``). Open-set identification rejects a best match
+that scores under the index's threshold for the size that gave the score
+(copied from the model's calibration, or fitted on a trial list with
+:func:`calibrate_thresholds`). The extraction cost does not depend on the
+prefix size (one pass gives every size); the funnel saves search time and
+first-stage memory.
 
 An index is stored as a folder: ``vectors.npy`` (float32 or float16, read
 memory-mapped), ``speakers.json`` (IDs and utterance counts) and
-``index.json`` (sizes, the model fingerprint, the first-stage settings),
+``index.json`` (sizes, the model fingerprint, the first-stage settings, the
+thresholds),
 written into a hidden folder that replaces the old one only once complete.
 
 Authors
@@ -27,7 +32,10 @@ import numpy as np
 
 from speechbrain_mrl.dataio import swap_folder
 
-__all__ = ["SpeakerIndex", "cascade_verify", "calibrate_margin", "open_set_rates"]
+__all__ = ["SpeakerIndex", "calibrate_thresholds", "cascade_verify", "calibrate_margin",
+           "open_set_rates"]
+
+FIRST_STAGES = ("flat", "hnsw", "ivf")
 
 FORMAT_VERSION = 1
 
@@ -51,12 +59,21 @@ class SpeakerIndex:
         (:func:`speechbrain_mrl.packaging.model_fingerprint`); recorded, and
         checked by :meth:`load`.
     first_stage : str
-        ``flat`` (exact inner product) or ``hnsw`` (approximate, for large
-        enrolments).
+        ``flat`` (exact inner product), ``hnsw`` (approximate graph search) or
+        ``ivf`` (approximate, inverted lists over about ``4 sqrt(N)`` k-means
+        cells): the approximate ones are for large enrolments.
     hnsw_m : int
         Graph degree of the HNSW first stage.
+    hnsw_ef : int
+        Candidate list size of an HNSW search (at least the shortlist is used):
+        larger is slower and finds more of the true shortlist.
     dtype : str
         ``float32`` or ``float16`` storage of the vectors.
+    ivf_nprobe : int
+        Cells visited per query by the IVF first stage.
+    thresholds : dict, optional
+        ``{size: cosine}`` open-set thresholds (a best match scoring under the
+        threshold of its size is an unknown speaker).
 
     Example
     -------
@@ -73,24 +90,38 @@ class SpeakerIndex:
     """
 
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
-                 dtype="float32"):
+                 dtype="float32", ivf_nprobe=32, thresholds=None, hnsw_ef=256):
         mrl_dims = [int(d) for d in mrl_dims]
         if not mrl_dims or mrl_dims != sorted(set(mrl_dims)) or mrl_dims[-1] != int(embed_dim):
             raise ValueError(f"mrl_dims must be increasing and end with embed_dim={embed_dim}, "
                              f"got {mrl_dims}")
-        if first_stage not in ("flat", "hnsw"):
-            raise ValueError(f"first_stage must be 'flat' or 'hnsw', got {first_stage!r}")
+        if first_stage not in FIRST_STAGES:
+            raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         self.embed_dim, self.mrl_dims = int(embed_dim), mrl_dims
         self.model_sha256, self.first_stage, self.hnsw_m, self.dtype = (
             model_sha256, first_stage, int(hnsw_m), dtype)
+        self.ivf_nprobe, self.hnsw_ef = int(ivf_nprobe), int(hnsw_ef)
+        self.thresholds = {}
+        self.set_thresholds(thresholds or {})
         self.speakers, self.counts = [], []
         self._vectors = np.zeros((0, self.embed_dim), dtype=dtype)
         self._stage_indexes = {}
 
     def __len__(self):
         return len(self.speakers)
+
+    def set_thresholds(self, thresholds):
+        """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``)."""
+        checked = {}
+        for d, t in thresholds.items():
+            if int(d) not in self.mrl_dims:
+                raise ValueError(f"threshold for size {d}: the index's sizes are {self.mrl_dims}")
+            if not np.isfinite(float(t)):
+                raise ValueError(f"threshold for size {d} is not a finite number: {t!r}")
+            checked[int(d)] = float(t)
+        self.thresholds = checked
 
     # ------------------------------------------------------------ enrolment
     def _check_embeddings(self, embeddings, what="embeddings"):
@@ -129,7 +160,7 @@ class SpeakerIndex:
                              "re-enrol them)")
         if known:
             self.remove(sorted(known))
-        new = sorted(set(ids), key=ids.index)
+        new = list(dict.fromkeys(ids))
         rows = {s: i for i, s in enumerate(new)}
         sums = np.zeros((len(new), self.embed_dim))
         counts = np.zeros(len(new), dtype=np.int64)
@@ -146,12 +177,14 @@ class SpeakerIndex:
         """An empty index for the sizes of an ``MRLEncoderClassifier``.
 
         ``model_folder`` (the folder the model was loaded from) records its
-        fingerprint, which :meth:`load` then checks; ``kwargs`` go to the
+        fingerprint, which :meth:`load` then checks; the model's calibrated
+        thresholds become the open-set thresholds; ``kwargs`` go to the
         constructor (``first_stage``, ``dtype``, ...).
         """
         from speechbrain_mrl.packaging import model_fingerprint
 
         sha = model_fingerprint(model_folder) if model_folder is not None else None
+        kwargs.setdefault("thresholds", getattr(model, "thresholds", None))
         return cls(model.embed_dim, model.mrl_dims, model_sha256=sha, **kwargs)
 
     def embed_audio(self, model, files, batch_size=16):
@@ -208,28 +241,46 @@ class SpeakerIndex:
         unknown = sorted(set(ids) - set(self.speakers))
         if unknown:
             raise KeyError(f"speakers not enrolled: {unknown[:5]}")
-        keep = [i for i, s in enumerate(self.speakers) if s not in set(ids)]
+        gone = set(ids)
+        keep = [i for i, s in enumerate(self.speakers) if s not in gone]
         self.speakers = [self.speakers[i] for i in keep]
         self.counts = [self.counts[i] for i in keep]
         self._vectors = np.asarray(self._vectors)[keep]
         self._stage_indexes = {}
 
     # ------------------------------------------------------------ search
-    def _stage_index(self, d):
-        if d not in self._stage_indexes:
+    def _stage_index(self, d, kind):
+        """The FAISS index of the normalised ``d``-prefixes, ``kind`` one of FIRST_STAGES."""
+        if (d, kind) not in self._stage_indexes:
             import faiss
 
             vectors = _normalised(np.asarray(self._vectors[:, :d], dtype=np.float32))
-            if self.first_stage == "hnsw":
+            vectors = np.ascontiguousarray(vectors)
+            if kind == "hnsw":
                 index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+            elif kind == "ivf":
+                cells = max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+                index.cp.min_points_per_centroid = 1  # small enrolments: no warning, few cells
+                index.train(vectors)
             else:
                 index = faiss.IndexFlatIP(d)
-            index.add(np.ascontiguousarray(vectors))
-            self._stage_indexes[d] = index
-        return self._stage_indexes[d]
+            index.add(vectors)
+            self._stage_indexes[d, kind] = index
+        return self._stage_indexes[d, kind]
 
-    def search(self, queries, k=1, stages=None, shortlist=100):
-        """Top-``k`` speakers of each query: the funnel ``stages`` then the full size.
+    def stage_bytes(self, d, kind=None):
+        """In-RAM size in bytes of the FAISS index searched first on the ``d``-prefixes.
+
+        ``kind``: one of ``FIRST_STAGES`` (default: this index's ``first_stage``).
+        """
+        import faiss
+
+        index = self._stage_index(int(d), kind or self.first_stage)
+        return int(faiss.serialize_index(index).nbytes)
+
+    def search(self, queries, k=1, stages=None, shortlist=100, final_dim=None):
+        """Top-``k`` speakers of each query: the funnel ``stages`` then ``final_dim``.
 
         Arguments
         ---------
@@ -244,13 +295,16 @@ class SpeakerIndex:
             ``[64]``, or the smallest size when 64 is not one of the model's.
         shortlist : int or list of int
             Candidates kept after each stage.
+        final_dim : int, optional
+            Size of the last ranking and of the returned scores (default: the
+            full size); larger than every stage.
 
         Returns
         -------
         ids : list of list of str
             ``[Q][k]`` speaker IDs, best first.
         scores : numpy.ndarray
-            ``[Q, k]`` full-size cosine scores.
+            ``[Q, k]`` cosine scores at ``final_dim``.
         """
         if not self.speakers:
             raise ValueError("the index is empty: enrol speakers first")
@@ -258,27 +312,65 @@ class SpeakerIndex:
         k = int(k)
         if not 1 <= k <= len(self):
             raise ValueError(f"k must be in [1, {len(self)}] (enrolled speakers), got {k}")
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if final_dim not in self.mrl_dims:
+            raise ValueError(f"final_dim must be one of the sizes {self.mrl_dims}, got {final_dim}")
+        smaller = [d for d in self.mrl_dims if d < final_dim]
         if stages is None:
-            smaller = self.mrl_dims[:-1]
             stages = [64] if 64 in smaller else smaller[:1]
         stages = [int(d) for d in stages]
-        if stages != sorted(set(stages)) or any(d not in self.mrl_dims[:-1] for d in stages):
-            raise ValueError(f"stages must be increasing sizes of {self.mrl_dims[:-1]}, got {stages}")
+        if stages != sorted(set(stages)) or any(d not in smaller for d in stages):
+            raise ValueError(f"stages must be increasing sizes of {smaller} (below the final "
+                             f"size {final_dim}), got {stages}")
         sizes = list(shortlist) if isinstance(shortlist, (list, tuple)) else [shortlist] * len(stages)
         if len(sizes) != len(stages):
             raise ValueError(f"one shortlist size per stage: {len(stages)} stages, {sizes}")
         sizes = [min(max(int(s), k), len(self)) for s in sizes]
-        if not stages:
-            candidates = np.tile(np.arange(len(self)), (q.shape[0], 1))
-        else:
-            first = _normalised(q[:, :stages[0]])
-            candidates = self._stage_index(stages[0]).search(np.ascontiguousarray(first), sizes[0])[1]
-        for d, size in zip(stages[1:] + [self.embed_dim], sizes[1:] + [k]):
+        if stages:
+            first, first_kind, later = stages[0], self.first_stage, stages[1:] + [final_dim]
+        else:  # exact search at the final size
+            first, first_kind, later, sizes = final_dim, "flat", [], [k]
+        head = np.ascontiguousarray(_normalised(q[:, :first]))
+        stage = self._stage_index(first, first_kind)
+        if first_kind == "hnsw":
+            stage.hnsw.efSearch = self.hnsw_ef
+        elif first_kind == "ivf":
+            stage.nprobe = min(self.ivf_nprobe, stage.nlist)
+        candidates = stage.search(head, sizes[0])[1]
+        for d, size in zip(later, sizes[1:] + [k]):
             scores = self._rescore(q, candidates, d)
             order = np.argsort(-scores, axis=1, kind="stable")[:, :size]
             candidates = np.take_along_axis(candidates, order, axis=1)
-        scores = self._rescore(q, candidates, self.embed_dim)
+        scores = self._rescore(q, candidates, final_dim)
         return [[self.speakers[i] for i in row] for row in candidates], scores
+
+    def identify(self, queries, k=1, stages=None, shortlist=100, final_dim=None, threshold=None):
+        """Open-set :meth:`search`: matches scoring under the threshold are dropped.
+
+        Arguments
+        ---------
+        queries, k, stages, shortlist, final_dim
+            As for :meth:`search`.
+        threshold : float, optional
+            Cosine threshold; default: the index's threshold for ``final_dim``.
+
+        Returns
+        -------
+        list of list of tuple
+            ``[Q]`` lists of ``(speaker, score)``, best first; an empty list is
+            an unknown speaker.
+        """
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if threshold is None:
+            if final_dim not in self.thresholds:
+                raise ValueError(
+                    f"no open-set threshold for size {final_dim} (the index has "
+                    f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
+                    "set_thresholds) or pass threshold=")
+            threshold = self.thresholds[final_dim]
+        ids, scores = self.search(queries, k, stages, shortlist, final_dim)
+        return [[(s, float(c)) for s, c in zip(row, sc) if c >= threshold]
+                for row, sc in zip(ids, scores)]
 
     def _rescore(self, q, candidates, d):
         """Cosine at size ``d`` of each query with its candidates (``-1`` marks none)."""
@@ -301,8 +393,9 @@ class SpeakerIndex:
             (staging / "index.json").write_text(json.dumps({
                 "format_version": FORMAT_VERSION, "embed_dim": self.embed_dim,
                 "mrl_dims": self.mrl_dims, "model_sha256": self.model_sha256,
-                "first_stage": self.first_stage, "hnsw_m": self.hnsw_m, "dtype": self.dtype},
-                indent=1))
+                "first_stage": self.first_stage, "hnsw_m": self.hnsw_m, "dtype": self.dtype,
+                "ivf_nprobe": self.ivf_nprobe, "hnsw_ef": self.hnsw_ef,
+                "thresholds": {str(d): t for d, t in self.thresholds.items()}}, indent=1))
             swap_folder(staging, folder, folder.parent / f".{folder.name}.old")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -340,7 +433,9 @@ class SpeakerIndex:
             raise ValueError(f"{folder} was built with another model (model_sha256 "
                              f"{meta['model_sha256']!r}); embed with that model or enrol again")
         index = cls(meta["embed_dim"], meta["mrl_dims"], meta["model_sha256"],
-                    meta["first_stage"], meta["hnsw_m"], meta["dtype"])
+                    meta["first_stage"], meta["hnsw_m"], meta["dtype"],
+                    meta.get("ivf_nprobe", 32), meta.get("thresholds"),
+                    meta.get("hnsw_ef", 256))
         if vectors.shape != (len(names["speakers"]), index.embed_dim):
             raise ValueError(f"{folder}: vectors.npy has shape {vectors.shape} for "
                              f"{len(names['speakers'])} speakers of size {index.embed_dim}")
@@ -351,6 +446,64 @@ class SpeakerIndex:
 
 def _prefix_cosine(a, b, d):
     return np.einsum("nd,nd->n", _normalised(a[:, :d]), _normalised(b[:, :d]))
+
+
+def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
+    """Cosine threshold per prefix size from a verification trial list.
+
+    Arguments
+    ---------
+    enrol, test : array-like
+        ``[T, embed_dim]`` full-size embeddings of each trial's two sides.
+    labels : array-like of bool
+        ``[T]``, True for same-speaker trials.
+    dims : list of int
+        Prefix sizes to calibrate.
+    false_alarm : float, optional
+        None: the equal-error-rate threshold. Otherwise the lowest threshold
+        at which at most this fraction of the different-speaker trials score
+        above it (for 1:N search against N speakers, a query meets about N
+        different-speaker comparisons: aim accordingly lower).
+
+    Returns
+    -------
+    dict
+        ``{size: threshold}`` (score > threshold: accepted).
+
+    Example
+    -------
+    >>> rng = np.random.default_rng(0)
+    >>> a = rng.standard_normal((400, 8))
+    >>> same = np.arange(400) < 200
+    >>> b = np.where(same[:, None], a + 0.5 * rng.standard_normal((400, 8)),
+    ...              rng.standard_normal((400, 8)))
+    >>> thr = calibrate_thresholds(a, b, same, [4, 8], false_alarm=0.05)
+    >>> scores = _prefix_cosine(a, b, 8)
+    >>> bool(np.mean(scores[~same] > thr[8]) <= 0.05)
+    True
+    """
+    import torch
+
+    from speechbrain_mrl.metrics import error_rates
+
+    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
+    labels = np.asarray(labels, dtype=bool)
+    if enrol.shape != test.shape or enrol.ndim != 2 or labels.shape != (len(enrol),):
+        raise ValueError(f"enrol, test and labels must be [T, D], [T, D] and [T], got "
+                         f"{enrol.shape}, {test.shape} and {labels.shape}")
+    if labels.all() or not labels.any():
+        raise ValueError("calibration needs same-speaker and different-speaker trials")
+    out = {}
+    for d in dims:
+        scores = _prefix_cosine(enrol, test, int(d))
+        if false_alarm is None:
+            out[int(d)] = error_rates(torch.from_numpy(scores[labels]),
+                                      torch.from_numpy(scores[~labels]))["EER_threshold"]
+        else:
+            impostor = np.sort(scores[~labels])[::-1]
+            allowed = int(np.floor(false_alarm * len(impostor) + 1e-9))
+            out[int(d)] = float(impostor[allowed]) if allowed < len(impostor) else -1.0
+    return out
 
 
 def cascade_verify(enrol, test, small_dim, small_threshold, full_threshold, margin):

@@ -1,8 +1,10 @@
-"""Command line of speaker search: ``enrol``, ``identify`` and ``evaluate``.
+"""Command line of speaker search: ``enrol``, ``calibrate``, ``identify`` and ``evaluate``.
 
 ::
 
     python -m speechbrain_mrl.search_cli enrol --model_folder M --folder speakers/ --index idx/
+    python -m speechbrain_mrl.search_cli calibrate --model_folder M --index idx/ --csv utts.csv \
+        --trials trials.txt
     python -m speechbrain_mrl.search_cli identify --model_folder M --index idx/ --files a.wav b.wav
     python -m speechbrain_mrl.search_cli evaluate --model_folder M --index idx/ --csv queries.csv
 
@@ -23,10 +25,10 @@ import pathlib
 import numpy as np
 
 from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, check_audio_files, read_manifest,
-                                    write_text_atomic)
+                                    read_trial_list, write_text_atomic)
 from speechbrain_mrl.datasets.voxceleb import scan_speakers
 from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.search import SpeakerIndex, open_set_rates
+from speechbrain_mrl.search import FIRST_STAGES, SpeakerIndex, calibrate_thresholds, open_set_rates
 
 __all__ = ["main", "speaker_folder_rows"]
 
@@ -79,7 +81,8 @@ def enrol(args):
         raise ValueError(f"enrolment needs a speaker per file: no spk_id for {missing[:3]}")
     model, sha, ids, emb = _embed(args, rows)
     index = (SpeakerIndex.load(args.index, sha) if pathlib.Path(args.index).exists() else
-             SpeakerIndex(model.embed_dim, model.mrl_dims, sha, args.first_stage, dtype=args.dtype))
+             SpeakerIndex.for_model(model, args.model_folder, first_stage=args.first_stage,
+                                    dtype=args.dtype))
     index.enrol([rows[u]["spk_id"] for u in ids], emb, replace=args.replace)
     index.save(args.index)
     print(f"enrolled {len(set(rows[u]['spk_id'] for u in ids))} speakers from {len(ids)} "
@@ -87,17 +90,22 @@ def enrol(args):
     return index
 
 
-def _threshold(args):
-    """The open-set threshold: a number, ``calibrated`` (the model's full-size one) or None."""
-    if args.threshold in (None, "none"):
-        return None
-    if args.threshold == "calibrated":
-        calibration = json.loads((pathlib.Path(args.model_folder) / "calibration.json").read_text())
-        thresholds = calibration.get("thresholds") or {}
-        if not thresholds:
-            raise ValueError(f"{args.model_folder} has no calibrated thresholds; give --threshold X")
-        return float(thresholds[max(thresholds, key=int)])
-    return float(args.threshold)
+def calibrate(args):
+    """Sets the index's open-set thresholds per size from a trial list (``--false_alarm``:
+    the threshold at that false-alarm rate over the different-speaker trials; default: EER)."""
+    rows, (labels, enrol_ids, test_ids), _ = read_trial_list([args.csv], args.trials)
+    check_audio_files(rows, args.csv)
+    _, sha, ids, emb = _embed(args, rows)
+    index = SpeakerIndex.load(args.index, sha)
+    position = {u: i for i, u in enumerate(ids)}
+    thresholds = calibrate_thresholds(emb[[position[u] for u in enrol_ids]],
+                                      emb[[position[u] for u in test_ids]], labels,
+                                      index.mrl_dims, args.false_alarm)
+    index.set_thresholds(thresholds)
+    index.save(args.index)
+    print(f"open-set thresholds from {len(labels)} trials: "
+          + ", ".join(f"{d}: {t:.4f}" for d, t in thresholds.items()))
+    return thresholds
 
 
 def identify(args):
@@ -106,13 +114,14 @@ def identify(args):
     rows = _rows(args)
     _, sha, ids, emb = _embed(args, rows)
     index = SpeakerIndex.load(args.index, sha)
-    found, scores = index.search(emb, k=min(args.k, len(index)), stages=args.stages,
-                                 shortlist=args.shortlist)
-    threshold = _threshold(args)
-    out = {u: [{"speaker": s, "score": float(c)} for s, c in zip(f, sc)]
-           for u, f, sc in zip(ids, found, scores)}
-    if threshold is not None:  # open set: a best score under the threshold is an unknown speaker
-        out = {u: [r for r in matches if r["score"] >= threshold] for u, matches in out.items()}
+    k = min(args.k, len(index))
+    if args.threshold is None:
+        found, scores = index.search(emb, k, args.stages, args.shortlist, args.final_dim)
+        matches = [list(zip(f, sc)) for f, sc in zip(found, scores)]
+    else:  # open set: a best score under the threshold is an unknown speaker
+        threshold = None if args.threshold == "index" else float(args.threshold)
+        matches = index.identify(emb, k, args.stages, args.shortlist, args.final_dim, threshold)
+    out = {u: [{"speaker": s, "score": float(c)} for s, c in m] for u, m in zip(ids, matches)}
     if args.out:
         write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
     for u in ids:
@@ -163,7 +172,7 @@ def main(argv=None):
     """Command-line entry point."""
     p = argparse.ArgumentParser(description="Speaker search with Matryoshka funnels")
     sub = p.add_subparsers(dest="command", required=True)
-    for name in ("enrol", "identify", "evaluate"):
+    for name in ("enrol", "calibrate", "identify", "evaluate"):
         s = sub.add_parser(name)
         s.add_argument("--model_folder", required=True)
         s.add_argument("--index", required=True, help="index folder")
@@ -176,14 +185,22 @@ def main(argv=None):
         s.add_argument("--device", default="cpu")
         s.add_argument("--out", help="JSON output")
         s.add_argument("--shortlist", type=int, default=100)
+    sub.choices["calibrate"].add_argument("--trials", required=True,
+                                          help="trial list over the IDs of --csv")
+    sub.choices["calibrate"].add_argument(
+        "--false_alarm", type=float, default=None,
+        help="threshold at this false-alarm rate of the different-speaker trials (default: EER)")
     sub.choices["enrol"].add_argument("--replace", action="store_true")
-    sub.choices["enrol"].add_argument("--first_stage", choices=["flat", "hnsw"], default="flat")
+    sub.choices["enrol"].add_argument("--first_stage", choices=FIRST_STAGES, default="flat")
     sub.choices["enrol"].add_argument("--dtype", choices=["float32", "float16"], default="float32")
     sub.choices["identify"].add_argument("--k", type=int, default=5)
     sub.choices["identify"].add_argument("--stages", type=int, nargs="*", default=None)
+    sub.choices["identify"].add_argument("--final_dim", type=int, default=None,
+                                         help="size of the last ranking and the scores (default: full)")
     sub.choices["identify"].add_argument(
         "--threshold", default=None,
-        help="open set: a cosine threshold, or 'calibrated' (the model's full-size EER threshold)")
+        help="open set: a cosine threshold, or 'index' (the index's threshold for --final_dim: "
+             "the model's calibration, or the calibrate command's)")
     sub.choices["evaluate"].add_argument("--far", type=float, default=0.01,
                                          help="false-alarm rate of the open-set evaluation")
     sub.choices["evaluate"].add_argument("--funnels", type=lambda s: [int(d) for d in s.split(",")],
@@ -191,7 +208,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if getattr(args, "files", None) is None:
         args.files = None
-    return {"enrol": enrol, "identify": identify, "evaluate": evaluate}[args.command](args)
+    commands = {"enrol": enrol, "calibrate": calibrate, "identify": identify, "evaluate": evaluate}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":  # pragma: no cover

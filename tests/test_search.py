@@ -19,33 +19,37 @@ def _speakers(n_spk=120, n_utt=3, dim=32, seed=0, noise=0.6):
     return ids, emb.astype("float32"), queries.astype("float32")
 
 
-def _brute_force(ids, emb, queries, k):
-    """Speaker model = mean of L2-normalised embeddings; full-size cosine; exact top-k."""
+def _brute_force(ids, emb, queries, k, d=None):
+    """Speaker model = mean of L2-normalised embeddings; cosine of the first ``d``; exact top-k."""
     names = sorted(set(ids), key=ids.index)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    means = np.stack([unit[[i for i, s in enumerate(ids) if s == n]].mean(0) for n in names])
+    means = np.stack([unit[[i for i, s in enumerate(ids) if s == n]].mean(0) for n in names])[:, :d]
     means /= np.linalg.norm(means, axis=1, keepdims=True)
-    q = queries / np.linalg.norm(queries, axis=1, keepdims=True)
+    q = queries[:, :d] / np.linalg.norm(queries[:, :d], axis=1, keepdims=True)
     scores = q @ means.T
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     return [[names[i] for i in row] for row in order], np.take_along_axis(scores, order, 1)
 
 
-@pytest.mark.parametrize("stages", [[], [8], [8, 16]])
-def test_funnel_with_a_full_shortlist_equals_brute_force(stages):
+@pytest.mark.parametrize("stages, final_dim", [([], None), ([8], None), ([8, 16], None),
+                                               ([], 16), ([8], 16)])
+@pytest.mark.parametrize("first_stage", ["flat", "ivf"])
+def test_funnel_with_a_full_shortlist_equals_brute_force(stages, final_dim, first_stage):
     ids, emb, queries = _speakers()
-    index = SpeakerIndex(32, DIMS)
+    # an IVF first stage visiting every cell is exact
+    index = SpeakerIndex(32, DIMS, first_stage=first_stage, ivf_nprobe=len(ids))
     index.enrol(ids, emb)
-    got_ids, got_scores = index.search(queries, k=5, stages=stages, shortlist=len(index))
-    want_ids, want_scores = _brute_force(ids, emb, queries, 5)
+    got_ids, got_scores = index.search(queries, k=5, stages=stages, shortlist=len(index),
+                                       final_dim=final_dim)
+    want_ids, want_scores = _brute_force(ids, emb, queries, 5, final_dim)
     assert got_ids == want_ids
     np.testing.assert_allclose(got_scores, want_scores, atol=1e-5)
 
 
-def test_small_prefix_shortlist_and_hnsw_keep_the_top_speaker():
+def test_small_prefix_shortlist_and_approximate_first_stages_keep_the_top_speaker():
     ids, emb, queries = _speakers(n_spk=300, noise=0.3)
     want, _ = _brute_force(ids, emb, queries, 1)
-    for first_stage in ("flat", "hnsw"):
+    for first_stage in ("flat", "hnsw", "ivf"):
         index = SpeakerIndex(32, DIMS, first_stage=first_stage)
         index.enrol(ids, emb)
         got, _ = index.search(queries, k=1, stages=[8], shortlist=30)
@@ -128,7 +132,57 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match="stages must be increasing sizes"):
         index.search(queries, k=1, stages=[32])
     with pytest.raises(ValueError, match="first_stage"):
-        SpeakerIndex(32, DIMS, first_stage="ivf")
+        SpeakerIndex(32, DIMS, first_stage="lsh")
+    with pytest.raises(ValueError, match="final_dim must be one of the sizes"):
+        index.search(queries, k=1, final_dim=12)
+    with pytest.raises(ValueError, match=r"stages must be increasing sizes of \[8\] \(below"):
+        index.search(queries, k=1, stages=[16], final_dim=16)
+    with pytest.raises(ValueError, match="no open-set threshold for size 32"):
+        index.identify(queries, k=1)
+    with pytest.raises(ValueError, match="threshold for size 12"):
+        index.set_thresholds({12: 0.3})
+    with pytest.raises(ValueError, match="not a finite number"):
+        index.set_thresholds({8: float("nan")})
+
+
+def test_open_set_identification_with_thresholds_per_size(tmp_path):
+    ids, emb, queries = _speakers(n_spk=30)
+    index = SpeakerIndex(32, DIMS, thresholds={16: 0.5, 32: 0.6})
+    index.enrol(ids, emb)
+    for final_dim, threshold in ((16, 0.5), (32, 0.6)):
+        found, scores = index.search(queries, k=3, stages=[8], shortlist=30, final_dim=final_dim)
+        got = index.identify(queries, k=3, stages=[8], shortlist=30, final_dim=final_dim)
+        want = [[(s, float(c)) for s, c in zip(f, sc) if c >= threshold]
+                for f, sc in zip(found, scores)]
+        assert got == want and any(len(g) < 3 for g in got) and any(g for g in got)
+    assert all(g == [] for g in index.identify(queries, k=1, threshold=1.01))
+    loaded = SpeakerIndex.load(index.save(tmp_path / "index"))
+    assert loaded.thresholds == {16: 0.5, 32: 0.6}
+
+
+def test_thresholds_calibrated_on_a_trial_list():
+    import torch
+
+    from speechbrain_mrl.metrics import error_rates
+    from speechbrain_mrl.search import _prefix_cosine, calibrate_thresholds
+
+    ids, emb, _ = _speakers(n_spk=60, n_utt=4)
+    rng = np.random.default_rng(1)
+    a, b = rng.integers(0, len(ids), 3000), rng.integers(0, len(ids), 3000)
+    keep = a != b
+    a, b = a[keep], b[keep]
+    labels = np.array([ids[i] == ids[j] for i, j in zip(a, b)])
+    eer = calibrate_thresholds(emb[a], emb[b], labels, DIMS)
+    at_far = calibrate_thresholds(emb[a], emb[b], labels, DIMS, false_alarm=0.01)
+    for d in DIMS:
+        scores = _prefix_cosine(emb[a], emb[b], d)
+        want = error_rates(torch.from_numpy(scores[labels]), torch.from_numpy(scores[~labels]))
+        assert eer[d] == pytest.approx(want["EER_threshold"])
+        impostor = scores[~labels]
+        assert np.mean(impostor > at_far[d]) <= 0.01
+        assert np.mean(impostor >= at_far[d]) > 0.01  # the lowest such threshold
+    with pytest.raises(ValueError, match="same-speaker and different-speaker"):
+        calibrate_thresholds(emb[a], emb[b], np.ones(len(a), bool), DIMS)
 
 
 def test_cascade_verification_matches_full_size_on_the_calibration_list():
@@ -155,7 +209,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     import subprocess
     import sys
 
-    from mrl_testutils import write_tiny_model, write_voice_corpus
+    from mrl_testutils import THRESHOLDS, write_tiny_model, write_voice_corpus
     from speechbrain_mrl import search_cli
     from speechbrain_mrl.search import SpeakerIndex
 
@@ -177,6 +231,23 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     above = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                              "--files", *files, "--threshold", "2.0"])  # above any cosine
     assert all(v == [] for v in above.values()) and "unknown speaker" in capsys.readouterr().out
+    # the index starts with the model's calibrated thresholds; calibrate replaces them
+    assert SpeakerIndex.load(index_dir).thresholds == THRESHOLDS
+    rels = sorted(corpus)
+    with open(tmp_path / "utts.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["ID", "wav"]] + [[r, str(corpus[r][1])] for r in rels])
+    trials = [(int(corpus[x][0] == corpus[y][0]), x, y) for i, x in enumerate(rels)
+              for y in rels[i + 1:]]
+    (tmp_path / "trials.txt").write_text("".join(f"{l} {x} {y}\n" for l, x, y in trials))
+    thresholds = search_cli.main(["calibrate", "--model_folder", str(folder), "--index",
+                                  str(index_dir), "--csv", str(tmp_path / "utts.csv"),
+                                  "--trials", str(tmp_path / "trials.txt")])
+    assert SpeakerIndex.load(index_dir).thresholds == thresholds
+    assert set(thresholds) == set(index.mrl_dims) and thresholds != THRESHOLDS
+    opened = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+                              "--files", *files, "--k", "2", "--final_dim", "4", "--stages",
+                              "--threshold", "index"])
+    assert all(r["score"] >= thresholds[4] for v in opened.values() for r in v)
     with open(tmp_path / "queries.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ID", "wav", "spk_id"])
