@@ -1,4 +1,4 @@
-"""Command line of speaker search: ``enrol``, ``calibrate``, ``identify`` and ``evaluate``.
+"""Command line of speaker search: ``enrol``, ``calibrate``, ``identify``, ``evaluate``, ``cascade``.
 
 ::
 
@@ -7,6 +7,8 @@
         --trials trials.txt
     python -m speechbrain_mrl.search_cli identify --model_folder M --index idx/ --files a.wav b.wav
     python -m speechbrain_mrl.search_cli evaluate --model_folder M --index idx/ --csv queries.csv
+    python -m speechbrain_mrl.search_cli cascade --model_folder M --csv test.csv --trials t.txt \
+        --calibration_csv dev.csv --calibration_trials v.txt --small_dim 64
 
 Audio comes from a CSV manifest (``ID,wav`` plus optional ``start,stop,duration,spk_id``)
 or from a folder of speaker sub-folders (the sub-folder names are the speaker IDs).
@@ -28,7 +30,8 @@ from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, check_audio_fi
                                     read_trial_list, write_text_atomic)
 from speechbrain_mrl.datasets.voxceleb import scan_speakers
 from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.search import FIRST_STAGES, SpeakerIndex, calibrate_thresholds, open_set_rates
+from speechbrain_mrl.search import (FIRST_STAGES, SpeakerIndex, calibrate_margin, calibrate_thresholds,
+                                    cascade_verify, open_set_rates)
 
 __all__ = ["main", "speaker_folder_rows"]
 
@@ -90,17 +93,24 @@ def enrol(args):
     return index
 
 
+def _trial_embeddings(args, manifests, trials):
+    """``(model, fingerprint, enrol [T, D], test [T, D], labels [T])`` of a trial list."""
+    rows, (labels, enrol_ids, test_ids), _ = read_trial_list(manifests, trials)
+    check_audio_files(rows, " + ".join(map(str, manifests)))
+    model, sha, ids, emb = _embed(args, rows)
+    position = {u: i for i, u in enumerate(ids)}
+    return (model, sha, emb[[position[u] for u in enrol_ids]], emb[[position[u] for u in test_ids]],
+            np.asarray(labels, dtype=bool))
+
+
 def calibrate(args):
     """Sets the index's open-set thresholds per size from a trial list (``--false_alarm``:
     the threshold at that false-alarm rate over the different-speaker trials; default: EER)."""
-    rows, (labels, enrol_ids, test_ids), _ = read_trial_list([args.csv], args.trials)
-    check_audio_files(rows, args.csv)
-    _, sha, ids, emb = _embed(args, rows)
+    if not args.csv:
+        raise ValueError("calibrate needs --csv: the manifest of the trial list's utterances")
+    _, sha, enrol_emb, test_emb, labels = _trial_embeddings(args, [args.csv], args.trials)
     index = SpeakerIndex.load(args.index, sha)
-    position = {u: i for i, u in enumerate(ids)}
-    thresholds = calibrate_thresholds(emb[[position[u] for u in enrol_ids]],
-                                      emb[[position[u] for u in test_ids]], labels,
-                                      index.mrl_dims, args.false_alarm)
+    thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, index.mrl_dims, args.false_alarm)
     index.set_thresholds(thresholds)
     index.save(args.index)
     print(f"open-set thresholds from {len(labels)} trials: "
@@ -168,6 +178,40 @@ def evaluate(args):
     return report
 
 
+def cascade(args):
+    """Cascade verification of a trial list: the small prefix decides unless its score is
+    within a margin of its threshold. The margin is calibrated on another trial list to
+    give the full-size decisions on ``--agreement`` of its trials; the thresholds are the
+    model's calibrated ones."""
+    model, _, cal_e, cal_t, _ = _trial_embeddings(args, args.calibration_csv, args.calibration_trials)
+    _, _, enrol_emb, test_emb, labels = _trial_embeddings(args, args.csv, args.trials)
+    small_thr, full_thr = model.threshold_for(args.small_dim), model.threshold_for()
+    full = cascade_verify(enrol_emb, test_emb, args.small_dim, small_thr, full_thr, np.inf)[0]
+    report = {"small_dim": args.small_dim, "full_dim": model.embed_dim, "trials": len(labels),
+              "calibration_trials": len(cal_e), "full_size_error_rate": float(np.mean(full != labels)),
+              "rows": []}
+    for agreement in args.agreement:
+        margin, cal_escalated = calibrate_margin(cal_e, cal_t, args.small_dim, small_thr, full_thr,
+                                                 agreement)
+        decisions, escalated = cascade_verify(enrol_emb, test_emb, args.small_dim, small_thr,
+                                              full_thr, margin)
+        report["rows"].append({
+            "target_agreement": agreement, "margin": margin,
+            "escalated_calibration": cal_escalated, "escalated": float(escalated.mean()),
+            "agreement": float(np.mean(decisions == full)),
+            "error_rate": float(np.mean(decisions != labels))})
+    if args.out:
+        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    print(f"| target agreement | margin | escalated (calibration) | escalated | agreement with "
+          f"{model.embed_dim}-d | error rate (cascade / {model.embed_dim}-d) |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for r in report["rows"]:
+        print(f"| {r['target_agreement']} | {r['margin']:.4f} | {r['escalated_calibration']:.1%} | "
+              f"{r['escalated']:.1%} | {r['agreement']:.2%} | {r['error_rate']:.2%} / "
+              f"{report['full_size_error_rate']:.2%} |")
+    return report
+
+
 def main(argv=None):
     """Command-line entry point."""
     p = argparse.ArgumentParser(description="Speaker search with Matryoshka funnels")
@@ -187,6 +231,18 @@ def main(argv=None):
         s.add_argument("--shortlist", type=int, default=100)
     sub.choices["calibrate"].add_argument("--trials", required=True,
                                           help="trial list over the IDs of --csv")
+    c = sub.add_parser("cascade")
+    c.add_argument("--model_folder", required=True)
+    c.add_argument("--csv", nargs="+", required=True,
+                   help="manifests of the evaluated trials' utterances (e.g. enrol and test)")
+    c.add_argument("--trials", required=True)
+    c.add_argument("--calibration_csv", nargs="+", required=True)
+    c.add_argument("--calibration_trials", required=True)
+    c.add_argument("--small_dim", type=int, default=64)
+    c.add_argument("--agreement", type=float, nargs="+", default=[0.999])
+    c.add_argument("--batch_size", type=int, default=16)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--out", help="JSON output")
     sub.choices["calibrate"].add_argument(
         "--false_alarm", type=float, default=None,
         help="threshold at this false-alarm rate of the different-speaker trials (default: EER)")
@@ -208,7 +264,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if getattr(args, "files", None) is None:
         args.files = None
-    commands = {"enrol": enrol, "calibrate": calibrate, "identify": identify, "evaluate": evaluate}
+    commands = {"enrol": enrol, "calibrate": calibrate, "identify": identify, "evaluate": evaluate,
+                "cascade": cascade}
     return commands[args.command](args)
 
 

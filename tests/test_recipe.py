@@ -141,6 +141,13 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
         assert (out / name).stat().st_size > 0
     saved = json.loads((out / "summary.json").read_text())
     assert {"frozen_epoch_s", "finetune_epoch_s", "speedup_frozen_vs_finetune"} <= set(saved["times"])
+    # the search stage: every test speaker enrolled, each funnel evaluated, the cascade table
+    ident, cascade = saved["search"]["identification"], saved["search"]["cascade"]
+    test_speakers = {r.split(",")[-1] for r in (out / "data" / "test.csv").read_text().split()[1:]}
+    assert ident["speakers"] == len(test_speakers)
+    assert set(ident["funnels"]) == {"exact full size", "4->full", "8->full"}
+    assert cascade["small_dim"] == 8 and [r["target_agreement"] for r in cascade["rows"]] == [1.0, 0.999]
+    assert "Cascade verification" in (out / "results.md").read_text()
     # the timing run: one epoch with the backbone unfrozen from epoch 1
     assert len(_results(out / "finetune_timing")["epoch_times_s"]) == 1
     tuned = _load(_last_checkpoint(out / "finetune_timing") / "embedding_model.ckpt")
@@ -157,7 +164,8 @@ def test_demo_restarts_from_the_stages_on_disk(demo_run, capsys):
     summary = run_demo.main(args)
     assert summary["table"] == demo_run["summary"]["table"]
     assert all(p.stat().st_mtime == t for p, t in before.items())
-    assert capsys.readouterr().out.count("stage skipped") == 3 + 2 * 4  # trainings, 4 models x 2 lists
+    # trainings, 4 models x 2 lists, the search stage's enrol, evaluate and cascade
+    assert capsys.readouterr().out.count("stage skipped") == 3 + 2 * 4 + 3
 
 
 def test_resume_mid_epoch(tmp_path, monkeypatch):

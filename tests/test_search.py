@@ -248,6 +248,16 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
                               "--files", *files, "--k", "2", "--final_dim", "4", "--stages",
                               "--threshold", "index"])
     assert all(r["score"] >= thresholds[4] for v in opened.values() for r in v)
+    # cascade verification: a margin reproducing every full-size decision of its own list
+    cascade = search_cli.main(["cascade", "--model_folder", str(folder), "--csv",
+                               str(tmp_path / "utts.csv"), "--trials", str(tmp_path / "trials.txt"),
+                               "--calibration_csv", str(tmp_path / "utts.csv"), "--calibration_trials",
+                               str(tmp_path / "trials.txt"), "--small_dim", "4", "--agreement", "1.0",
+                               "--out", str(tmp_path / "cascade.json")])
+    row = cascade["rows"][0]
+    assert cascade["trials"] == len(trials) and row["agreement"] == 1.0
+    assert row["escalated"] == row["escalated_calibration"]
+    assert json.loads((tmp_path / "cascade.json").read_text()) == cascade
     with open(tmp_path / "queries.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ID", "wav", "spk_id"])

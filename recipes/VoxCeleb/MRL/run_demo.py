@@ -15,8 +15,12 @@ stopped (delete a stage's folder to run it again):
    ``speaker_verification_cosine.py`` for the trained Matryoshka model, its
    untrained initial head, PCA truncations of the backbone embedding and the
    frozen backbone's own embedding;
-5. the report: an EER/minDCF table printed and written to ``results.md``,
-   ``summary.json`` and ``eer_vs_size.png``.
+5. ``search/``: speaker search on the test speakers (``speechbrain_mrl.search_cli``):
+   each speaker enrolled from half its clips and identified from the other
+   half through every funnel, and cascade verification of the test trials
+   (margin calibrated on the validation trials);
+6. the report: an EER/minDCF table, the funnel table and the cascade table,
+   printed and written to ``results.md``, ``summary.json`` and ``eer_vs_size.png``.
 
 Usage::
 
@@ -37,6 +41,7 @@ import time
 
 import torch
 
+from speechbrain_mrl.dataio import CSV_HEADER, read_manifest, write_manifest
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.packaging import write_model_folder
 
@@ -54,17 +59,79 @@ def merge_overrides(*lists):
     return [x for kv in merged.items() for x in kv]
 
 
-def run_stage(done, script, *args):
-    """Runs ``script`` in a new process unless the stage's output file ``done`` exists."""
+def run_python(done, *args):
+    """Runs ``python args...`` in a new process unless the stage's output file ``done`` exists."""
     if done.is_file():
         print(f"[demo] {done} exists: stage skipped", flush=True)
         return False
-    cmd = [sys.executable, str(HERE / script), *map(str, args)]
-    if script == "train.py":
-        cmd.append("--noprogressbar")
+    cmd = [sys.executable, *map(str, args)]
     print("$ " + " ".join(shlex.quote(a) for a in cmd), flush=True)
     subprocess.run(cmd, check=True)
     return True
+
+
+def run_stage(done, script, *args):
+    """Runs the recipe's ``script`` unless the stage's output file ``done`` exists."""
+    extra = ["--noprogressbar"] if script == "train.py" else []
+    return run_python(done, HERE / script, *args, *extra)
+
+
+def search_stage(out, prep):
+    """Speaker search on the test speakers: ``(identification report, cascade report)``.
+
+    Each speaker is enrolled from the first half of its clips (by ID) and
+    identified from the rest, by exact full-size search, a funnel from every
+    smaller size and 16 -> 64 -> full (shortlists of 10 speakers); the test trials are verified by the
+    64-d cascade (the largest smaller size for models without 64).
+    """
+    folder, model = out / "search", out / "mrl" / "model"
+    dims = json.loads((model / "model_info.json").read_text())["mrl_dims"][:-1]
+    funnels = [str(d) for d in dims] + (["16,64"] if {16, 64} <= set(dims) else [])
+    small = 64 if 64 in dims else dims[-1]
+    if not (folder / "queries.csv").is_file():
+        rows = read_manifest(prep / "test.csv")
+        by_speaker = {}
+        for uid in sorted(rows):
+            by_speaker.setdefault(rows[uid]["spk_id"], []).append(uid)
+        halves = {"enrol": [], "queries": []}
+        for uids in by_speaker.values():
+            halves["enrol"] += uids[:len(uids) // 2]
+            halves["queries"] += uids[len(uids) // 2:]
+        for name in ("enrol", "queries"):  # queries last: it marks the split as done
+            write_manifest(folder / f"{name}.csv", [[u] + [rows[u][c] for c in CSV_HEADER[1:]]
+                                                    for u in halves[name]])
+    cli = ["-m", "speechbrain_mrl.search_cli"]
+    common = ["--model_folder", model, "--index", folder / "index"]
+    run_python(folder / "index" / "index.json", *cli, "enrol", *common,
+               "--csv", folder / "enrol.csv")
+    run_python(folder / "identification.json", *cli, "evaluate", *common,
+               "--csv", folder / "queries.csv", "--funnels", *funnels, "--shortlist", "10",
+               "--out", folder / "identification.json")
+    run_python(folder / "cascade.json", *cli, "cascade", "--model_folder", model,
+               "--csv", prep / "enrol.csv", prep / "test.csv", "--trials", prep / "trials_test.txt",
+               "--calibration_csv", prep / "dev.csv", "--calibration_trials", prep / "val_trials.txt",
+               "--small_dim", small, "--agreement", "1.0", "0.999", "--out", folder / "cascade.json")
+    return (json.loads((folder / "identification.json").read_text()),
+            json.loads((folder / "cascade.json").read_text()))
+
+
+def search_lines(identification, cascade):
+    """The funnel and cascade tables of :func:`search_stage` as markdown lines."""
+    lines = [f"Speaker search: {identification['speakers']} test speakers enrolled from half "
+             f"their clips, {identification['queries']} queries:", "",
+             "| search | top-1 % | top-k % |", "|---|---:|---:|"]
+    for name, r in identification["funnels"].items():
+        top_k = next(v for key, v in r.items() if key.startswith("top") and key != "top1")
+        lines.append(f"| {name} | {100 * r['top1']:.2f} | {100 * top_k:.2f} |")
+    full = cascade["full_dim"]
+    lines += ["", f"Cascade verification of the {cascade['trials']:,} test trials "
+              f"({cascade['small_dim']}-d first, margin calibrated on the validation trials):", "",
+              f"| target agreement | escalated | agreement with {full}-d | error rate "
+              f"(cascade / {full}-d) |", "|---:|---:|---:|---:|"]
+    for r in cascade["rows"]:
+        lines.append(f"| {r['target_agreement']} | {r['escalated']:.1%} | {r['agreement']:.2%} | "
+                     f"{r['error_rate']:.2%} / {cascade['full_size_error_rate']:.2%} |")
+    return lines
 
 
 TRIAL_LISTS = {  # scoring folder -> (enrol manifest, test manifest, trials)
@@ -144,13 +211,15 @@ def table_lines(table):
     return lines
 
 
-def report(table, times, scratch, mrl, finetune, out, long_table=None):
+def report(table, times, scratch, mrl, finetune, out, long_table=None, search=None):
     """Prints and writes the results tables, the target checks, summary.json and the plot."""
     full = max(table["matryoshka"])
     lines = ["Speech Commands test trials (1-s clips):", ""] + table_lines(table)
     if long_table is not None:
         lines += ["", "Long read speech validation list (held-out LibriSpeech readers, 4-s "
                   "segments):", ""] + table_lines(long_table)
+    if search is not None:
+        lines += [""] + search_lines(*search)
     m_full = table["matryoshka"][full]["EER"]
     b_full = next(iter(table["backbone"].values()))["EER"]
     d64 = 64 if 64 in table["matryoshka"] else sorted(table["matryoshka"])[0]
@@ -177,6 +246,7 @@ def report(table, times, scratch, mrl, finetune, out, long_table=None):
                "long_valid_table": {k: {str(d): v for d, v in t.items()}
                                     for k, t in (long_table or {}).items()},
                "times": times, "checks": checks,
+               "search": dict(zip(("identification", "cascade"), search or ())),
                "validation": {"scratch": scratch["valid"], "mrl": mrl["valid"]}}
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(table, out / "eer_vs_size.png")
@@ -250,12 +320,16 @@ def main(argv=None):
         long_table = {name: score(name, out, prep, args, "scoring_long_valid")
                       for name, args in models.items()}
     times["scoring_s"] = time.time() - t
+    t = time.time()
+    search = search_stage(out, prep)
+    times["search_s"] = time.time() - t
     times["total_s"] = time.time() - t0
     results = {name: json.loads((out / name / "results.json").read_text())
                for name in ("scratch", "mrl", "finetune_timing")
                if (out / name / "results.json").is_file()}
     return report(table, times, results["scratch"], results["mrl"],
-                  None if a.no_finetune_timing else results["finetune_timing"], out, long_table)
+                  None if a.no_finetune_timing else results["finetune_timing"], out, long_table,
+                  search)
 
 
 if __name__ == "__main__":
