@@ -9,18 +9,28 @@ utterance duration.  With
 the official model is built from the same config, loaded with identical
 weights, checked to give the same embeddings, and timed side by side.
 
+With ``--onnx-dir`` the ONNX Runtime fp32 export and its static int8
+quantisation are timed beside them (same weights).
+
 Example::
 
-    python benchmarks/benchmark_redimnet.py --variants b0 b2 b6 --batch-sizes 1 16 \\
-        --durations 3 10 --threads 2 --official-repo /path/to/ReDimNet
+    python benchmarks/benchmark_redimnet.py --variants b0 b2 b6 M --batch-sizes 1 16 \\
+        --durations 3 10 --threads 2 --official-repo /path/to/ReDimNet --onnx-dir onnx/ \\
+        --output speed.json
 """
 import argparse
+import json
+import os
+import pathlib
+import platform
 import statistics
 import sys
 import time
 import warnings
 
 import torch
+
+from speechbrain_mrl.dataio import write_text_atomic
 
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.official import official_state_dict
@@ -89,6 +99,29 @@ def time_calls(fns, wav, min_time, min_reps, max_time=60.0, max_warmup_samples=1
     return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
+def onnx_paths(encoder, variant, folder, calibration, threads):
+    """``{name: fn(wav)}`` running ONNX Runtime fp32 and static int8 exports of ``encoder``."""
+    import onnxruntime as ort
+
+    from speechbrain_mrl import export as ex
+
+    folder = pathlib.Path(folder)
+    fp32 = folder / f"{variant}.fp32.onnx"
+    int8 = folder / f"{variant}.int8_static.onnx"
+    if not fp32.is_file():
+        ex.export_onnx(encoder, fp32)
+    if not int8.is_file():
+        ex.quantize_onnx(fp32, int8, calibration)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    paths = {}
+    for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        paths[name] = (lambda wav, sess=sess: sess.run(
+            None, {"wavs": wav.numpy(), "wav_lens": torch.ones(wav.shape[0]).numpy()}))
+    return paths
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--variants", nargs="+", default=["b0", "b2", "b6"])
@@ -103,37 +136,72 @@ def main(argv=None):
                         help="stop repeating after this many seconds (at least one call)")
     parser.add_argument("--official-repo", default=None,
                         help="path of a checkout of IDRnD/ReDimNet to compare with")
+    parser.add_argument("--onnx-dir", default=None,
+                        help="also time ONNX Runtime fp32 and static int8 exports (written here)")
+    parser.add_argument("--calibration-csv", default=None,
+                        help="real speech for the static int8 scales (default: noise)")
+    parser.add_argument("--output", default=None, help="JSON report, rewritten after each row")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
           f"cpu only, fp32, eval, inference_mode")
+    calibration = None
+    if args.onnx_dir:
+        from speechbrain_mrl.export import calibration_waveforms
 
-    header = f"{'variant':8} {'batch':>5} {'dur_s':>6} {'utt/s':>8} {'RTF':>7} {'cpuRTF':>7}"
-    if args.official_repo:
-        header += (f" | {'off utt/s':>9} {'off RTF':>8} {'off cpuRTF':>10}"
-                   f" | {'speedup':>7} {'cpu speedup':>11} {'max|diff|':>9}")
-    print(header)
+        calibration = (calibration_waveforms(args.calibration_csv) if args.calibration_csv else
+                       [0.1 * torch.randn(48000, generator=torch.Generator().manual_seed(i))
+                        for i in range(16)])
+    report = {"torch": torch.__version__, "threads": args.threads,
+              "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+              "rows": []}
     for variant in args.variants:
         ours = random_encoder(variant)
-        official = official_model(args.official_repo, ours) if args.official_repo else None
+        paths = {"pytorch": ours}
+        if args.official_repo:
+            paths["official"] = official_model(args.official_repo, ours)
+        if args.onnx_dir:
+            paths.update(onnx_paths(ours, variant, args.onnx_dir, calibration, args.threads))
         for batch in args.batch_sizes:
             for dur in args.durations:
                 gen = torch.Generator().manual_seed(1)
                 wav = torch.randn(batch, int(round(dur * 16000)), generator=gen) * 0.1
-                fns = [ours] if official is None else [ours, official]
-                timings = time_calls(fns, wav, args.min_time, args.min_reps, args.max_time)
-                audio = batch * dur
-                (wall, cpu) = timings[0]
-                line = (f"{variant:8} {batch:5d} {dur:6.1f} {batch / wall:8.2f} "
-                        f"{wall / audio:7.4f} {cpu / audio:7.4f}")
-                if official is not None:
-                    (o_wall, o_cpu) = timings[1]
+                timings = time_calls(list(paths.values()), wav, args.min_time, args.min_reps,
+                                     args.max_time)
+                row = {"variant": variant, "batch": batch, "seconds": dur}
+                for name, (wall, cpu) in zip(paths, timings):
+                    row[name] = {"utt_per_s": batch / wall, "rtf": wall / (batch * dur),
+                                 "cpu_rtf": cpu / (batch * dur)}
+                if "official" in paths:
                     with torch.inference_mode():
-                        diff = (ours(wav[:2]) - official(wav[:2])).abs().max().item()
-                    line += (f" | {batch / o_wall:9.2f} {o_wall / audio:8.4f} {o_cpu / audio:10.4f}"
-                             f" | {o_wall / wall:6.2f}x {o_cpu / cpu:10.2f}x {diff:9.1e}")
-                print(line, flush=True)
+                        row["max_abs_diff"] = float((ours(wav[:2]) - paths["official"](wav[:2]))
+                                                    .abs().max())
+                    for name in paths:
+                        row[name]["time_vs_official"] = (row["official"]["utt_per_s"]
+                                                         / row[name]["utt_per_s"])
+                report["rows"].append(row)
+                print(json.dumps(row), flush=True)
+                if args.output:
+                    write_text_atomic(args.output, json.dumps(report, indent=1) + "\n")
+    print_table(report)
+    return report
+
+
+def print_table(report):
+    """The report as a markdown table: utterances/s, and time relative to the official code."""
+    names = [n for n in ("official", "pytorch", "onnx_fp32", "onnx_int8")
+             if report["rows"] and n in report["rows"][0]]
+    print("| variant | batch | audio (s) | " + " | ".join(f"{n} utt/s" for n in names) + " |")
+    print("|---|---:|---:|" + "---:|" * len(names))
+    for r in report["rows"]:
+        cells = []
+        for n in names:
+            cell = f"{r[n]['utt_per_s']:.2f}"
+            if "time_vs_official" in r[n] and n != "official":
+                cell += f" ({r[n]['time_vs_official']:.2f}x)"
+            cells.append(cell)
+        print(f"| {r['variant']} | {r['batch']} | {r['seconds']:g} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """PyTorch vs ONNX Runtime fp32 vs int8: EER per Matryoshka size and throughput, side by side.
 
-Exports the model folder to ONNX (fp32, and dynamically quantised int8),
+Exports the model folder to ONNX (fp32; int8 dynamic, and int8 static with
+scales calibrated on ``--calibration_csv``, e.g. the training list),
 scores a trial list at every size through the three paths (utterances
 batched with their lengths), and times batches of ``--seconds`` of audio
 (batch 1 and ``--batch``), alternating the paths so that they share the
@@ -9,7 +10,8 @@ machine's state. Writes a JSON report.
 
     python benchmarks/onnx_int8.py --model_folder results/demo/mrl/model \\
         --manifests results/demo/data/enrol.csv results/demo/data/test.csv \\
-        --trials results/demo/data/trials_test.txt --output results/demo/onnx_int8.json
+        --trials results/demo/data/trials_test.txt --calibration_csv results/demo/data/train.csv \
+        --output results/demo/onnx_int8.json
 
 Authors
 -------
@@ -47,6 +49,8 @@ def main(argv=None):
     p.add_argument("--model_folder", required=True)
     p.add_argument("--manifests", nargs="+", required=True)
     p.add_argument("--trials", required=True)
+    p.add_argument("--calibration_csv", required=True,
+                   help="real speech for the static int8 scales (not the trial list's)")
     p.add_argument("--output", required=True)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seconds", type=float, default=3.0)
@@ -59,11 +63,13 @@ def main(argv=None):
     out = pathlib.Path(a.output)
     encoder = ex.load_encoder(a.model_folder)
     fp32 = ex.export_onnx(encoder, out.with_suffix(".fp32.onnx"))
-    int8 = ex.quantize_onnx(fp32, out.with_suffix(".int8.onnx"))
+    int8 = {"onnx_int8_dynamic": ex.quantize_onnx(fp32, out.with_suffix(".int8_dynamic.onnx")),
+            "onnx_int8_static": ex.quantize_onnx(fp32, out.with_suffix(".int8_static.onnx"),
+                                                 ex.calibration_waveforms(a.calibration_csv))}
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
     sessions = {name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-                for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8))}
+                for name, path in (("onnx_fp32", fp32), *int8.items())}
 
     def run(name, wavs, lens):
         if name == "pytorch_fp32":
@@ -71,7 +77,7 @@ def main(argv=None):
                 return encoder(wavs, lens).numpy()
         return sessions[name].run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})[-1]
 
-    names = ["pytorch_fp32", "onnx_fp32", "onnx_int8"]
+    names = ["pytorch_fp32", "onnx_fp32", "onnx_int8_dynamic", "onnx_int8_static"]
     rows, (labels, enrol, test), _ = read_trial_list(a.manifests, a.trials)
     emb = {n: {} for n in names}
     for ids, wavs, lens in batches(rows, 32, 16000):
@@ -98,7 +104,7 @@ def main(argv=None):
     report = {"EER": eer, "utterances_per_s": speed, "seconds": a.seconds, "threads": a.threads,
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "trials": a.trials, "onnx_bytes": {"fp32": fp32.stat().st_size,
-                                                 "int8": int8.stat().st_size}}
+                                                 **{n: f.stat().st_size for n, f in int8.items()}}}
     print(json.dumps(report, indent=1))
     write_text_atomic(out, json.dumps(report, indent=1))
 

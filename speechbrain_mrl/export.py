@@ -188,12 +188,14 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     return path
 
 
-def quantize_onnx(onnx_path, out_path, op_types=("MatMul", "Gemm", "Conv")):
-    """Dynamic int8 quantisation of an exported model (ONNX Runtime; weights per channel).
+def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Gemm", "Conv")):
+    """int8 quantisation of an exported model (ONNX Runtime; weights int8 per channel).
 
-    Weights are stored in int8 and activations quantised on the fly, so no
-    calibration data is needed; the front end (STFT, mel filterbank) stays in
-    float.
+    With ``calibration`` waveforms (real speech), static quantisation: each
+    activation gets a fixed scale from its range over them (QDQ format, which
+    ONNX Runtime runs with integer convolutions; the faster one on CPU).
+    Without, dynamic quantisation: activations are scaled on the fly, no data
+    needed. The front end (STFT, mel filterbank) stays in float either way.
 
     Arguments
     ---------
@@ -201,6 +203,8 @@ def quantize_onnx(onnx_path, out_path, op_types=("MatMul", "Gemm", "Conv")):
         The float model (:func:`export_onnx`).
     out_path : str or os.PathLike
         The int8 model.
+    calibration : list of torch.Tensor, optional
+        1-D waveforms at the model's sample rate (a few dozen utterances).
     op_types : sequence of str
         ONNX operators to quantise.
 
@@ -210,7 +214,8 @@ def quantize_onnx(onnx_path, out_path, op_types=("MatMul", "Gemm", "Conv")):
     """
     require_export_extra("onnx", "onnxruntime")
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
 
     graph = onnx.load(str(onnx_path)).graph
     # the mel filterbank product sees power spectra (a huge dynamic range): kept in float
@@ -219,10 +224,44 @@ def quantize_onnx(onnx_path, out_path, op_types=("MatMul", "Gemm", "Conv")):
     out_path = pathlib.Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_path.with_name(f".{out_path.name}.tmp")
-    quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=list(op_types), nodes_to_exclude=front_end)
+    if calibration is None:
+        quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=list(op_types), nodes_to_exclude=front_end)
+    else:
+        if not len(calibration):
+            raise ValueError("static int8 quantisation needs calibration waveforms, got none")
+
+        class Waveforms(CalibrationDataReader):
+            def __init__(self):
+                self.remaining = iter(calibration)
+
+            def get_next(self):
+                wav = next(self.remaining, None)
+                if wav is None:
+                    return None
+                return {"wavs": wav.float().reshape(1, -1).numpy(),
+                        "wav_lens": torch.ones(1).numpy()}
+
+        quantize_static(str(onnx_path), str(tmp), Waveforms(), quant_format=QuantFormat.QDQ,
+                        per_channel=True, activation_type=QuantType.QUInt8,
+                        weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                        nodes_to_exclude=front_end)
     tmp.replace(out_path)
     return out_path
+
+
+def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
+    """``n_clips`` waveforms spread evenly over a manifest's rows (sorted by ID)."""
+    from speechbrain_mrl.dataio import read_audio, read_manifest
+
+    rows = read_manifest(manifest)
+    if not rows:
+        raise ValueError(f"{manifest}: no rows to calibrate on")
+    ids = sorted(rows)
+    picked = [ids[round(i * len(ids) / min(n_clips, len(ids)))] for i in range(min(n_clips, len(ids)))]
+    return [read_audio(rows[u]["wav"], int(rows[u].get("start") or 0),
+                       int(rows[u]["stop"]) if rows[u].get("stop") else None, sample_rate)
+            for u in picked]
 
 
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
@@ -263,7 +302,10 @@ def main(argv=None):
     p.add_argument("--out", required=True, help="output .onnx file")
     p.add_argument("--torchscript", help="also write a TorchScript .pt file here")
     p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--int8", help="also write a dynamically quantised int8 ONNX model here")
+    p.add_argument("--int8", help="also write an int8 ONNX model here (static with "
+                                  "--calibration_csv, else dynamic)")
+    p.add_argument("--calibration_csv", help="manifest of real speech for static int8 scales")
+    p.add_argument("--calibration_clips", type=int, default=64)
     p.add_argument("--check", action="store_true",
                    help="compare onnxruntime with PyTorch on random audio (max abs diff)")
     args = p.parse_args(argv)
@@ -276,7 +318,11 @@ def main(argv=None):
         diff = onnx_parity(enc, out, *_example(seconds=3.1, batch=3, seed=1))
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
     if args.int8:
-        print(f"int8 ONNX model: {quantize_onnx(out, args.int8)}")
+        calibration = (calibration_waveforms(args.calibration_csv, args.calibration_clips,
+                                             enc.compute_features.sample_rate)
+                       if args.calibration_csv else None)
+        kind = "dynamic" if calibration is None else f"static, {len(calibration)} clips"
+        print(f"int8 ONNX model ({kind}): {quantize_onnx(out, args.int8, calibration)}")
     return out
 
 

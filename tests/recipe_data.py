@@ -97,8 +97,8 @@ def scratch_overrides(data, out, n_classes, epochs=1, extra=()):
         str(RECIPE / "hparams" / "demo_scratch.yaml"),
         "--data_folder", str(data), "--output_folder", str(out / "scratch"),
         "--prep_folder", str(out / "data"), "--redimnet_config", TINY_REDIMNET,
-        "--embed_dim", "16", "--n_classes", str(n_classes), "--batch_size", "8",
-        "--number_of_epochs", str(epochs), "--n_val_speakers", "2", "--n_valid_trials", "20",
+        "--embed_dim", "16", "--mrl_dims", "[4, 8, 16]", "--n_classes", str(n_classes),
+        "--batch_size", "8", "--number_of_epochs", str(epochs), "--n_val_speakers", "2", "--n_valid_trials", "20",
         "--ckpt_interval_minutes", "0", "--noprogressbar", "--device", "cpu", *extra,
     ]
 
@@ -119,8 +119,8 @@ def mrl_overrides(data, out, n_classes, backbone, extra=()):
 def demo_args(data, out, n_classes):
     """run_demo.py arguments for a few-second end-to-end run on tiny data."""
     common = (f"--n_classes {n_classes} --batch_size 8 --n_val_speakers 2 --n_valid_trials 20 "
-              "--ckpt_interval_minutes 0 --device cpu --embed_dim 16 ")
+              "--ckpt_interval_minutes 0 --device cpu --embed_dim 16 --mrl_dims '[4, 8, 16]' ")
     return ["--data_folder", str(data), "--output_folder", str(out),
             "--scratch_epochs", "1", "--mrl_epochs", "1", "--train_test",
             "--scratch_overrides", common + f"--redimnet_config '{TINY_REDIMNET}'",
-            "--mrl_overrides", common + "--mrl_dims '[4, 8, 16]'"]
+            "--mrl_overrides", common]

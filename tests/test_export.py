@@ -18,9 +18,16 @@ def exported(tmp_path_factory):
     """One export through the command line (ONNX + TorchScript + parity check)."""
     root = tmp_path_factory.mktemp("export")
     folder, _, _ = write_tiny_model(root / "model")
+    rows = []
+    for i in range(6):  # generated voices to calibrate the static int8 scales on
+        path = root / f"cal{i}.wav"
+        sf.write(path, speaker_voice(10 + i, i, 1.0 + 0.1 * i).numpy(), 16000)
+        rows.append(f"cal{i},{path}")
+    (root / "calibration.csv").write_text("ID,wav\n" + "\n".join(rows) + "\n")
     onnx_path = ex.main(["--model_folder", str(folder), "--out", str(root / "tiny.onnx"),
                          "--torchscript", str(root / "tiny.pt"), "--int8",
-                         str(root / "tiny.int8.onnx"), "--check"])
+                         str(root / "tiny.int8.onnx"), "--calibration_csv",
+                         str(root / "calibration.csv"), "--check"])
     enc = ex.load_encoder(folder)
     return folder, enc, pathlib.Path(onnx_path), root / "tiny.pt"
 
@@ -81,13 +88,19 @@ def test_onnx_outputs_match_interface(exported):
         assert float((torch.from_numpy(o) - ref).abs().max()) <= 1e-4
 
 
-def test_int8_model_loads_and_scores(exported):
-    """The quantised model runs mixed-length batches and keeps the trial scores."""
+@pytest.mark.parametrize("static", [True, False])
+def test_int8_model_loads_and_scores(exported, static):
+    """The quantised models (static: by the command, calibrated; dynamic) run mixed-length
+    batches and keep the trial scores."""
+    import onnx
     import onnxruntime as ort
 
     _, enc, onnx_path, _ = exported
-    int8 = onnx_path.with_name("tiny.int8.onnx")
+    int8 = (onnx_path.with_name("tiny.int8.onnx") if static else
+            ex.quantize_onnx(onnx_path, onnx_path.with_name("tiny.dynamic.onnx")))
     assert int8.stat().st_size < onnx_path.stat().st_size
+    ops = {n.op_type for n in onnx.load(str(int8)).graph.node}
+    assert ("QuantizeLinear" in ops) == static and ("DynamicQuantizeLinear" in ops) != static
     sess = ort.InferenceSession(str(int8), providers=["CPUExecutionProvider"])
     clips = [speaker_voice(s, u, 1.0 + 0.2 * u) for s in range(3) for u in range(2)]
     wavs, lens = _mixed(clips)

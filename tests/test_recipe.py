@@ -293,7 +293,10 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     assert encoder.compute_features is hp["compute_features"]
     assert encoder.embedding_model is hp["embedding_model"]
     assert encoder.mrl_head is hp.get("mrl_head")
-    assert hp["modules"]["loss"].mrl_dims == encoder.mrl_dims
+    if "mrl_head" in hp:
+        assert hp["modules"]["loss"].mrl_dims == encoder.mrl_dims
+    else:  # no head: the loss scores prefixes of the backbone's own embedding
+        assert hp["modules"]["loss"].mrl_dims[-1] == encoder.embed_dim
     recoverables = set(hp["checkpointer"].recoverables)
     assert recoverables == {"embedding_model", "loss", "counter"} | ({"mrl_head"} if "mrl_head" in hp else set())
 
