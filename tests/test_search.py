@@ -335,3 +335,54 @@ def test_open_set_rates_against_a_count():
     assert r["dir"] == pytest.approx(want)
     with pytest.raises(ValueError, match="enrolled and of unknown"):
         open_set_rates(top, scores, truth, np.ones(400, bool))
+
+
+def test_commands_on_real_demo_speech(shared_data, tmp_path):
+    """enrol / identify / evaluate on Speech Commands speakers: the reports equal a numpy
+    search over the same model's embeddings, and unknown speakers count as open-set queries."""
+    import csv
+
+    from mrl_testutils import write_tiny_model
+    from speechbrain_mrl import search_cli
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    speakers = [d for d in sorted((shared_data / "speech_commands").iterdir())
+                if d.is_dir() and len(list(d.glob("*.flac"))) >= 4][:8]
+    enrolled = [d.name for d in speakers[:6]]
+    rows = {"enrol": [], "queries": []}
+    for d in speakers:
+        clips = sorted(d.glob("*.flac"))[:4]
+        if d.name in enrolled:
+            rows["enrol"] += [[f"{d.name}/{c.stem}", str(c), d.name] for c in clips[:2]]
+        rows["queries"] += [[f"{d.name}/{c.stem}", str(c), d.name] for c in clips[2:]]
+    for name, items in rows.items():
+        with open(tmp_path / f"{name}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([["ID", "wav", "spk_id"]] + items)
+    index_dir = tmp_path / "index"
+    index = search_cli.main(["enrol", "--model_folder", str(folder), "--csv",
+                             str(tmp_path / "enrol.csv"), "--index", str(index_dir)])
+    assert sorted(index.speakers) == enrolled and index.counts == [2] * 6
+    report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
+                              "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "--far", "0.5"])
+    assert report["queries"] == 12 and report["not_enrolled"] == 4
+    # the same search by hand: mean of normalised enrolment embeddings, full-size cosine
+    model = MRLEncoderClassifier.from_hparams(source=str(folder))
+
+    def embed(items):
+        return np.stack([model.encode_file(path).reshape(-1).numpy() for _, path, _ in items])
+
+    unit = embed(rows["enrol"])
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    means = np.stack([unit[[i for i, r in enumerate(rows["enrol"]) if r[2] == s]].mean(0)
+                      for s in enrolled])
+    queries = [r for r in rows["queries"] if r[2] in enrolled]
+    q = embed(queries)
+    scores = (q / np.linalg.norm(q, axis=1, keepdims=True)) @ (
+        means / np.linalg.norm(means, axis=1, keepdims=True)).T
+    top1 = np.mean([enrolled[i] == r[2] for i, r in zip(scores.argmax(1), queries)])
+    assert report["funnels"]["exact full size"]["top1"] == pytest.approx(top1)
+    assert report["funnels"]["4->full"] == report["funnels"]["exact full size"]  # shortlist >= 6
+    out = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+                           "--csv", str(tmp_path / "queries.csv"), "--k", "3"])
+    assert len(out) == 16 and all(len(m) == 3 for m in out.values())
