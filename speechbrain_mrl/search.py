@@ -90,7 +90,7 @@ class SpeakerIndex:
     """
 
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
-                 dtype="float32", ivf_nprobe=32, thresholds=None, hnsw_ef=256):
+                 dtype="float32", ivf_nprobe=128, thresholds=None, hnsw_ef=256):
         mrl_dims = [int(d) for d in mrl_dims]
         if not mrl_dims or mrl_dims != sorted(set(mrl_dims)) or mrl_dims[-1] != int(embed_dim):
             raise ValueError(f"mrl_dims must be increasing and end with embed_dim={embed_dim}, "
@@ -434,7 +434,7 @@ class SpeakerIndex:
                              f"{meta['model_sha256']!r}); embed with that model or enrol again")
         index = cls(meta["embed_dim"], meta["mrl_dims"], meta["model_sha256"],
                     meta["first_stage"], meta["hnsw_m"], meta["dtype"],
-                    meta.get("ivf_nprobe", 32), meta.get("thresholds"),
+                    meta.get("ivf_nprobe", 128), meta.get("thresholds"),
                     meta.get("hnsw_ef", 256))
         if vectors.shape != (len(names["speakers"]), index.embed_dim):
             raise ValueError(f"{folder}: vectors.npy has shape {vectors.shape} for "
