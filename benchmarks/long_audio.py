@@ -5,7 +5,8 @@
    utterances joined end to end) of ``--durations`` seconds, embedded in one
    pass and in ``--window`` s windows (:meth:`MRLEncoder.pool_windows`), each
    measurement in a fresh process (its peak resident memory, ``ru_maxrss``).
-   One-pass runs stop at ``--max_one_pass`` seconds.
+   One-pass runs stop at ``--max_one_pass`` seconds. ``--preset b2`` times a
+   full-size ReDimNet (random weights) instead of the model folder.
 2. Cosine between the windowed and the one-pass full-size embedding: of the
    LibriSpeech utterances (1.6-17 s) with short windows, and of the joined
    recordings with the default window.
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 
 from speechbrain_mrl.dataio import read_audio, read_trial_list, write_text_atomic
+from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.export import load_encoder
 from speechbrain_mrl.metrics import error_rates
 
@@ -51,10 +53,10 @@ def reading(folder, seconds, sample_rate=16000):
     return torch.cat(pieces)[:need]
 
 
-def measure(model_folder, librispeech, seconds, window, threads):
+def measure(model_folder, librispeech, seconds, window, threads, preset=None):
     """In this process: time and peak memory of one embedding (window None: one pass)."""
     torch.set_num_threads(threads)
-    encoder = load_encoder(model_folder)
+    encoder = MRLEncoder.from_config(preset).eval() if preset else load_encoder(model_folder)
     wav = reading(librispeech, seconds)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
@@ -92,12 +94,14 @@ def main(argv=None):
     p.add_argument("--window", type=float, default=30.0)
     p.add_argument("--short_windows", type=float, nargs="+", default=[1.0, 2.0, 4.0])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--preset", help="time and memory only, of this ReDimNet preset (random "
+                                    "weights, e.g. b2) instead of the model folder")
     p.add_argument("--measure", nargs=2, metavar=("SECONDS", "WINDOW"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure:  # child process of part 1
         window = None if a.measure[1] == "none" else float(a.measure[1])
         print(json.dumps(measure(a.model_folder, a.librispeech, float(a.measure[0]), window,
-                                 a.threads)))
+                                 a.threads, a.preset)))
         return None
     torch.set_num_threads(a.threads)
     out = pathlib.Path(a.output)
@@ -110,13 +114,16 @@ def main(argv=None):
     for seconds in a.durations:
         for window in ([None] if seconds <= a.max_one_pass else []) + [a.window]:
             cmd = [sys.executable, __file__, "--model_folder", a.model_folder, "--librispeech",
-                   a.librispeech, "--output", str(out), "--threads", str(a.threads), "--measure",
+                   a.librispeech, "--output", str(out), "--threads", str(a.threads),
+                   *(["--preset", a.preset] if a.preset else []), "--measure",
                    str(seconds), "none" if window is None else str(window)]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                             text=True).stdout.strip().splitlines()[-1])
             report["time_memory"].append(row)
             print(json.dumps(row), flush=True)
             save()
+    if a.preset:
+        return report
 
     encoder = load_encoder(a.model_folder)
     files = sorted(pathlib.Path(a.librispeech).rglob("*.flac"))
