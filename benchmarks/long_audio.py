@@ -60,11 +60,7 @@ def measure(model_folder, librispeech, seconds, window, threads, preset=None):
     wav = reading(librispeech, seconds)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    with torch.inference_mode():
-        if window is None:
-            encoder(wav[None])
-        else:
-            encoder.embed_pooled(encoder.pool_windows(wav, int(window * 16000)))
+    embed(encoder, wav, window)
     wall = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "window_s": window, "wall_s": wall,

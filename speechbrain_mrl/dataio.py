@@ -38,6 +38,7 @@ __all__ = [
     "audio_info",
     "load_audio",
     "read_audio",
+    "read_row_audio",
     "check_waveforms",
     "ShortAudioWarning",
     "warn_short",
@@ -321,6 +322,24 @@ def read_audio(path, start=0, stop=None, sample_rate=16000):
     if sample_rate is not None and sr != sample_rate:
         wav = torchaudio.functional.resample(wav, sr, sample_rate)
     return wav
+
+
+def read_row_audio(row, sample_rate=16000):
+    """Waveform of a manifest row: its ``wav`` file, samples ``[start, stop)`` where given.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.wav")
+    >>> sf.write(p, np.arange(800, dtype="float32") / 800, 8000)
+    >>> read_row_audio({"wav": p, "start": "100", "stop": "300"}, 8000).shape
+    torch.Size([200])
+    >>> read_row_audio({"wav": p, "start": "", "stop": ""}, 8000).shape
+    torch.Size([800])
+    """
+    stop = row.get("stop")
+    return read_audio(row["wav"], int(row.get("start") or 0),
+                      int(stop) if stop not in (None, "") else None, sample_rate)
 
 
 def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):

@@ -252,16 +252,14 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
 
 def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
     """``n_clips`` waveforms spread evenly over a manifest's rows (sorted by ID)."""
-    from speechbrain_mrl.dataio import read_audio, read_manifest
+    from speechbrain_mrl.dataio import read_manifest, read_row_audio
 
     rows = read_manifest(manifest)
     if not rows:
         raise ValueError(f"{manifest}: no rows to calibrate on")
     ids = sorted(rows)
     picked = [ids[round(i * len(ids) / min(n_clips, len(ids)))] for i in range(min(n_clips, len(ids)))]
-    return [read_audio(rows[u]["wav"], int(rows[u].get("start") or 0),
-                       int(rows[u]["stop"]) if rows[u].get("stop") else None, sample_rate)
-            for u in picked]
+    return [read_row_audio(rows[u], sample_rate) for u in picked]
 
 
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from speechbrain.utils.data_utils import batch_pad_right
 
-from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, read_audio, read_manifest,
+from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, read_manifest, read_row_audio,
                                     signal_problem, write_manifest, write_text_atomic)
 
 __all__ = ["collect_rows", "extract", "load_embeddings"]
@@ -102,8 +102,7 @@ class _Utterances(torch.utils.data.Dataset):
         uid = self.ids[i]
         row = self.rows[uid]
         try:
-            stop = int(row["stop"]) if row.get("stop") not in (None, "") else None
-            wav = read_audio(row["wav"], int(row.get("start") or 0), stop, self.sample_rate)
+            wav = read_row_audio(row, self.sample_rate)
         except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with its reason
             return uid, None, f"unreadable ({type(err).__name__}: {err})"
         if wav.numel() < self.min_samples:

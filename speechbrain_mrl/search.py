@@ -448,6 +448,14 @@ def _prefix_cosine(a, b, d):
     return np.einsum("nd,nd->n", _normalised(a[:, :d]), _normalised(b[:, :d]))
 
 
+def _score_at_rate(scores, rate):
+    """The score that at most ``rate`` of ``scores`` lie above (the ``floor(rate * n) + 1``-th
+    largest), or None when the rate allows every score."""
+    ranked = np.sort(np.asarray(scores))[::-1]
+    allowed = int(np.floor(rate * len(ranked) + 1e-9))
+    return float(ranked[allowed]) if allowed < len(ranked) else None
+
+
 def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
     """Cosine threshold per prefix size from a verification trial list.
 
@@ -500,9 +508,8 @@ def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
             out[int(d)] = error_rates(torch.from_numpy(scores[labels]),
                                       torch.from_numpy(scores[~labels]))["EER_threshold"]
         else:
-            impostor = np.sort(scores[~labels])[::-1]
-            allowed = int(np.floor(false_alarm * len(impostor) + 1e-9))
-            out[int(d)] = float(impostor[allowed]) if allowed < len(impostor) else -1.0
+            highest = _score_at_rate(scores[~labels], false_alarm)
+            out[int(d)] = -1.0 if highest is None else highest
     return out
 
 
@@ -614,9 +621,8 @@ def open_set_rates(top_ids, top_scores, truth, enrolled, far=0.01):
     enrolled = np.asarray(enrolled, dtype=bool)
     if enrolled.all() or not enrolled.any():
         raise ValueError("open-set rates need queries of enrolled and of unknown speakers")
-    impostor = np.sort(scores[~enrolled])[::-1]
-    allowed = int(np.floor(far * len(impostor) + 1e-9))
-    threshold = float(np.nextafter(impostor[allowed], np.inf)) if allowed < len(impostor) else -np.inf
+    highest = _score_at_rate(scores[~enrolled], far)
+    threshold = -np.inf if highest is None else float(np.nextafter(highest, np.inf))
     right = np.array([i == t for i, t in zip(top_ids, truth)])
     found = right & (scores >= threshold) & enrolled
     return {"threshold": threshold, "far": float(np.mean(scores[~enrolled] >= threshold)),

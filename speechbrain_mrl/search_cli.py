@@ -216,23 +216,26 @@ def main(argv=None):
     """Command-line entry point."""
     p = argparse.ArgumentParser(description="Speaker search with Matryoshka funnels")
     sub = p.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--model_folder", required=True)
+    common.add_argument("--batch_size", type=int, default=16)
+    common.add_argument("--device", default="cpu")
+    common.add_argument("--out", help="JSON output")
     for name in ("enrol", "calibrate", "identify", "evaluate"):
-        s = sub.add_parser(name)
-        s.add_argument("--model_folder", required=True)
+        s = sub.add_parser(name, parents=[common])
         s.add_argument("--index", required=True, help="index folder")
         src = s.add_mutually_exclusive_group(required=True)
         src.add_argument("--csv", help="manifest: ID,wav[,start,stop,duration,spk_id]")
         src.add_argument("--folder", help="folder of speaker sub-folders")
         if name == "identify":
             src.add_argument("--files", nargs="+")
-        s.add_argument("--batch_size", type=int, default=16)
-        s.add_argument("--device", default="cpu")
-        s.add_argument("--out", help="JSON output")
         s.add_argument("--shortlist", type=int, default=100)
     sub.choices["calibrate"].add_argument("--trials", required=True,
                                           help="trial list over the IDs of --csv")
-    c = sub.add_parser("cascade")
-    c.add_argument("--model_folder", required=True)
+    sub.choices["calibrate"].add_argument(
+        "--false_alarm", type=float, default=None,
+        help="threshold at this false-alarm rate of the different-speaker trials (default: EER)")
+    c = sub.add_parser("cascade", parents=[common])
     c.add_argument("--csv", nargs="+", required=True,
                    help="manifests of the evaluated trials' utterances (e.g. enrol and test)")
     c.add_argument("--trials", required=True)
@@ -240,12 +243,6 @@ def main(argv=None):
     c.add_argument("--calibration_trials", required=True)
     c.add_argument("--small_dim", type=int, default=64)
     c.add_argument("--agreement", type=float, nargs="+", default=[0.999])
-    c.add_argument("--batch_size", type=int, default=16)
-    c.add_argument("--device", default="cpu")
-    c.add_argument("--out", help="JSON output")
-    sub.choices["calibrate"].add_argument(
-        "--false_alarm", type=float, default=None,
-        help="threshold at this false-alarm rate of the different-speaker trials (default: EER)")
     sub.choices["enrol"].add_argument("--replace", action="store_true")
     sub.choices["enrol"].add_argument("--first_stage", choices=FIRST_STAGES, default="flat")
     sub.choices["enrol"].add_argument("--dtype", choices=["float32", "float16"], default="float32")

@@ -81,8 +81,9 @@ def search_stage(out, prep):
 
     Each speaker is enrolled from the first half of its clips (by ID) and
     identified from the rest, by exact full-size search, a funnel from every
-    smaller size and 16 -> 64 -> full (shortlists of 10 speakers); the test trials are verified by the
-    64-d cascade (the largest smaller size for models without 64).
+    smaller size and 16 -> 64 -> full (shortlists of 10 speakers); the test
+    trials are verified by the 64-d cascade (the largest smaller size for
+    models without 64).
     """
     folder, model = out / "search", out / "mrl" / "model"
     dims = json.loads((model / "model_info.json").read_text())["mrl_dims"][:-1]
