@@ -33,7 +33,7 @@ import time
 import numpy as np
 import torch
 
-from speechbrain_mrl.dataio import read_audio, read_trial_list, write_text_atomic
+from speechbrain_mrl.dataio import read_audio, read_row_audio, read_trial_list, write_text_atomic
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.export import load_encoder
 from speechbrain_mrl.metrics import error_rates
@@ -140,8 +140,7 @@ def main(argv=None):
         rows, (labels, enrol, test), _ = read_trial_list(a.manifests, a.trials)
         labels = torch.as_tensor(labels, dtype=torch.bool)
         for window in [None] + a.short_windows:
-            emb = {u: embed(encoder, read_audio(r["wav"], int(r["start"]), int(r["stop"])), window)
-                   for u, r in rows.items()}
+            emb = {u: embed(encoder, read_row_audio(r), window) for u, r in rows.items()}
             e = torch.stack([emb[u] for u in enrol])
             t = torch.stack([emb[u] for u in test])
             scores = {}

@@ -30,7 +30,7 @@ import torch
 from speechbrain_mrl import export as ex
 from speechbrain.utils.data_utils import batch_pad_right
 
-from speechbrain_mrl.dataio import read_audio, read_trial_list, write_text_atomic
+from speechbrain_mrl.dataio import read_row_audio, read_trial_list, write_text_atomic
 from speechbrain_mrl.metrics import id_metrics
 
 
@@ -39,8 +39,7 @@ def batches(rows, batch_size, sample_rate):
     ids = sorted(rows, key=lambda u: float(rows[u]["duration"]))
     for i in range(0, len(ids), batch_size):
         chunk = ids[i:i + batch_size]
-        clips = [read_audio(rows[u]["wav"], int(rows[u]["start"]), int(rows[u]["stop"]),
-                            sample_rate) for u in chunk]
+        clips = [read_row_audio(rows[u], sample_rate) for u in chunk]
         yield (chunk, *batch_pad_right(clips))
 
 
