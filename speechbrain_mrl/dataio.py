@@ -380,9 +380,17 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):
     speechbrain_mrl.dataio.AudioError: utterance 0: audio is all zeros (silence); cannot embed
     """
     if not isinstance(wavs, torch.Tensor):
-        raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__}")
+        raise AudioError(f"wavs must be a torch.Tensor, got {type(wavs).__name__} (for a NumPy "
+                         "array as soundfile.read returns it: torch.from_numpy(data.T) or "
+                         "torch.from_numpy(data)[None] for [1, time, channels])")
+    wavs = float_samples(wavs)
     if wavs.dim() == 1:
         wavs = wavs.unsqueeze(0)
+    if wavs.dim() == 2 and wavs.shape[1] <= 16 < wavs.shape[0]:  # 16 samples: never a recording
+        raise AudioError(f"wavs of shape {tuple(wavs.shape)} look like one channels-last "
+                         "recording [time, channels] (as soundfile.read returns it), which would "
+                         "be read as that many utterances of a few samples; pass wavs[None] "
+                         "([1, time, channels]) or a mono [time] waveform")
     if wavs.dim() == 3:
         if wavs.shape[1] < wavs.shape[2]:
             raise AudioError(f"wavs of shape {tuple(wavs.shape)} look channels-first [batch, "
@@ -416,6 +424,34 @@ def check_waveforms(wavs, wav_lens=None, min_samples=1, sample_rate=16000):
     if not bool(valid.all()):
         wavs = wavs.masked_fill(~valid, 0.0)
     return wavs.float(), wav_lens
+
+
+#: Integer sample types and the full scale that maps them to [-1, 1).
+_INTEGER_FULL_SCALE = {torch.int16: 32768.0, torch.int32: 2147483648.0, torch.int8: 128.0}
+
+
+def float_samples(wavs):
+    """Waveforms as float samples in [-1, 1]: PCM integers are scaled, other types refused.
+
+    Example
+    -------
+    >>> float_samples(torch.tensor([16384, -32768], dtype=torch.int16)).tolist()
+    [0.5, -1.0]
+    >>> float_samples(torch.tensor([128, 255], dtype=torch.uint8)).tolist()
+    [0.0, 0.9921875]
+    >>> float_samples(torch.tensor([1, 2]))
+    Traceback (most recent call last):
+     ...
+    speechbrain_mrl.dataio.AudioError: waveform samples of type torch.int64 are not audio samples: pass float samples in [-1, 1] or PCM int16/int32/int8/uint8
+    """
+    if wavs.is_floating_point():
+        return wavs
+    if wavs.dtype in _INTEGER_FULL_SCALE:
+        return wavs.float() / _INTEGER_FULL_SCALE[wavs.dtype]
+    if wavs.dtype == torch.uint8:
+        return (wavs.float() - 128.0) / 128.0
+    raise AudioError(f"waveform samples of type {wavs.dtype} are not audio samples: pass float "
+                     "samples in [-1, 1] or PCM int16/int32/int8/uint8")
 
 
 class ShortAudioWarning(UserWarning):

@@ -1,95 +1,128 @@
-"""Embedding every utterance of a manifest once, in padded batches.
+"""The one embedding path: audio rows in, full-size embeddings out.
 
-:func:`embed_manifest` reads the rows of a SpeechBrain manifest
-(``{ID: {"wav", "start", "stop", "duration"}}``) with
-:func:`speechbrain_mrl.dataio.read_audio`, batches them longest first with
-padding and relative lengths, checks each batch with
-:func:`speechbrain_mrl.dataio.check_waveforms` and embeds it with an
-:class:`~speechbrain_mrl.encoder.MRLEncoder` (``[B, D]``, all nested sizes
-from one pass).
+Every command that embeds audio (scoring, extraction, enrolment and search,
+verification) and :meth:`MRLEncoderClassifier.encode_file
+<speechbrain_mrl.inference.MRLEncoderClassifier.encode_file>` embed a file the
+same way: read with :func:`speechbrain_mrl.dataio.read_row_audio` (mono, at the
+model rate), checked, and embedded with :meth:`MRLEncoder.embed
+<speechbrain_mrl.encoder.MRLEncoder.embed>`, which pools audio longer than
+``long_audio_seconds`` window by window. :func:`embed_manifest` batches the
+rows by length (a long recording alone, so that it is never padded into a
+batch) and reads them with DataLoader workers.
+
+Bad audio (unreadable, empty, silent, NaN/Inf, too short) is handled by the
+caller's choice: raised as :class:`~speechbrain_mrl.dataio.AudioError` naming
+the utterance and its file, or skipped and listed with the reason.
 
 Authors
 -------
  * speechbrain-mrl developers
 """
-import re
-
 import speechbrain as sb
 import torch
+from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from speechbrain_mrl.dataio import AudioError, check_waveforms, read_audio
+from speechbrain_mrl.dataio import AudioError, read_row_audio, signal_problem
 
-__all__ = ["embed_manifest"]
+__all__ = ["embed_manifest", "PRECISIONS"]
+
+#: Autocast settings of the embedding path: ``fp32`` (none), ``fp16``, ``bf16``.
+PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _dataset(rows, sample_rate):
-    """DynamicItemDataset over manifest rows, providing ``sig``, longest first."""
-    data = {}
-    for uid, row in rows.items():
-        item = {k: v for k, v in row.items() if k != "ID"}
-        item["duration"] = float(item.get("duration") or 0.0)
-        item.setdefault("start", 0)
-        item.setdefault("stop", None)
-        data[uid] = item
+def _dataset(rows, sample_rate, min_samples):
+    """DynamicItemDataset providing ``(id, waveform or None, reason)`` of each row."""
+    data = {uid: {"row": row} for uid, row in rows.items()}
     ds = sb.dataio.dataset.DynamicItemDataset(data)
 
-    @sb.utils.data_pipeline.takes("wav", "start", "stop")
-    @sb.utils.data_pipeline.provides("sig")
-    def audio_pipeline(wav, start, stop):
-        return read_audio(wav, start, stop, sample_rate)
+    @sb.utils.data_pipeline.takes("row")
+    @sb.utils.data_pipeline.provides("sig", "problem")
+    def audio_pipeline(row):
+        try:
+            wav = read_row_audio(row, sample_rate)
+        except Exception as err:  # noqa: BLE001 - reported per file by the caller's policy
+            yield None
+            yield f"unreadable ({err})"
+            return
+        if wav.numel() < min_samples:
+            yield None
+            yield (f"too short ({wav.numel() / sample_rate:.3f} s < minimum "
+                   f"{min_samples / sample_rate:.3f} s)")
+            return
+        problem = signal_problem(wav)
+        yield None if problem else wav
+        yield problem or ""
 
     sb.dataio.dataset.add_dynamic_item([ds], audio_pipeline)
-    sb.dataio.dataset.set_output_keys([ds], ["id", "sig"])
-    return ds.filtered_sorted(sort_key="duration", reverse=True)
+    sb.dataio.dataset.set_output_keys([ds], ["id", "sig", "problem"])
+    return ds
 
 
-def _name_utterance(err, ids, rows):
-    """The message of a :func:`check_waveforms` error with its batch index replaced by the ID."""
-    msg = str(err)
-    m = re.match(r"utterance (\d+): (.*)", msg, re.S)
-    if m and int(m.group(1)) < len(ids):
-        uid = ids[int(m.group(1))]
-        msg = f"utterance {uid} ({rows[uid].get('wav')}): {m.group(2)}"
-    return msg
+def _batches(ids, rows, batch_size, long_seconds):
+    """Positions of ``ids`` in batches, longest first; a recording above ``long_seconds`` alone."""
+    duration = [float(rows[u].get("duration") or 0.0) for u in ids]
+    order = sorted(range(len(ids)), key=lambda i: (-duration[i], i))
+    long = [[i] for i in order if long_seconds is not None and duration[i] > long_seconds]
+    rest = [i for i in order if long_seconds is None or duration[i] <= long_seconds]
+    return long + [rest[i:i + batch_size] for i in range(0, len(rest), batch_size)]
 
 
-def embed_manifest(encoder, rows, batch_size=8, num_workers=0, sample_rate=16000, min_duration=0.0,
-                   device="cpu", desc="embeddings"):
-    """Embeds every manifest row once (batched, padding-aware).
+def _collate(items):
+    return items
+
+
+def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=16000,
+                   min_duration=0.0, long_audio_seconds=60.0, window_seconds=30.0,
+                   device="cpu", precision="fp32", skipped=None, desc="embeddings", progress=True):
+    """Embeds every manifest row once, in length-bucketed padded batches.
 
     Arguments
     ---------
     encoder : MRLEncoder
-        ``encoder(wavs [B, T], wav_lens [B]) -> [B, D]``, on ``device``; run
-        in ``eval()`` (its previous mode is restored afterwards).
+        ``encoder.embed(wavs, wav_lens, ...) -> [B, D]``, on ``device``; run in
+        ``eval()`` (its previous mode is restored afterwards).
     rows : dict
         ``{ID: {"wav": path, "start": .., "stop": .., "duration": ..}}``
-        (``start``/``stop`` in samples of the file, as
-        :func:`speechbrain_mrl.dataio.read_manifest` returns them).
+        (``start``/``stop`` in samples of the file; ``duration`` in seconds,
+        used to batch by length), as :func:`speechbrain_mrl.sources.read_sources`
+        returns them.
     batch_size, num_workers : int
         Data loading.
     sample_rate : int
         Model sample rate (audio is resampled to it).
     min_duration : float
-        Shortest audio (seconds) the encoder accepts.
+        Shortest audio (seconds) the model accepts (never below what its front
+        end needs).
+    long_audio_seconds : float or None
+        Audio longer than this is embedded window by window (None: never).
+    window_seconds : float
+        Window length for long audio.
     device : str or torch.device
         Where the batches go.
+    precision : str
+        ``fp32``, or ``fp16``/``bf16`` autocast (:data:`PRECISIONS`).
+    skipped : list, optional
+        The bad-audio policy. None: bad audio raises :class:`AudioError`.
+        A list: each bad row is left out and ``(ID, wav, reason)`` appended.
     desc : str
         Progress-bar label.
+    progress : bool
+        Show a progress bar.
 
     Returns
     -------
     ids : list of str
-        Longest utterance first.
+        The embedded rows, in the order of ``rows``.
     embeddings : torch.Tensor
         ``[N, D]`` float32 on the CPU, in ``ids`` order.
 
     Raises
     ------
     AudioError
-        Unreadable audio (naming the file), or a batch with empty, silent,
-        NaN/Inf or too short audio (naming the utterance ID and its file).
+        Bad audio (without ``skipped``), naming the utterance ID and its file.
+    ValueError
+        NaN/Inf embeddings (without ``skipped``): the model's weights are corrupt.
 
     Example
     -------
@@ -100,39 +133,63 @@ def embed_manifest(encoder, rows, batch_size=8, num_workers=0, sample_rate=16000
     ...                                   group_divisor=2, embed_dim=8))
     >>> folder = tempfile.mkdtemp()
     >>> rows = {}
-    >>> for i, n in enumerate([8000, 12000]):
+    >>> for i, n in enumerate([8000, 12000, 4000]):
     ...     path = os.path.join(folder, f"{i}.wav")
-    ...     sf.write(path, np.random.RandomState(i).randn(n).astype("float32") * 0.1, 16000)
-    ...     rows[f"u{i}"] = {"wav": path, "start": 0, "stop": n, "duration": n / 16000}
-    >>> ids, emb = embed_manifest(enc, rows, batch_size=2)
-    >>> ids, emb.shape, emb.dtype
-    (['u1', 'u0'], torch.Size([2, 8]), torch.float32)
+    ...     sf.write(path, np.random.RandomState(i).randn(n).astype("float32") * 0.1 * (i < 2), 16000)
+    ...     rows[f"u{i}"] = {"wav": path, "duration": n / 16000}
+    >>> skipped = []
+    >>> ids, emb = embed_manifest(enc, rows, batch_size=2, skipped=skipped, progress=False)
+    >>> ids, emb.shape, emb.dtype, skipped[0][::2]
+    (['u0', 'u1'], torch.Size([2, 8]), torch.float32, ('u2', 'all zeros (silence)'))
     """
-    if not rows:
-        return [], torch.zeros(0, int(getattr(encoder, "embed_dim", 0)))
-    min_samples = max(int(getattr(encoder, "min_samples", 1)), int(round(min_duration * sample_rate)))
-    loader = sb.dataio.dataloader.make_dataloader(_dataset(rows, sample_rate), batch_size=batch_size,
-                                                  num_workers=num_workers)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    uids = list(rows)
+    if not uids:
+        return [], torch.zeros(0, int(encoder.embed_dim))
+    min_samples = max(int(encoder.min_samples), int(round(float(min_duration) * sample_rate)))
+    long_samples = None if long_audio_seconds is None else float(long_audio_seconds) * sample_rate
+    window_samples = int(round(float(window_seconds) * sample_rate))
+    dataset = _dataset(rows, sample_rate, min_samples)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=_batches(uids, rows, int(batch_size), long_audio_seconds),
+        num_workers=int(num_workers), collate_fn=_collate)
+    device = torch.device(device)
+    autocast = PRECISIONS[precision]
+    done = {}
     was_training = encoder.training
     encoder.eval()
-    ids, embs = [], []
     try:
-        with torch.no_grad():
-            for batch in tqdm(loader, desc=desc, dynamic_ncols=True):
-                wavs, lens = batch.sig
-                try:
-                    wavs, lens = check_waveforms(wavs, lens, min_samples=min_samples,
-                                                 sample_rate=sample_rate)
-                except AudioError as err:
-                    raise AudioError(f"cannot embed batch {list(batch.id)}: "
-                                     f"{_name_utterance(err, batch.id, rows)}") from err
-                emb = encoder(wavs.to(device), lens.to(device))
-                bad = [i for i, ok in zip(batch.id, torch.isfinite(emb).all(dim=1).tolist()) if not ok]
-                if bad:
-                    raise ValueError(f"the model gives NaN/Inf embeddings for {len(bad)} utterances "
-                                     f"(its weights may be corrupt), e.g. {bad[:5]}")
-                ids.extend(batch.id)
-                embs.append(emb.detach().float().cpu())
+        with torch.no_grad(), tqdm(total=len(uids), desc=desc, dynamic_ncols=True,
+                                   disable=not progress) as bar:
+            for items in loader:
+                good = []
+                for item in items:
+                    if item["sig"] is not None:
+                        good.append(item)
+                    elif skipped is None:
+                        raise AudioError(f"utterance {item['id']} ({rows[item['id']]['wav']}): "
+                                         f"{item['problem']}")
+                    else:
+                        skipped.append((item["id"], rows[item["id"]]["wav"], item["problem"]))
+                if good:
+                    wavs, lens = batch_pad_right([item["sig"] for item in good])
+                    with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+                        emb = encoder.embed(wavs.to(device), lens.to(device), long_samples,
+                                            window_samples)
+                    emb = emb.detach().float().cpu()
+                    finite = torch.isfinite(emb).all(dim=1).tolist()
+                    bad = [item["id"] for item, ok in zip(good, finite) if not ok]
+                    if bad and skipped is None:
+                        raise ValueError(f"the model gives NaN/Inf embeddings for {len(bad)} "
+                                         f"utterances (its weights may be corrupt), e.g. {bad[:5]}")
+                    if bad:
+                        skipped.extend((u, rows[u]["wav"], "NaN/Inf embedding") for u in bad)
+                    done.update((item["id"], row) for item, row, ok in zip(good, emb, finite) if ok)
+                bar.update(len(items))
     finally:
         encoder.train(was_training)
-    return ids, torch.cat(embs)
+    ids = [u for u in uids if u in done]
+    if not ids:
+        return [], torch.zeros(0, int(encoder.embed_dim))
+    return ids, torch.stack([done[u] for u in ids])

@@ -227,6 +227,61 @@ class MRLEncoder(nn.Module):
         """
         return self.embed_pooled(self.pool_features(wavs, wav_lens), target_dim)
 
+    def embed(self, wavs, wav_lens=None, long_samples=None, window_samples=None):
+        """Embeddings ``[B, embed_dim]`` of a padded batch; long waveforms window by window.
+
+        The one place where inference decides how to embed a waveform: every
+        waveform longer than ``long_samples`` is pooled with
+        :meth:`pool_windows` (``window_samples`` per window), the others run
+        together as one padded batch.
+
+        Arguments
+        ---------
+        wavs : torch.Tensor
+            ``[B, T]`` at the model rate, zero-padded.
+        wav_lens : torch.Tensor, optional
+            Relative lengths in ``(0, 1]``.
+        long_samples : int, optional
+            Length above which a waveform is embedded window by window (None: never).
+        window_samples : int, optional
+            Window length (required with ``long_samples``).
+
+        Returns
+        -------
+        torch.Tensor
+
+        Example
+        -------
+        >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+        ...                                   group_divisor=2, embed_dim=8)).eval()
+        >>> wavs, lens = torch.randn(2, 48000), torch.tensor([1.0, 0.5])
+        >>> out = enc.embed(wavs, lens, long_samples=32000, window_samples=16000)
+        >>> bool(torch.allclose(out[1], enc(wavs[1:, :24000])[0], atol=1e-5))
+        True
+        >>> bool(torch.allclose(out[0], enc.embed_pooled(enc.pool_windows(wavs[0], 16000))[0]))
+        True
+        """
+        if wavs.dim() == 1:
+            wavs = wavs.unsqueeze(0)
+        if wav_lens is None:
+            wav_lens = torch.ones(wavs.shape[0], device=wavs.device)
+        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
+        long = [] if long_samples is None else [i for i, n in enumerate(samples) if n > long_samples]
+        if not long:
+            return self(wavs, wav_lens)
+        rows = []
+        for i, n in enumerate(samples):
+            if i in long:
+                rows.append(self.embed_pooled(self.pool_windows(wavs[i, :n], window_samples))[0])
+        out = torch.zeros(wavs.shape[0], self.embed_dim, device=wavs.device)
+        out[long] = torch.stack(rows).to(out.dtype)
+        rest = [i for i in range(wavs.shape[0]) if i not in long]
+        if rest:
+            width = max(samples[i] for i in rest)
+            lens = torch.tensor([samples[i] / width for i in rest], device=wavs.device)
+            out[rest] = self(wavs[rest, :width], lens).to(out.dtype)
+        return out
+
     def all_dims(self, wavs, wav_lens=None):
         """Every size of :attr:`mrl_dims` from one pass: ``{d: [B, d]}``."""
         emb = self(wavs, wav_lens)

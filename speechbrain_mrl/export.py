@@ -14,17 +14,17 @@ ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
 
 Command line::
 
-    python -m speechbrain_mrl.export --model_folder results/mrl_b2/model --out mrl_b2.onnx \\
+    speechbrain-mrl export --model_folder results/mrl_b2/1986/model --onnx mrl_b2.onnx \\
         [--torchscript mrl_b2.pt] [--int8 mrl_b2.int8.onnx] [--check]
 
 Authors
 -------
  * speechbrain-mrl developers
 """
-import argparse
 import importlib
 import logging
 import pathlib
+import sys
 import warnings
 
 import torch
@@ -39,6 +39,7 @@ __all__ = [
     "export_onnx",
     "quantize_onnx",
     "onnx_parity",
+    "run_export",
 ]
 
 
@@ -293,24 +294,12 @@ def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
     return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, refs))
 
 
-def main(argv=None):
-    """Command-line entry point."""
-    p = argparse.ArgumentParser(description="Export a Matryoshka ReDimNet (waveform -> embeddings)")
-    p.add_argument("--model_folder", required=True, help="folder written by write_model_folder")
-    p.add_argument("--out", required=True, help="output .onnx file")
-    p.add_argument("--torchscript", help="also write a TorchScript .pt file here")
-    p.add_argument("--opset", type=int, default=18)
-    p.add_argument("--int8", help="also write an int8 ONNX model here (static with "
-                                  "--calibration_csv, else dynamic)")
-    p.add_argument("--calibration_csv", help="manifest of real speech for static int8 scales")
-    p.add_argument("--calibration_clips", type=int, default=64)
-    p.add_argument("--check", action="store_true",
-                   help="compare onnxruntime with PyTorch on random audio (max abs diff)")
-    args = p.parse_args(argv)
+def run_export(args):
+    """The ``speechbrain-mrl export`` job; returns the ONNX file."""
     enc = load_encoder(args.model_folder)
     if args.torchscript:  # needs nothing beyond torch: written even without the ONNX extra
         print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
-    out = export_onnx(enc, args.out, opset_version=args.opset)
+    out = export_onnx(enc, args.onnx, opset_version=args.opset)
     print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")
     if args.check:
         diff = onnx_parity(enc, out, *_example(seconds=3.1, batch=3, seed=1))
@@ -324,6 +313,14 @@ def main(argv=None):
     return out
 
 
+def main(argv=None):
+    """``python -m speechbrain_mrl.export ...``: the same as ``speechbrain-mrl export ...``."""
+    from speechbrain_mrl.cli import main as cli_main
+
+    return cli_main(["export", *(argv if argv is not None else sys.argv[1:])])
+
+
 if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=logging.INFO)
-    main()
+    from speechbrain_mrl.cli import run
+
+    run(["export", *sys.argv[1:]])

@@ -1,7 +1,7 @@
 """Embedding extraction at scale: audio in, every Matryoshka size out, in resumable shards.
 
-The utterances (a CSV manifest, a folder searched recursively, or a list of
-files) are sorted by duration and split into shards of ``shard_size``; the
+The utterances (any source of :func:`speechbrain_mrl.sources.read_sources`)
+are sorted by duration and split into shards of ``shard_size``; the
 plan is written first (``plan.json``), so a run that is stopped and started
 again with the same command continues with the unfinished shards: a shard is
 done when its ``shard_<k>.csv`` exists, which is written (atomically) after
@@ -16,103 +16,39 @@ files and ``info.json`` the model, its fingerprint and sizes.
 :func:`load_embeddings` reads the result back (e.g. into
 :class:`~speechbrain_mrl.search.SpeakerIndex`).
 
-Batches are bucketed by length and read by DataLoader workers; audio longer
-than the model's ``long_audio_seconds`` is embedded window by window. Under
+Audio goes through the one embedding path,
+:func:`speechbrain_mrl.embeddings.embed_manifest` (batches bucketed by length,
+read by DataLoader workers, audio longer than the model's
+``long_audio_seconds`` embedded window by window). Under
 ``torchrun`` each process takes every ``world_size``-th shard and the first
 one writes the merged index::
 
-    python -m speechbrain_mrl.extract --model_folder M --csv utts.csv --out emb/
+    speechbrain-mrl extract --model_folder M --csv utts.csv --output_folder emb/
     torchrun --nproc_per_node=4 -m speechbrain_mrl.extract --model_folder M --folder wavs/ \\
-        --out emb/ --device cuda --precision fp16
+        --output_folder emb/ --device cuda --precision fp16
 
 Authors
 -------
  * speechbrain-mrl developers
 """
-import argparse
 import csv
 import json
 import os
 import pathlib
+import sys
 import time
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechbrain.utils.data_utils import batch_pad_right
+from speechbrain_mrl.dataio import write_manifest, write_text_atomic
+from speechbrain_mrl.embeddings import PRECISIONS, embed_manifest
+from speechbrain_mrl.sources import read_sources
 
-from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, read_manifest, read_row_audio,
-                                    signal_problem, write_manifest, write_text_atomic)
-
-__all__ = ["collect_rows", "extract", "load_embeddings"]
+__all__ = ["extract", "load_embeddings", "run_extract"]
 
 INDEX_FIELDS = ["ID", "shard", "row", "duration", "wav", "spk_id"]
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def collect_rows(csv_path=None, folder=None, files=None):
-    """Utterances to embed: ``{ID: {"wav", "start", "stop", "duration", "spk_id"}}``.
-
-    Exactly one source: a manifest (``ID, wav`` and optionally ``start``,
-    ``stop``, ``duration``, ``spk_id``), a folder (every audio file below it;
-    the ID is its relative path without extension, the speaker its first
-    folder) or a list of files (the ID is the path). A file whose header
-    cannot be read gets duration 0 and is skipped, with its reason, later.
-    """
-    if sum(x is not None for x in (csv_path, folder, files)) != 1:
-        raise ValueError("give exactly one of a CSV manifest, a folder or a list of files")
-    if csv_path is not None:
-        rows = read_manifest(csv_path)
-    elif folder is not None:
-        folder = pathlib.Path(folder)
-        if not folder.is_dir():
-            raise FileNotFoundError(f"audio folder {folder} does not exist")
-        paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_EXTENSIONS)
-        rows = {}
-        for p in paths:
-            rel = p.relative_to(folder)
-            rows[str(rel.with_suffix(""))] = {
-                "wav": str(p), "spk_id": rel.parts[0] if len(rel.parts) > 1 else ""}
-    else:
-        rows = {str(p): {"wav": str(p)} for p in files}
-    if not rows:
-        raise ValueError(f"no audio to embed in {csv_path or folder or 'the file list'}")
-    for row in rows.values():
-        if not row.get("duration"):
-            try:
-                frames, sr = audio_info(row["wav"])
-                row["duration"] = frames / sr
-            except (OSError, ValueError):
-                row["duration"] = 0.0
-    return rows
-
-
-class _Utterances(torch.utils.data.Dataset):
-    """``(id, waveform or None, reason)`` of each utterance of a shard."""
-
-    def __init__(self, ids, rows, sample_rate, min_samples):
-        self.ids, self.rows = ids, rows
-        self.sample_rate, self.min_samples = sample_rate, min_samples
-
-    def __len__(self):
-        return len(self.ids)
-
-    def __getitem__(self, i):
-        uid = self.ids[i]
-        row = self.rows[uid]
-        try:
-            wav = read_row_audio(row, self.sample_rate)
-        except Exception as err:  # noqa: BLE001 - any unreadable file is skipped with its reason
-            return uid, None, f"unreadable ({type(err).__name__}: {err})"
-        if wav.numel() < self.min_samples:
-            return uid, None, f"too short ({wav.numel() / self.sample_rate:.3f} s)"
-        problem = signal_problem(wav)
-        return uid, (None if problem else wav), problem or ""
-
-
-def _collate(items):
-    return items
 
 
 def _shard_name(k):
@@ -126,33 +62,14 @@ def _save_npy(path, array):
     os.replace(tmp, path)
 
 
-@torch.no_grad()
 def _embed_shard(model, ids, rows, out, k, batch_size, num_workers, precision, dtype, bar):
-    min_samples = max(model.encoder.min_samples, int(round(model.min_duration * model.sample_rate)))
-    dataset = _Utterances(ids, rows, model.sample_rate, min_samples)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=num_workers,
-                                         collate_fn=_collate)
-    done, embs, skipped = [], [], []
-    device = torch.device(model.device)
-    autocast = PRECISIONS[precision]
-    for items in loader:
-        good = [(uid, wav) for uid, wav, _ in items if wav is not None]
-        skipped += [(uid, rows[uid]["wav"], reason) for uid, wav, reason in items if wav is None]
-        if good:
-            wavs, lens = batch_pad_right([w for _, w in good])
-            with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-                emb = model.encode_batch(wavs, lens)[:, 0].float()
-            bad = ~torch.isfinite(emb).all(dim=1)
-            for (uid, _), is_bad in zip(good, bad.tolist()):
-                if is_bad:
-                    skipped.append((uid, rows[uid]["wav"], "NaN/Inf embedding"))
-                else:
-                    done.append(uid)
-            embs.append(emb[~bad].cpu())
-        bar.update(len(items))
-    matrix = torch.cat(embs).numpy() if embs else np.zeros((0, model.embed_dim), np.float32)
+    skipped = []
+    done, emb = embed_manifest(model.encoder, {u: rows[u] for u in ids}, batch_size=batch_size,
+                               num_workers=num_workers, precision=precision, skipped=skipped,
+                               progress=False, **model.embedding_options())
+    bar.update(len(ids))
     name = _shard_name(k)
-    _save_npy(out / f"{name}.npy", matrix.astype(dtype))
+    _save_npy(out / f"{name}.npy", emb.numpy().astype(dtype))
     write_manifest(out / f"{name}.skipped.csv", skipped, ["ID", "wav", "reason"])
     write_manifest(out / f"{name}.csv", [  # written last: marks the shard done
         [uid, k, r, rows[uid]["duration"], rows[uid]["wav"], rows[uid].get("spk_id", "")]
@@ -192,14 +109,14 @@ def _merge(out, n_shards, info):
 
 def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_workers=0,
             device="cpu", precision="fp32", dtype="float32"):
-    """Embeds ``rows`` (see :func:`collect_rows`) into shards under ``out``; resumable.
+    """Embeds ``rows`` (see :func:`speechbrain_mrl.sources.read_sources`) into shards under ``out``; resumable.
 
     Arguments
     ---------
     model_folder : str or os.PathLike
         A model folder (``write_model_folder``; its fingerprint is recorded).
     rows : dict
-        Utterances, from :func:`collect_rows`.
+        Utterances, from :func:`speechbrain_mrl.sources.read_sources`.
     out : str or os.PathLike
         Output folder.
     shard_size : int
@@ -293,30 +210,21 @@ def load_embeddings(folder, target_dim=None):
     return [r["ID"] for r in index], emb, {r["ID"]: r for r in index}
 
 
+def run_extract(args):
+    """The ``speechbrain-mrl extract`` job: :func:`extract` of the audio the command line names."""
+    rows = read_sources(args.csv, args.folder, args.files, args.file_list)
+    return extract(args.model_folder, rows, args.output_folder, args.shard_size, args.batch_size,
+                   args.num_workers, args.device, args.precision, args.dtype)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Extract Matryoshka speaker embeddings (resumable)")
-    p.add_argument("--model_folder", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--csv", help="manifest with ID, wav (+ start, stop, duration, spk_id)")
-    src.add_argument("--folder", help="every audio file below this folder")
-    src.add_argument("--files", nargs="+", help="audio files")
-    src.add_argument("--file_list", help="text file with one audio path per line")
-    p.add_argument("--out", required=True, help="output folder (a rerun resumes it)")
-    p.add_argument("--shard_size", type=int, default=10000)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--num_workers", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--precision", default="fp32", choices=sorted(PRECISIONS))
-    p.add_argument("--dtype", default="float32", choices=["float32", "float16"])
-    a = p.parse_args(argv)
-    files = a.files
-    if a.file_list:
-        files = [line.strip() for line in pathlib.Path(a.file_list).read_text().splitlines()
-                 if line.strip()]
-    rows = collect_rows(a.csv, a.folder, files)
-    return extract(a.model_folder, rows, a.out, a.shard_size, a.batch_size, a.num_workers,
-                   a.device, a.precision, a.dtype)
+    """``python -m speechbrain_mrl.extract ...``: the same as ``speechbrain-mrl extract ...``."""
+    from speechbrain_mrl.cli import main as cli_main
+
+    return cli_main(["extract", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    from speechbrain_mrl.cli import run
+
+    run(["extract", *sys.argv[1:]])

@@ -266,24 +266,30 @@ class MRLEncoderClassifier(EncoderClassifier):
         warn_short(wav_lens, wavs.shape[1], int(round(self.short_duration * self.sample_rate)),
                    self.sample_rate)
         wavs, wav_lens = wavs.to(self.device), wav_lens.to(self.device)
-        samples = torch.round(wav_lens * wavs.shape[1]).long().tolist()
-        limit = (float("inf") if self.long_audio_seconds is None
-                 else float(self.long_audio_seconds) * self.sample_rate)
-        long = [i for i, n in enumerate(samples) if n > limit]
         with torch.no_grad():
-            if not long:
-                return self.encoder(wavs, wav_lens)
-            out = torch.zeros(wavs.shape[0], self.embed_dim, device=self.device)
-            rest = [i for i in range(wavs.shape[0]) if i not in long]
-            if rest:
-                width = max(samples[i] for i in rest)
-                lens = torch.tensor([samples[i] / width for i in rest], device=self.device)
-                out[rest] = self.encoder(wavs[rest, :width], lens)
-            window = int(round(self.window_seconds * self.sample_rate))
-            for i in long:
-                stats = self.encoder.pool_windows(wavs[i, :samples[i]], window)
-                out[i] = self.encoder.embed_pooled(stats)[0]
-            return out
+            return self.encoder.embed(wavs, wav_lens, **self._window_options())
+
+    def _window_options(self):
+        """``long_samples`` / ``window_samples`` of :meth:`MRLEncoder.embed` for this model."""
+        if self.long_audio_seconds is None:
+            return {"long_samples": None, "window_samples": None}
+        return {"long_samples": float(self.long_audio_seconds) * self.sample_rate,
+                "window_samples": int(round(self.window_seconds * self.sample_rate))}
+
+    def embedding_options(self):
+        """This model's settings for :func:`speechbrain_mrl.embeddings.embed_manifest`.
+
+        Returns
+        -------
+        dict
+            ``sample_rate``, ``min_duration``, ``long_audio_seconds``,
+            ``window_seconds`` and ``device``, so that
+            ``embed_manifest(model.encoder, rows, **model.embedding_options())``
+            embeds each file exactly as :meth:`encode_file` does.
+        """
+        return {"sample_rate": self.sample_rate, "min_duration": self.min_duration,
+                "long_audio_seconds": self.long_audio_seconds,
+                "window_seconds": self.window_seconds, "device": self.device}
 
     def encode_batch(self, wavs, wav_lens=None, normalize=False, target_dim=None, sample_rate=None):
         """Embeds a batch of waveforms, returning the size-``target_dim`` prefix.

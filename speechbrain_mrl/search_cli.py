@@ -1,142 +1,184 @@
-"""Command line of speaker search: ``enrol``, ``calibrate``, ``identify``, ``evaluate``, ``cascade``.
+"""The jobs behind the speaker-search and verification sub-commands of ``speechbrain-mrl``.
 
-::
+``enrol``, ``calibrate``, ``identify``, ``evaluate``, ``cascade`` and ``verify``
+each take the parsed command line (:mod:`speechbrain_mrl.cli` defines it) and
+return what they print, for tests and scripts. Audio is read by
+:func:`speechbrain_mrl.sources.read_sources` and embedded by
+:func:`speechbrain_mrl.embeddings.embed_manifest` with the model's own settings,
+so a file gets the same embedding here as from ``encode_file`` or ``extract``.
+An existing index is opened and checked (model fingerprint, settings) before
+any audio is embedded, and written under its lock.
 
-    python -m speechbrain_mrl.search_cli enrol --model_folder M --folder speakers/ --index idx/
-    python -m speechbrain_mrl.search_cli calibrate --model_folder M --index idx/ --csv utts.csv \
-        --trials trials.txt
-    python -m speechbrain_mrl.search_cli identify --model_folder M --index idx/ --files a.wav b.wav
-    python -m speechbrain_mrl.search_cli evaluate --model_folder M --index idx/ --csv queries.csv
-    python -m speechbrain_mrl.search_cli cascade --model_folder M --csv test.csv --trials t.txt \
-        --calibration_csv dev.csv --calibration_trials v.txt --small_dim 64
-
-Audio comes from a CSV manifest (``ID,wav`` plus optional ``start,stop,duration,spk_id``)
-or from a folder of speaker sub-folders (the sub-folder names are the speaker IDs).
-Embeddings are extracted in length-sorted, padded batches with
-:func:`speechbrain_mrl.embeddings.embed_manifest` (one pass gives every size).
+``python -m speechbrain_mrl.search_cli <command> ...`` is the same as
+``speechbrain-mrl <command> ...``.
 
 Authors
 -------
  * speechbrain-mrl developers
 """
-import argparse
 import json
 import logging
 import pathlib
 
 import numpy as np
 
-from speechbrain_mrl.dataio import (AUDIO_EXTENSIONS, audio_info, check_audio_files, read_manifest,
-                                    read_trial_list, write_text_atomic)
-from speechbrain_mrl.datasets.voxceleb import scan_speakers
+from speechbrain_mrl.dataio import check_audio_files, read_trial_list, write_text_atomic
 from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.search import (FIRST_STAGES, SpeakerIndex, calibrate_margin, calibrate_thresholds,
+from speechbrain_mrl.search import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
                                     cascade_verify, open_set_rates)
+from speechbrain_mrl.sources import read_sources
 
-__all__ = ["main", "speaker_folder_rows"]
+__all__ = ["enrol", "calibrate", "identify", "evaluate", "cascade", "verify"]
 
 logger = logging.getLogger(__name__)
 
 
-def speaker_folder_rows(folder):
-    """Manifest rows of ``<folder>/<speaker>/**/<audio>``: ``{ID: {wav, duration, spk_id}}``."""
-    rows = {}
-    for spk, items in scan_speakers(folder, AUDIO_EXTENSIONS).items():
-        for rel, path in items:
-            frames, sr = audio_info(path)
-            rows[rel.rsplit(".", 1)[0]] = {"wav": str(path), "duration": frames / sr, "spk_id": spk}
-    if not rows:
-        raise ValueError(f"no audio files in speaker sub-folders of {folder}")
-    return rows
-
-
-def _rows(args):
-    if args.csv:
-        rows = read_manifest(args.csv)
-    elif args.folder:
-        rows = speaker_folder_rows(args.folder)
-    else:
-        rows = {}
-        for path in args.files:
-            frames, sr = audio_info(path)
-            rows[str(path)] = {"wav": str(path), "duration": frames / sr}
-    check_audio_files(rows, args.csv or args.folder or "files")
-    return rows
-
-
-def _embed(args, rows):
+def load_model(args):
+    """The ``MRLEncoderClassifier`` of ``--model_folder`` on ``--device``."""
     from speechbrain_mrl.inference import MRLEncoderClassifier
+
+    return MRLEncoderClassifier.from_hparams(source=args.model_folder,
+                                             run_opts={"device": args.device})
+
+
+def fingerprint(args):
+    """The model folder's fingerprint (recorded in and checked against an index)."""
     from speechbrain_mrl.packaging import model_fingerprint
 
-    model = MRLEncoderClassifier.from_hparams(source=args.model_folder,
-                                              run_opts={"device": args.device})
+    return model_fingerprint(args.model_folder)
+
+
+def embed(model, rows, args, desc="embeddings"):
+    """``(ids in input order, embeddings [N, D] numpy)`` through the one embedding path."""
     ids, emb = embed_manifest(model.encoder, rows, batch_size=args.batch_size,
-                              sample_rate=model.sample_rate, min_duration=model.min_duration,
-                              device=args.device)
-    return model, model_fingerprint(args.model_folder), ids, emb.numpy()
+                              num_workers=args.num_workers, precision=args.precision, desc=desc,
+                              **model.embedding_options())
+    return ids, emb.numpy()
+
+
+def _audio_rows(args, need_speakers=False):
+    rows = read_sources(args.csv, args.folder, args.files, args.file_list,
+                        need_speakers=need_speakers)
+    check_audio_files(rows, args.csv or args.folder or args.file_list or "--files")
+    return rows
+
+
+def _existing_index(args, sha):
+    """The index at ``--index`` (checked against the model), or an error when there is none."""
+    if not pathlib.Path(args.index).exists():
+        raise FileNotFoundError(f"speaker index not found: {args.index} (create it with "
+                                "'speechbrain-mrl enrol')")
+    return SpeakerIndex.load(args.index, sha)
+
+
+def _write_report(args, report):
+    if args.report:
+        write_text_atomic(args.report, json.dumps(report, indent=1) + "\n")
 
 
 def enrol(args):
     """Embeds the audio and enrols its speakers (``spk_id`` column or sub-folder names)."""
-    rows = _rows(args)
-    missing = [u for u, r in rows.items() if not r.get("spk_id")]
-    if missing:
-        raise ValueError(f"enrolment needs a speaker per file: no spk_id for {missing[:3]}")
-    model, sha, ids, emb = _embed(args, rows)
-    index = (SpeakerIndex.load(args.index, sha) if pathlib.Path(args.index).exists() else
-             SpeakerIndex.for_model(model, args.model_folder, first_stage=args.first_stage,
-                                    dtype=args.dtype))
-    index.enrol([rows[u]["spk_id"] for u in ids], emb, replace=args.replace)
-    index.save(args.index)
-    print(f"enrolled {len(set(rows[u]['spk_id'] for u in ids))} speakers from {len(ids)} "
-          f"files; the index holds {len(index)}: {args.index}")
+    rows = _audio_rows(args, need_speakers=True)
+    sha = fingerprint(args)
+    if pathlib.Path(args.index).exists():  # checked before any audio is embedded
+        index = SpeakerIndex.load(args.index, sha)
+        if not args.rebuild:
+            index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
+        known = sorted(set(index.speakers) & {r["spk_id"] for r in rows.values()})
+        if known and not args.replace:
+            raise ValueError(f"speakers already enrolled in {args.index}: {known[:5]} (--replace "
+                             "re-enrols them)")
+    model = load_model(args)
+    ids, emb = embed(model, rows, args, desc="enrol")
+    with SpeakerIndex.writing(args.index, timeout=args.lock_timeout):
+        if pathlib.Path(args.index).exists():
+            index = SpeakerIndex.load(args.index, sha)
+            if args.rebuild:
+                index.rebuild(first_stage=args.first_stage, dtype=args.dtype)
+            else:
+                index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
+        else:
+            index = SpeakerIndex.for_model(model, args.model_folder,
+                                           first_stage=args.first_stage or "flat",
+                                           dtype=args.dtype or "float32")
+        index.enrol([rows[u]["spk_id"] for u in ids], emb, replace=args.replace)
+        index.save(args.index)
+    n_speakers = len({rows[u]["spk_id"] for u in ids})
+    print(f"enrolled {n_speakers} speakers from {len(ids)} files; the index holds {len(index)}: "
+          f"{args.index}")
     return index
 
 
-def _trial_embeddings(args, manifests, trials):
-    """``(model, fingerprint, enrol [T, D], test [T, D], labels [T])`` of a trial list."""
+def _trial_embeddings(args, model, manifests, trials):
+    """``(enrol [T, D], test [T, D], labels [T])`` of a trial list over ``manifests``."""
     rows, (labels, enrol_ids, test_ids), _ = read_trial_list(manifests, trials)
     check_audio_files(rows, " + ".join(map(str, manifests)))
-    model, sha, ids, emb = _embed(args, rows)
+    ids, emb = embed(model, rows, args, desc=f"trials {pathlib.Path(trials).name}")
     position = {u: i for i, u in enumerate(ids)}
-    return (model, sha, emb[[position[u] for u in enrol_ids]], emb[[position[u] for u in test_ids]],
+    return (emb[[position[u] for u in enrol_ids]], emb[[position[u] for u in test_ids]],
             np.asarray(labels, dtype=bool))
 
 
 def calibrate(args):
     """Sets the index's open-set thresholds per size from a trial list (``--false_alarm``:
     the threshold at that false-alarm rate over the different-speaker trials; default: EER)."""
-    if not args.csv:
-        raise ValueError("calibrate needs --csv: the manifest of the trial list's utterances")
-    _, sha, enrol_emb, test_emb, labels = _trial_embeddings(args, [args.csv], args.trials)
-    index = SpeakerIndex.load(args.index, sha)
+    sha = fingerprint(args)
+    index = _existing_index(args, sha)
+    model = load_model(args)
+    enrol_emb, test_emb, labels = _trial_embeddings(args, model, args.csv, args.trials)
     thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, index.mrl_dims, args.false_alarm)
-    index.set_thresholds(thresholds)
-    index.save(args.index)
+    with SpeakerIndex.writing(args.index, timeout=args.lock_timeout):
+        index = SpeakerIndex.load(args.index, sha)
+        index.set_thresholds(thresholds)
+        index.save(args.index)
     print(f"open-set thresholds from {len(labels)} trials: "
           + ", ".join(f"{d}: {t:.4f}" for d, t in thresholds.items()))
     return thresholds
 
 
 def identify(args):
-    """Top-k speakers of each file, written as JSON (and printed); with ``--threshold``, only
-    those scoring at least the threshold (an empty list: an unknown speaker)."""
-    rows = _rows(args)
-    _, sha, ids, emb = _embed(args, rows)
-    index = SpeakerIndex.load(args.index, sha)
+    """Top-k speakers of each file, in the order the audio was given; with ``--threshold``,
+    only those scoring at least the threshold (an empty list: an unknown speaker)."""
+    rows = _audio_rows(args)
+    index = _existing_index(args, fingerprint(args))
+    model = load_model(args)
+    ids, emb = embed(model, rows, args, desc="identify")
     k = min(args.k, len(index))
     if args.threshold is None:
         found, scores = index.search(emb, k, args.stages, args.shortlist, args.final_dim)
-        matches = [list(zip(f, sc)) for f, sc in zip(found, scores)]
+        matches = [[(s, c) for s, c in zip(f, sc) if s is not None] for f, sc in zip(found, scores)]
     else:  # open set: a best score under the threshold is an unknown speaker
-        threshold = None if args.threshold == "index" else float(args.threshold)
+        threshold = None if args.threshold == "index" else args.threshold
         matches = index.identify(emb, k, args.stages, args.shortlist, args.final_dim, threshold)
     out = {u: [{"speaker": s, "score": float(c)} for s, c in m] for u, m in zip(ids, matches)}
-    if args.out:
-        write_text_atomic(args.out, json.dumps(out, indent=1) + "\n")
+    _write_report(args, out)
     for u in ids:
         print(u, " ".join(f"{r['speaker']}:{r['score']:.3f}" for r in out[u]) or "unknown speaker")
     return out
+
+
+def verify(args):
+    """Cosine score of two recordings at ``--target_dim`` and the decision at the threshold
+    (``--threshold``, else the model's calibrated one for that size)."""
+    rows = dict(zip(("enrol", "test"), (next(iter(read_sources(files=[f]).values()))
+                                       for f in (args.enrol_file, args.test_file))))
+    check_audio_files(rows, "verify")
+    model = load_model(args)
+    d = args.target_dim or model.embed_dim
+    threshold = args.threshold
+    if threshold is None and d in model.thresholds:
+        threshold = model.threshold_for(d)
+    ids, emb = embed(model, rows, args, desc="verify")
+    a, b = (emb[i, :d] / np.linalg.norm(emb[i, :d]) for i in range(2))
+    score = float(a @ b)
+    result = {"enrol": args.enrol_file, "test": args.test_file, "target_dim": d, "score": score,
+              "threshold": threshold, "same_speaker": None if threshold is None else score > threshold}
+    _write_report(args, result)
+    decision = ("no calibrated threshold for this size: pass --threshold" if threshold is None
+                else f"{'same speaker' if result['same_speaker'] else 'different speakers'} "
+                     f"(threshold {threshold:.4f})")
+    print(f"score {score:.4f} at {d}-d: {decision}")
+    return result
 
 
 def evaluate(args):
@@ -146,10 +188,11 @@ def evaluate(args):
     when some queries are of speakers who are not enrolled: the detection and
     identification rate at the false-alarm rate ``--far`` (:func:`open_set_rates`).
     """
-    rows = _rows(args)
-    _, sha, ids, emb = _embed(args, rows)
-    index = SpeakerIndex.load(args.index, sha)
-    truth = np.array([rows[u].get("spk_id") for u in ids])
+    rows = _audio_rows(args, need_speakers=True)
+    index = _existing_index(args, fingerprint(args))
+    model = load_model(args)
+    ids, emb = embed(model, rows, args, desc="evaluate")
+    truth = np.array([rows[u]["spk_id"] for u in ids])
     enrolled = np.isin(truth, index.speakers)
     if not enrolled.any():
         raise ValueError("no query speaker is enrolled in the index: nothing to identify")
@@ -159,7 +202,7 @@ def evaluate(args):
     results = {}
     for name, stages in funnels.items():
         found, scores = index.search(emb, k=k, stages=stages, shortlist=args.shortlist)
-        top = np.array(found)
+        top = np.array(found, dtype=object)
         results[name] = {"top1": float(np.mean(top[enrolled, 0] == truth[enrolled])),
                          f"top{k}": float(np.mean((top[enrolled] == truth[enrolled, None]).any(axis=1)))}
         if not enrolled.all():
@@ -168,8 +211,7 @@ def evaluate(args):
             results[name]["open_set_threshold"] = rates["threshold"]
     report = {"queries": int(enrolled.sum()), "not_enrolled": int((~enrolled).sum()),
               "speakers": len(index), "funnels": results}
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    _write_report(args, report)
     print(f"{report['queries']} queries of enrolled speakers, {report['not_enrolled']} of unknown "
           f"ones ({len(index)} enrolled)")
     for name, r in results.items():
@@ -183,9 +225,10 @@ def cascade(args):
     within a margin of its threshold. The margin is calibrated on another trial list to
     give the full-size decisions on ``--agreement`` of its trials; the thresholds are the
     model's calibrated ones."""
-    model, _, cal_e, cal_t, _ = _trial_embeddings(args, args.calibration_csv, args.calibration_trials)
-    _, _, enrol_emb, test_emb, labels = _trial_embeddings(args, args.csv, args.trials)
+    model = load_model(args)
     small_thr, full_thr = model.threshold_for(args.small_dim), model.threshold_for()
+    cal_e, cal_t, _ = _trial_embeddings(args, model, args.calibration_csv, args.calibration_trials)
+    enrol_emb, test_emb, labels = _trial_embeddings(args, model, args.csv, args.trials)
     full = cascade_verify(enrol_emb, test_emb, args.small_dim, small_thr, full_thr, np.inf)[0]
     report = {"small_dim": args.small_dim, "full_dim": model.embed_dim, "trials": len(labels),
               "calibration_trials": len(cal_e), "full_size_error_rate": float(np.mean(full != labels)),
@@ -200,8 +243,7 @@ def cascade(args):
             "escalated_calibration": cal_escalated, "escalated": float(escalated.mean()),
             "agreement": float(np.mean(decisions == full)),
             "error_rate": float(np.mean(decisions != labels))})
-    if args.out:
-        write_text_atomic(args.out, json.dumps(report, indent=1) + "\n")
+    _write_report(args, report)
     print(f"| target agreement | margin | escalated (calibration) | escalated | agreement with "
           f"{model.embed_dim}-d | error rate (cascade / {model.embed_dim}-d) |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -212,60 +254,7 @@ def cascade(args):
     return report
 
 
-def main(argv=None):
-    """Command-line entry point."""
-    p = argparse.ArgumentParser(description="Speaker search with Matryoshka funnels")
-    sub = p.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--model_folder", required=True)
-    common.add_argument("--batch_size", type=int, default=16)
-    common.add_argument("--device", default="cpu")
-    common.add_argument("--out", help="JSON output")
-    for name in ("enrol", "calibrate", "identify", "evaluate"):
-        s = sub.add_parser(name, parents=[common])
-        s.add_argument("--index", required=True, help="index folder")
-        src = s.add_mutually_exclusive_group(required=True)
-        src.add_argument("--csv", help="manifest: ID,wav[,start,stop,duration,spk_id]")
-        src.add_argument("--folder", help="folder of speaker sub-folders")
-        if name == "identify":
-            src.add_argument("--files", nargs="+")
-        s.add_argument("--shortlist", type=int, default=100)
-    sub.choices["calibrate"].add_argument("--trials", required=True,
-                                          help="trial list over the IDs of --csv")
-    sub.choices["calibrate"].add_argument(
-        "--false_alarm", type=float, default=None,
-        help="threshold at this false-alarm rate of the different-speaker trials (default: EER)")
-    c = sub.add_parser("cascade", parents=[common])
-    c.add_argument("--csv", nargs="+", required=True,
-                   help="manifests of the evaluated trials' utterances (e.g. enrol and test)")
-    c.add_argument("--trials", required=True)
-    c.add_argument("--calibration_csv", nargs="+", required=True)
-    c.add_argument("--calibration_trials", required=True)
-    c.add_argument("--small_dim", type=int, default=64)
-    c.add_argument("--agreement", type=float, nargs="+", default=[0.999])
-    sub.choices["enrol"].add_argument("--replace", action="store_true")
-    sub.choices["enrol"].add_argument("--first_stage", choices=FIRST_STAGES, default="flat")
-    sub.choices["enrol"].add_argument("--dtype", choices=["float32", "float16"], default="float32")
-    sub.choices["identify"].add_argument("--k", type=int, default=5)
-    sub.choices["identify"].add_argument("--stages", type=int, nargs="*", default=None)
-    sub.choices["identify"].add_argument("--final_dim", type=int, default=None,
-                                         help="size of the last ranking and the scores (default: full)")
-    sub.choices["identify"].add_argument(
-        "--threshold", default=None,
-        help="open set: a cosine threshold, or 'index' (the index's threshold for --final_dim: "
-             "the model's calibration, or the calibrate command's)")
-    sub.choices["evaluate"].add_argument("--far", type=float, default=0.01,
-                                         help="false-alarm rate of the open-set evaluation")
-    sub.choices["evaluate"].add_argument("--funnels", type=lambda s: [int(d) for d in s.split(",")],
-                                         nargs="*", default=[], help="e.g. 64 32,128")
-    args = p.parse_args(argv)
-    if getattr(args, "files", None) is None:
-        args.files = None
-    commands = {"enrol": enrol, "calibrate": calibrate, "identify": identify, "evaluate": evaluate,
-                "cascade": cascade}
-    return commands[args.command](args)
-
-
 if __name__ == "__main__":  # pragma: no cover
-    logging.basicConfig(level=logging.INFO)
-    main()
+    from speechbrain_mrl.cli import run
+
+    run()

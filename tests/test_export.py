@@ -24,7 +24,7 @@ def exported(tmp_path_factory):
         sf.write(path, speaker_voice(10 + i, i, 1.0 + 0.1 * i).numpy(), 16000)
         rows.append(f"cal{i},{path}")
     (root / "calibration.csv").write_text("ID,wav\n" + "\n".join(rows) + "\n")
-    onnx_path = ex.main(["--model_folder", str(folder), "--out", str(root / "tiny.onnx"),
+    onnx_path = ex.main(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
                          "--torchscript", str(root / "tiny.pt"), "--int8",
                          str(root / "tiny.int8.onnx"), "--calibration_csv",
                          str(root / "calibration.csv"), "--check"])
@@ -150,6 +150,6 @@ def test_missing_onnx_extra_names_it_and_still_writes_torchscript(tmp_path, monk
     folder, _, _ = write_tiny_model(tmp_path / "model")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # an uninstalled package
     with pytest.raises(ModuleNotFoundError, match=r'pip install -e "\.\[export\]"'):
-        ex.main(["--model_folder", str(folder), "--out", str(tmp_path / "m.onnx"),
+        ex.main(["--model_folder", str(folder), "--onnx", str(tmp_path / "m.onnx"),
                  "--torchscript", str(tmp_path / "m.pt")])
     assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.onnx").exists()

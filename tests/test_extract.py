@@ -24,7 +24,7 @@ def corpus(tmp_path_factory):
     (audio / "id90000").mkdir()
     (audio / "id90000" / "junk.wav").write_bytes(b"RIFF not audio" * 8)
     sf.write(str(audio / "id90000" / "silent.wav"), np.zeros(8000, dtype="float32"), 16000)
-    info = ex.main(["--model_folder", str(folder), "--folder", str(audio), "--out",
+    info = ex.main(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
                     str(root / "out"), "--shard_size", "4", "--batch_size", "3",
                     "--num_workers", "0"])
     return root, folder, audio, info
@@ -41,8 +41,8 @@ def test_extraction_shards_skips_bad_files_and_loads_into_search(corpus):
     assert info["n_embedded"] == 9 and info["n_skipped"] == 2 and info["n_shards"] == 3
     with open(out / "skipped.csv", newline="") as f:
         reasons = {r["ID"]: r["reason"] for r in csv.DictReader(f)}
-    assert reasons["id90000/silent"] == "all zeros (silence)"
-    assert reasons["id90000/junk"].startswith("unreadable")
+    assert reasons["id90000/silent.wav"] == "all zeros (silence)"
+    assert reasons["id90000/junk.wav"].startswith("unreadable")
     ids, emb, rows = ex.load_embeddings(out)
     assert len(ids) == len(set(ids)) == 9 and emb.shape == (9, info["embed_dim"])
     model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
@@ -59,7 +59,7 @@ def test_extraction_shards_skips_bad_files_and_loads_into_search(corpus):
 def test_a_killed_extraction_resumes_without_duplicates(corpus, monkeypatch):
     root, folder, audio, _ = corpus
     out = root / "killed"
-    args = ["--model_folder", str(folder), "--folder", str(audio), "--out", str(out),
+    args = ["--model_folder", str(folder), "--folder", str(audio), "--output_folder", str(out),
             "--shard_size", "3", "--num_workers", "0", "--dtype", "float16"]
     real = ex._embed_shard
     calls = []
@@ -88,9 +88,10 @@ def test_a_killed_extraction_resumes_without_duplicates(corpus, monkeypatch):
     np.testing.assert_allclose(emb, ref[[order[u] for u in ids]], atol=2e-3)
     other, _, _ = write_tiny_model(root / "other", seed=1)
     with pytest.raises(ValueError, match="another model"):
-        ex.main(["--model_folder", str(other), "--folder", str(audio), "--out", str(out)])
-    with pytest.raises(ValueError, match="exactly one"):
-        ex.collect_rows(csv_path="a.csv", folder="b")
+        ex.main(["--model_folder", str(other), "--folder", str(audio), "--output_folder", str(out)])
+    with pytest.raises(SystemExit):  # argparse: one audio source
+        ex.main(["--model_folder", str(folder), "--csv", "a.csv", "--folder", "b",
+                 "--output_folder", str(out)])
 
 
 def test_torchrun_two_processes_share_the_shards(corpus):
@@ -100,7 +101,7 @@ def test_torchrun_two_processes_share_the_shards(corpus):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
          "-m", "speechbrain_mrl.extract", "--model_folder", str(folder), "--folder", str(audio),
-         "--out", str(out), "--shard_size", "2", "--num_workers", "0"],
+         "--output_folder", str(out), "--shard_size", "2", "--num_workers", "0"],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     info = json.loads((out / "info.json").read_text())

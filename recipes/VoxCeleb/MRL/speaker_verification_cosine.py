@@ -28,9 +28,10 @@ paths of the trial list; plus ``scores_<dim>_s-norm.txt`` /
 Trial-list entries map to manifest IDs as written by ``speechbrain_mrl.datasets.voxceleb.prepare_voxceleb``
 (:func:`speechbrain_mrl.dataio.trial_id_candidates`): the path without
 extension (``id10270/x/00001``), or with ``/`` replaced by ``--``; an entry in
-no manifest is an error. Embeddings come from
-:func:`speechbrain_mrl.embeddings.embed_manifest` (silent, NaN or too short
-audio is an error naming the utterance; cohort rows shorter than the model's
+no manifest is an error. Embeddings come from the one embedding path,
+:func:`speechbrain_mrl.embeddings.embed_manifest`, with the model's own settings
+(long recordings window by window; silent, NaN or too short audio is an error
+naming the utterance; cohort rows shorter than the model's
 ``short_duration`` are left out and counted). Trials are scored in chunks
 (``trial_chunk_size``) by :func:`speechbrain_mrl.metrics.score_trials`, and
 the metrics (:func:`speechbrain_mrl.metrics.verification_metrics`) come from
@@ -64,13 +65,15 @@ logger = logging.getLogger(__name__)
 
 
 def load_encoder(hparams, device):
-    """``(encoder, name, min_duration, short_duration)`` for the Matryoshka model or the
+    """``(encoder, name, embed_options, short_duration)`` for the Matryoshka model or the
     official checkpoint.
 
     ``encoder`` is an :class:`~speechbrain_mrl.encoder.MRLEncoder` on ``device``;
-    ``min_duration`` (seconds) is the shortest audio the model accepts and
-    ``short_duration`` the shortest it embeds reliably, the cohort's minimum
-    (0 and 0.5 for an official checkpoint).
+    ``embed_options`` are its settings for
+    :func:`speechbrain_mrl.embeddings.embed_manifest` (the model's own, so that
+    a file is embedded here as ``encode_file`` embeds it; the defaults for an
+    official checkpoint) and ``short_duration`` the shortest audio it embeds
+    reliably, the cohort's minimum (0.5 s for an official checkpoint).
     """
     model_folder = hparams.get("model_folder")
     official = hparams.get("official_checkpoint")
@@ -81,13 +84,14 @@ def load_encoder(hparams, device):
         from speechbrain_mrl.official import load_official_redimnet
 
         encoder = load_official_redimnet(official).to(device).eval()
-        return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", 0.0, 0.5
+        options = {"sample_rate": int(hparams.get("sample_rate", 16000)), "device": device}
+        return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", options, 0.5
 
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder),
                                               run_opts={"device": str(device)})
-    return (model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.min_duration,
+    return (model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.embedding_options(),
             max(model.min_duration, model.short_duration))
 
 
@@ -142,7 +146,7 @@ def run(hparams, device="cpu"):
     unknown = [k for k in norms if k not in NORMS]
     if unknown:
         raise ValueError(f"score_norm entries must be in {NORMS}, got {unknown}")
-    encoder, name, min_duration, cohort_min = load_encoder(hparams, device)
+    encoder, name, embed_options, cohort_min = load_encoder(hparams, device)
     fingerprint = model_fingerprint(hparams["model_folder"]) if hparams.get("model_folder") else None
     dims = list(encoder.mrl_dims)
     if hparams.get("dims"):
@@ -163,10 +167,8 @@ def run(hparams, device="cpu"):
     check_audio_files(rows, "enrol/test manifests")
     check_audio_files(cohort_rows, f"cohort ({hparams.get('train_csv')})")
 
-    embed_opts = dict(batch_size=int(hparams.get("batch_size", 8)),
-                      num_workers=int(hparams.get("num_workers", 0)),
-                      sample_rate=int(hparams.get("sample_rate", 16000)),
-                      min_duration=min_duration, device=device)
+    embed_opts = dict(embed_options, batch_size=int(hparams.get("batch_size", 8)),
+                      num_workers=int(hparams.get("num_workers", 0)))
     ids, emb = embed_manifest(encoder, rows, desc="enrol/test embeddings", **embed_opts)
     index = {u: i for i, u in enumerate(ids)}
     if hparams.get("save_embeddings"):
