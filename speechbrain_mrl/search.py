@@ -13,36 +13,178 @@ that scores under the index's threshold for the size that gave the score
 prefix size (one pass gives every size); the funnel saves search time and
 first-stage memory.
 
-An index is stored as a folder: ``vectors.npy`` (float32 or float16, read
-memory-mapped), ``speakers.json`` (IDs and utterance counts) and
-``index.json`` (sizes, the model fingerprint, the first-stage settings, the
-thresholds),
-written into a hidden folder that replaces the old one only once complete.
+An index is stored as a folder:
+
+* ``vectors.npy``: the speaker vectors (float32 or float16, read memory-mapped);
+* ``speakers.json``: IDs and utterance counts;
+* ``stage_<d>_<kind>.faiss``: the FAISS first stage(s) built on the
+  ``d``-prefixes (``faiss.write_index``; read memory-mapped, never rebuilt
+  unless missing or inconsistent with the vectors);
+* ``index.json``: sizes, the model fingerprint, the first-stage settings, the
+  thresholds, the stage files with their ``ntotal``, and a ``generation``
+  (a new random ID on every save).
+
+A save writes a hidden folder that replaces the old one only once complete,
+under an exclusive lock (``fcntl.flock`` on ``.<name>.lock`` beside the
+folder, see :meth:`SpeakerIndex.writing`), and refuses to overwrite an index
+that another writer saved after this one was loaded (:class:`IndexChangedError`).
 
 Authors
 -------
  * speechbrain-mrl developers
 """
+import collections
+import contextlib
 import json
+import os
 import pathlib
+import random
 import shutil
 import tempfile
+import threading
+import time
+import uuid
+import warnings
 
 import numpy as np
 
 from speechbrain_mrl.dataio import swap_folder
 
-__all__ = ["SpeakerIndex", "calibrate_thresholds", "cascade_verify", "calibrate_margin",
-           "open_set_rates"]
+__all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
+           "calibrate_thresholds", "cascade_verify", "calibrate_margin", "open_set_rates"]
 
 FIRST_STAGES = ("flat", "hnsw", "ivf")
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # 1: no stage files, no generation
+
+_FAISS_CLASSES = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat"}
+
+
+class IndexLockedError(RuntimeError):
+    """Another writer held an index's lock for longer than the timeout."""
+
+
+class IndexChangedError(RuntimeError):
+    """An index folder changed on disk since this index was loaded from it (another
+    writer saved in between); saving would lose that writer's update."""
+
+
+class IndexExistsError(IndexChangedError):
+    """A save would replace an index that this one was not loaded from."""
 
 
 def _normalised(x):
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+def _ivf_cells(n):
+    """Number of IVF cells for ``n`` speakers: about ``4 sqrt(n)``, at least 39 points each."""
+    return max(1, min(int(4 * np.sqrt(n)), n // 39))
+
+
+def _resolved(folder):
+    """The folder's path with symlinks resolved (a save replaces the real folder, not the link)."""
+    return pathlib.Path(os.path.realpath(os.path.expanduser(os.fspath(folder))))
+
+
+def _aside(folder):
+    """Where :func:`swap_folder` keeps the previous index while it swaps in a new one."""
+    return folder.parent / f".{folder.name}.old"
+
+
+def _lock_file(folder):
+    return folder.parent / f".{folder.name}.lock"
+
+
+def _stat_token(path):
+    """What changes when a save replaces ``path``: device, inode, modification time."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+# ------------------------------------------------------------ write locks
+# One flock per index folder and process (a second flock on another descriptor of the same
+# file would wait for the first forever); threads of the process take turns through an RLock.
+_LOCK_GUARD = threading.Lock()
+_THREAD_LOCKS = {}  # resolved folder -> threading.RLock
+_HELD = {}  # resolved folder -> [file descriptor, depth]
+_JITTER = random.Random()  # not the caller's random state
+
+
+def _forget_locks_in_child():
+    """A forked child holds none of its parent's locks (they stay the parent's)."""
+    global _LOCK_GUARD
+    _LOCK_GUARD = threading.Lock()
+    for fd, _ in _HELD.values():
+        with contextlib.suppress(OSError):
+            os.close(fd)  # closing a copy keeps the parent's flock
+    _HELD.clear()
+    _THREAD_LOCKS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_locks_in_child)
+
+
+def _locked_error(folder, lock, timeout):
+    return IndexLockedError(
+        f"the speaker index {folder} is being written by another writer (lock file {lock} "
+        f"still held after {timeout} s): wait for that writer to finish and try again "
+        "(the lock ends with its process; deleting the lock file does not help)")
+
+
+@contextlib.contextmanager
+def _write_lock(folder, timeout):
+    import fcntl
+
+    folder = _resolved(folder)
+    key, lock = str(folder), _lock_file(folder)
+    deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+
+    def left():
+        return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+    with _LOCK_GUARD:
+        turn = _THREAD_LOCKS.setdefault(key, threading.RLock())
+    if not turn.acquire(timeout=-1 if deadline is None else left()):
+        raise _locked_error(folder, lock, timeout)
+    try:
+        if key in _HELD:  # this thread holds it already (writing() around save())
+            _HELD[key][1] += 1
+        else:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                if deadline is None:
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                else:
+                    while True:
+                        try:
+                            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            break
+                        except BlockingIOError:
+                            if not left():
+                                raise _locked_error(folder, lock, timeout) from None
+                            time.sleep(min(left(), _JITTER.uniform(0.002, 0.02)))
+            except BaseException:
+                os.close(fd)
+                raise
+            _HELD[key] = [fd, 1]
+        try:
+            yield folder
+        finally:
+            _HELD[key][1] -= 1
+            if not _HELD[key][1]:
+                fd = _HELD.pop(key)[0]
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)
+    finally:
+        turn.release()
 
 
 class SpeakerIndex:
@@ -64,9 +206,6 @@ class SpeakerIndex:
         cells): the approximate ones are for large enrolments.
     hnsw_m : int
         Graph degree of the HNSW first stage.
-    hnsw_ef : int
-        Candidate list size of an HNSW search (at least the shortlist is used):
-        larger is slower and finds more of the true shortlist.
     dtype : str
         ``float32`` or ``float16`` storage of the vectors.
     ivf_nprobe : int
@@ -74,6 +213,9 @@ class SpeakerIndex:
     thresholds : dict, optional
         ``{size: cosine}`` open-set thresholds (a best match scoring under the
         threshold of its size is an unknown speaker).
+    hnsw_ef : int
+        Candidate list size of an HNSW search (at least the shortlist is used):
+        larger is slower and finds more of the true shortlist.
 
     Example
     -------
@@ -95,10 +237,10 @@ class SpeakerIndex:
         if not mrl_dims or mrl_dims != sorted(set(mrl_dims)) or mrl_dims[-1] != int(embed_dim):
             raise ValueError(f"mrl_dims must be increasing and end with embed_dim={embed_dim}, "
                              f"got {mrl_dims}")
-        if first_stage not in FIRST_STAGES:
-            raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
-        if dtype not in ("float32", "float16"):
-            raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+        if mrl_dims[0] < 1:
+            raise ValueError(f"mrl_dims must be positive, got {mrl_dims}")
+        _check_first_stage(first_stage)
+        _check_dtype(dtype)
         self.embed_dim, self.mrl_dims = int(embed_dim), mrl_dims
         self.model_sha256, self.first_stage, self.hnsw_m, self.dtype = (
             model_sha256, first_stage, int(hnsw_m), dtype)
@@ -107,10 +249,28 @@ class SpeakerIndex:
         self.set_thresholds(thresholds or {})
         self.speakers, self.counts = [], []
         self._vectors = np.zeros((0, self.embed_dim), dtype=dtype)
-        self._stage_indexes = {}
+        self._stage_indexes = {}  # (d, kind) -> FAISS index of the normalised d-prefixes
+        self._mapped = set()  # keys of stage indexes memory-mapped from a file (read-only)
+        self._stage_files = {}  # key -> (path, stat token) of the unchanged file it was read from
+        self._origin = None  # (resolved folder, generation) this index was loaded from/saved to
+        self._known = {}  # resolved folder -> generation it had when loaded from or saved to
 
     def __len__(self):
         return len(self.speakers)
+
+    @property
+    def generation(self):
+        """The ``generation`` of the folder this index was loaded from or last saved to.
+
+        None for an index that was neither (or one loaded from a format-1 folder).
+        :meth:`save` refuses to write over a folder whose generation has changed.
+
+        Example
+        -------
+        >>> SpeakerIndex(8, [4, 8]).generation is None
+        True
+        """
+        return None if self._origin is None else self._origin[1]
 
     def set_thresholds(self, thresholds):
         """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``)."""
@@ -122,6 +282,101 @@ class SpeakerIndex:
                 raise ValueError(f"threshold for size {d} is not a finite number: {t!r}")
             checked[int(d)] = float(t)
         self.thresholds = checked
+
+    # ------------------------------------------------------------ settings
+    def check_settings(self, first_stage=None, dtype=None, hnsw_m=None):
+        """Raises if requested settings differ from this index's (None: any is fine).
+
+        Use it before adding to an existing index with settings given again by
+        a user (e.g. on a command line): changing them needs :meth:`rebuild`.
+
+        Arguments
+        ---------
+        first_stage : str, optional
+            Requested FAISS first stage (``flat``, ``hnsw`` or ``ivf``).
+        dtype : str, optional
+            Requested vector storage, ``float32`` or ``float16``.
+        hnsw_m : int, optional
+            Requested HNSW graph degree (compared only for an HNSW first stage).
+
+        Raises
+        ------
+        ValueError
+            Naming each differing setting, its value in the index, and how to rebuild.
+
+        Example
+        -------
+        >>> index = SpeakerIndex(8, [4, 8], first_stage="flat")
+        >>> index.check_settings(first_stage="flat", dtype="float32")
+        >>> index.check_settings(first_stage="hnsw")  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        ValueError: the speaker index (in memory) has first_stage='flat', not the requested ...
+        """
+        if first_stage is not None:
+            _check_first_stage(first_stage)
+        if dtype is not None:
+            _check_dtype(dtype)
+        wanted = {"first_stage": first_stage, "dtype": dtype,
+                  "hnsw_m": None if hnsw_m is None else int(hnsw_m)}
+        if (first_stage or self.first_stage) != "hnsw":
+            wanted["hnsw_m"] = None
+        differ = {name: value for name, value in wanted.items()
+                  if value is not None and getattr(self, name) != value}
+        if differ:
+            where = str(self._origin[0]) if self._origin else "(in memory)"
+            have = " and ".join(f"{n}={getattr(self, n)!r}" for n in differ)
+            asked = " and ".join(repr(v) for v in differ.values())
+            args = ", ".join(f"{n}={v!r}" for n, v in differ.items())
+            raise ValueError(f"the speaker index {where} has {have}, not the requested {asked}: "
+                             f"rebuild it with index.rebuild({args}) (then save), or leave the "
+                             "setting out to keep the index's")
+
+    def rebuild(self, first_stage=None, dtype=None, hnsw_m=None):
+        """Changes the first stage or the storage of the vectors (None: unchanged).
+
+        The FAISS first stages are dropped and built again on first use (or by
+        :meth:`save`, which writes only the new stage files). ``float32`` to
+        ``float16`` rounds the stored vectors.
+
+        Arguments
+        ---------
+        first_stage : str, optional
+            ``flat``, ``hnsw`` or ``ivf``.
+        dtype : str, optional
+            ``float32`` or ``float16``.
+        hnsw_m : int, optional
+            HNSW graph degree.
+
+        Returns
+        -------
+        SpeakerIndex
+            This index.
+
+        Example
+        -------
+        >>> index = SpeakerIndex(8, [4, 8])
+        >>> index.enrol(["a", "b"], np.eye(8, dtype="float32")[:2])
+        >>> index.rebuild(first_stage="hnsw", dtype="float16").first_stage
+        'hnsw'
+        >>> index.check_settings(first_stage="hnsw", dtype="float16")
+        >>> str(np.asarray(index._vectors).dtype)
+        'float16'
+        """
+        if first_stage is not None:
+            _check_first_stage(first_stage)
+            self.first_stage = first_stage
+        if dtype is not None:
+            _check_dtype(dtype)
+            self.dtype = dtype
+            self._vectors = np.asarray(self._vectors).astype(dtype)
+        if hnsw_m is not None:
+            self.hnsw_m = int(hnsw_m)
+        self._drop_stages()
+        return self
+
+    def _drop_stages(self):
+        self._stage_indexes, self._mapped, self._stage_files = {}, set(), {}
 
     # ------------------------------------------------------------ enrolment
     def _check_embeddings(self, embeddings, what="embeddings"):
@@ -138,6 +393,10 @@ class SpeakerIndex:
 
     def enrol(self, speaker_ids, embeddings, replace=False):
         """Adds speakers from their utterances' full-size embeddings.
+
+        New speakers are added to the FAISS first stages already built (or
+        loaded); re-enrolling a speaker (``replace``) drops them, to be built
+        again on first use.
 
         Arguments
         ---------
@@ -167,10 +426,30 @@ class SpeakerIndex:
         np.add.at(sums, [rows[s] for s in ids], _normalised(x.astype(np.float64)))
         np.add.at(counts, [rows[s] for s in ids], 1)
         means = (sums / counts[:, None]).astype(self.dtype)
+        before = len(self)
         self.speakers += new
         self.counts += counts.tolist()
         self._vectors = np.concatenate([np.asarray(self._vectors), means])
-        self._stage_indexes = {}
+        self._add_to_stages(means, before)
+
+    def _add_to_stages(self, rows, before):
+        """Adds ``rows`` (stored dtype) to each built first stage that holds the ``before``
+        previous speakers; drops the others (and IVF ones with far too few cells)."""
+        import faiss
+
+        for key, stage in list(self._stage_indexes.items()):
+            d, kind = key
+            self._stage_files.pop(key, None)
+            too_few_cells = kind == "ivf" and stage.nlist < _ivf_cells(len(self)) // 2
+            if stage.ntotal != before or too_few_cells:
+                del self._stage_indexes[key]
+                self._mapped.discard(key)
+                continue
+            if key in self._mapped:  # a memory-mapped index is read-only: copy it into memory
+                stage = faiss.deserialize_index(faiss.serialize_index(stage))
+                self._mapped.discard(key)
+            stage.add(np.ascontiguousarray(_normalised(np.asarray(rows[:, :d], dtype=np.float32))))
+            self._stage_indexes[key] = stage
 
     @classmethod
     def for_model(cls, model, model_folder=None, **kwargs):
@@ -203,24 +482,21 @@ class SpeakerIndex:
         -------
         numpy.ndarray
         """
-        from speechbrain_mrl.dataio import audio_info, check_audio_files
+        from speechbrain_mrl.dataio import check_audio_files
         from speechbrain_mrl.embeddings import embed_manifest
+        from speechbrain_mrl.sources import read_sources
 
         if int(model.embed_dim) != self.embed_dim or list(model.mrl_dims) != self.mrl_dims:
             raise ValueError(f"the model gives sizes {list(model.mrl_dims)}, the index holds "
                              f"{self.mrl_dims}: use the model the index was built with")
-        rows = {str(i): {"wav": str(path)} for i, path in enumerate(files)}
-        if not rows:
+        if not files:
             raise ValueError("no audio files given")
+        rows = {str(i): next(iter(read_sources(files=[path]).values()))
+                for i, path in enumerate(files)}
         check_audio_files(rows, "files")
-        for row in rows.values():
-            frames, sr = audio_info(row["wav"])
-            row["duration"] = frames / sr
-        ids, emb = embed_manifest(model.encoder, rows, batch_size=batch_size,
-                                  sample_rate=model.sample_rate, min_duration=model.min_duration,
-                                  device=model.device)
-        order = np.argsort([int(i) for i in ids])
-        return emb.numpy()[order]
+        _, emb = embed_manifest(model.encoder, rows, batch_size=batch_size, progress=False,
+                                **model.embedding_options())
+        return emb.numpy()
 
     def enrol_audio(self, model, speaker_ids, files, replace=False, batch_size=16):
         """:meth:`enrol` from audio files: one speaker ID per file (several files per speaker)."""
@@ -235,7 +511,8 @@ class SpeakerIndex:
     def remove(self, speaker_ids):
         """Removes enrolled speakers (an unknown ID is an error, and nothing is removed).
 
-        The vectors of an index loaded from disk are read into memory by the first change.
+        The vectors of an index loaded from disk are read into memory by the
+        first change; the FAISS first stages are built again on first use.
         """
         ids = [str(s) for s in speaker_ids]
         unknown = sorted(set(ids) - set(self.speakers))
@@ -246,9 +523,16 @@ class SpeakerIndex:
         self.speakers = [self.speakers[i] for i in keep]
         self.counts = [self.counts[i] for i in keep]
         self._vectors = np.asarray(self._vectors)[keep]
-        self._stage_indexes = {}
+        self._drop_stages()
 
     # ------------------------------------------------------------ search
+    def _default_first(self):
+        """``(d, kind)`` of the first stage that :meth:`search` uses with ``stages=None``."""
+        smaller = self.mrl_dims[:-1]
+        if smaller:
+            return (64 if 64 in smaller else smaller[0]), self.first_stage
+        return self.embed_dim, "flat"
+
     def _stage_index(self, d, kind):
         """The FAISS index of the normalised ``d``-prefixes, ``kind`` one of FIRST_STAGES."""
         if (d, kind) not in self._stage_indexes:
@@ -259,8 +543,8 @@ class SpeakerIndex:
             if kind == "hnsw":
                 index = faiss.IndexHNSWFlat(d, self.hnsw_m, faiss.METRIC_INNER_PRODUCT)
             elif kind == "ivf":
-                cells = max(1, min(int(4 * np.sqrt(len(vectors))), len(vectors) // 39))
-                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, cells, faiss.METRIC_INNER_PRODUCT)
+                index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, _ivf_cells(len(vectors)),
+                                           faiss.METRIC_INNER_PRODUCT)
                 index.cp.min_points_per_centroid = 1  # small enrolments: no warning, few cells
                 index.train(vectors)
             else:
@@ -301,8 +585,10 @@ class SpeakerIndex:
 
         Returns
         -------
-        ids : list of list of str
-            ``[Q][k]`` speaker IDs, best first.
+        ids : list of list of str or None
+            ``[Q][k]`` speaker IDs, best first. An approximate first stage
+            (IVF visiting few cells, HNSW) may find fewer than ``k`` candidates:
+            the missing places at the end of a row are None, with score ``-inf``.
         scores : numpy.ndarray
             ``[Q, k]`` cosine scores at ``final_dim``.
         """
@@ -342,7 +628,8 @@ class SpeakerIndex:
             order = np.argsort(-scores, axis=1, kind="stable")[:, :size]
             candidates = np.take_along_axis(candidates, order, axis=1)
         scores = self._rescore(q, candidates, final_dim)
-        return [[self.speakers[i] for i in row] for row in candidates], scores
+        # FAISS marks "no result" with -1: never let it index the last speaker
+        return [[self.speakers[i] if i >= 0 else None for i in row] for row in candidates], scores
 
     def identify(self, queries, k=1, stages=None, shortlist=100, final_dim=None, threshold=None):
         """Open-set :meth:`search`: matches scoring under the threshold are dropped.
@@ -352,13 +639,14 @@ class SpeakerIndex:
         queries, k, stages, shortlist, final_dim
             As for :meth:`search`.
         threshold : float, optional
-            Cosine threshold; default: the index's threshold for ``final_dim``.
+            Cosine threshold (a finite number); default: the index's threshold
+            for ``final_dim``.
 
         Returns
         -------
         list of list of tuple
             ``[Q]`` lists of ``(speaker, score)``, best first; an empty list is
-            an unknown speaker.
+            an unknown speaker. Places the first stage left empty are dropped.
         """
         final_dim = self.embed_dim if final_dim is None else int(final_dim)
         if threshold is None:
@@ -368,8 +656,14 @@ class SpeakerIndex:
                     f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
                     "set_thresholds) or pass threshold=")
             threshold = self.thresholds[final_dim]
+        try:
+            threshold = float(threshold)
+        except (TypeError, ValueError):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}") from None
+        if not np.isfinite(threshold):
+            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
         ids, scores = self.search(queries, k, stages, shortlist, final_dim)
-        return [[(s, float(c)) for s, c in zip(row, sc) if c >= threshold]
+        return [[(s, float(c)) for s, c in zip(row, sc) if s is not None and c >= threshold]
                 for row, sc in zip(ids, scores)]
 
     def _rescore(self, q, candidates, d):
@@ -381,29 +675,181 @@ class SpeakerIndex:
         return np.where(valid, np.einsum("qd,qcd->qc", qn, vec), -np.inf)
 
     # ------------------------------------------------------------ storage
-    def save(self, folder):
-        """Writes the index folder, replacing an existing one only once the new one is complete."""
-        folder = pathlib.Path(folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        staging = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    @classmethod
+    def writing(cls, folder, timeout=60.0):
+        """Context manager: this process alone writes the index ``folder`` until it ends.
+
+        An exclusive ``fcntl.flock`` on ``.<name>.lock`` beside the folder (its
+        real path, symlinks resolved: a save replaces the folder itself). Hold
+        it around *load, change, save* so that no other writer's update is
+        lost; :meth:`save` inside it does not lock again (the lock is held per
+        process and folder; threads of one process take turns). The lock ends
+        with its process; the lock file stays. Not for network file systems
+        whose ``flock`` is not shared between machines.
+
+        Arguments
+        ---------
+        folder : str or os.PathLike
+            The index folder (it may not exist yet).
+        timeout : float, optional
+            Seconds to wait for another writer; None: wait as long as it takes.
+
+        Yields
+        ------
+        pathlib.Path
+            The folder's resolved path.
+
+        Raises
+        ------
+        IndexLockedError
+            After ``timeout`` seconds, naming the folder and the lock file.
+
+        Example
+        -------
+        >>> root = pathlib.Path(tempfile.mkdtemp())
+        >>> with SpeakerIndex.writing(root / "idx", timeout=10):
+        ...     index = SpeakerIndex(8, [4, 8])
+        ...     index.enrol(["a"], np.ones((1, 8)))
+        ...     _ = index.save(root / "idx")
+        >>> sorted(p.name for p in root.iterdir())
+        ['.idx.lock', 'idx']
+        >>> shutil.rmtree(root)
+        """
+        return _write_lock(folder, timeout)
+
+    def _ensure_default_stage(self):
+        if len(self):
+            self._stage_index(*self._default_first())
+
+    def _check_target(self, target, overwrite):
+        """Refuses a save that would lose another writer's update (nothing written yet)."""
+        if target.exists() and not target.is_dir():
+            raise ValueError(f"{target} exists and is not a folder: the index is not saved there")
+        present = target if target.exists() else _aside(target)
+        exists = present.is_dir() and any(present.iterdir())
+        if exists and overwrite and not (present / "index.json").exists():
+            raise ValueError(f"{target} exists and is not a speaker index (no index.json): "
+                             "it is not replaced, even with overwrite=True")
+        if overwrite:
+            return
+        if str(target) not in self._known:
+            if exists:
+                raise IndexExistsError(
+                    f"{target} already holds a speaker index that this one was not loaded "
+                    "from: load it and add to it (SpeakerIndex.load), or pass overwrite=True "
+                    "to replace it")
+            return
+        if not exists:
+            raise IndexChangedError(f"{target} was removed after this index read or wrote it: "
+                                    "save with overwrite=True to write it again")
         try:
-            np.save(staging / "vectors.npy", np.asarray(self._vectors))
-            (staging / "speakers.json").write_text(json.dumps(
-                {"speakers": self.speakers, "counts": self.counts}))
-            (staging / "index.json").write_text(json.dumps({
-                "format_version": FORMAT_VERSION, "embed_dim": self.embed_dim,
-                "mrl_dims": self.mrl_dims, "model_sha256": self.model_sha256,
-                "first_stage": self.first_stage, "hnsw_m": self.hnsw_m, "dtype": self.dtype,
-                "ivf_nprobe": self.ivf_nprobe, "hnsw_ef": self.hnsw_ef,
-                "thresholds": {str(d): t for d, t in self.thresholds.items()}}, indent=1))
-            swap_folder(staging, folder, folder.parent / f".{folder.name}.old")
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return folder
+            meta = json.loads((present / "index.json").read_text())
+            on_disk = meta.get("generation") if isinstance(meta, dict) else "unreadable"
+        except (OSError, ValueError):
+            on_disk = "unreadable"
+        seen = self._known[str(target)]
+        if on_disk != seen:
+            raise IndexChangedError(
+                f"{target} was saved by another writer after this index read or wrote it "
+                f"(generation {seen!r}, now {on_disk!r}): nothing was written. Load "
+                "it again and repeat the change, inside SpeakerIndex.writing(folder) to keep "
+                "other writers out (or overwrite=True to drop their update)")
+
+    def save(self, folder, overwrite=False, lock_timeout=60.0):
+        """Writes the index folder, replacing an existing one only once the new one is complete.
+
+        The FAISS first stages built so far are written too (the default one,
+        used by :meth:`search` with ``stages=None``, is built first if needed),
+        so that :meth:`load` does not build them again. The folder's real path
+        is written (a symlink to it stays a link). The save holds the folder's
+        write lock (:meth:`writing`), unless this process holds it already.
+
+        Arguments
+        ---------
+        folder : str or os.PathLike
+            Index folder.
+        overwrite : bool
+            Replace the folder whatever it holds: an index this one was not
+            loaded from, or one saved by another writer since this one was
+            loaded (their update is lost).
+        lock_timeout : float, optional
+            Seconds to wait for another writer's lock (None: no limit).
+
+        Returns
+        -------
+        pathlib.Path
+            ``folder``.
+
+        Raises
+        ------
+        IndexExistsError
+            ``folder`` holds an index this one was not loaded from (and not
+            ``overwrite``).
+        IndexChangedError
+            Another writer saved ``folder`` after this index was loaded from it
+            (and not ``overwrite``): load it again and repeat the change.
+        IndexLockedError
+            Another writer held the lock for ``lock_timeout`` seconds.
+        """
+        import faiss
+
+        given = pathlib.Path(folder)
+        target = _resolved(given)
+        self._ensure_default_stage()  # before the lock: a large HNSW takes minutes to build
+        with self.writing(target, timeout=lock_timeout):
+            self._check_target(target, overwrite)
+            generation = uuid.uuid4().hex
+            target.parent.mkdir(parents=True, exist_ok=True)
+            staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+            try:
+                np.save(staging / "vectors.npy", np.asarray(self._vectors))
+                (staging / "speakers.json").write_text(json.dumps(
+                    {"speakers": self.speakers, "counts": self.counts}))
+                stages = []
+                for (d, kind), stage in sorted(self._stage_indexes.items()):
+                    if stage.ntotal != len(self):
+                        continue
+                    name = f"stage_{d}_{kind}.faiss"
+                    if not self._link_stage_file((d, kind), staging / name):
+                        faiss.write_index(stage, str(staging / name))
+                    stages.append({"file": name, "d": d, "kind": kind, "ntotal": int(stage.ntotal)})
+                (staging / "index.json").write_text(json.dumps({
+                    "format_version": FORMAT_VERSION, "generation": generation,
+                    "embed_dim": self.embed_dim, "mrl_dims": self.mrl_dims,
+                    "model_sha256": self.model_sha256, "first_stage": self.first_stage,
+                    "hnsw_m": self.hnsw_m, "dtype": self.dtype, "ivf_nprobe": self.ivf_nprobe,
+                    "hnsw_ef": self.hnsw_ef, "speakers": len(self), "stages": stages,
+                    "thresholds": {str(d): t for d, t in self.thresholds.items()}}, indent=1))
+                swap_folder(staging, target, _aside(target))
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+            self._origin = (target, generation)
+            self._known[str(target)] = generation
+            self._stage_files = {(s["d"], s["kind"]): (target / s["file"],
+                                                       _stat_token(target / s["file"]))
+                                 for s in stages}
+        return given
+
+    def _link_stage_file(self, key, dest):
+        """Hard-links the unchanged file a stage was read from (no rewrite); False if it cannot."""
+        path, token = self._stage_files.get(key, (None, None))
+        if path is None or token is None or _stat_token(path) != token:
+            return False
+        try:
+            os.link(path, dest)
+        except OSError:
+            return False
+        return True
 
     @classmethod
-    def load(cls, folder, model_sha256=None):
-        """Reads an index folder (vectors memory-mapped); refuses one built with another model.
+    def load(cls, folder, model_sha256=None, mmap=True):
+        """Reads an index folder; refuses one built with another model.
+
+        The vectors are memory-mapped, and so are the saved FAISS first stages
+        (``mmap``); a stage file that is missing, unreadable, or does not match
+        the vectors is left out with a warning and built again on first use.
+        Every other file is checked, and a bad one is named. A save by another
+        writer while this reads is noticed, and the folder read again.
 
         Arguments
         ---------
@@ -412,36 +858,212 @@ class SpeakerIndex:
         model_sha256 : str, optional
             Fingerprint of the model that will embed the queries: must be the
             index's.
+        mmap : bool
+            Memory-map the FAISS stage files (False: read them into memory).
 
         Returns
         -------
         SpeakerIndex
+
+        Raises
+        ------
+        ValueError
+            A missing or bad file (named), or an index of another model.
         """
-        folder = pathlib.Path(folder)
-        previous = folder.parent / f".{folder.name}.old"
-        if not folder.exists() and previous.is_dir():  # killed between the two renames of save
-            folder = previous
-        try:
-            meta = json.loads((folder / "index.json").read_text())
-            names = json.loads((folder / "speakers.json").read_text())
-            vectors = np.load(folder / "vectors.npy", mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as err:
-            raise ValueError(f"{folder} is not a readable speaker index: {err}") from err
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder}: unknown index format {meta.get('format_version')!r}")
-        if model_sha256 is not None and meta["model_sha256"] != model_sha256:
+        target = _resolved(folder)
+
+        def where():  # the previous index waits beside the folder while a save swaps them
+            return target if target.exists() or not _aside(target).is_dir() else _aside(target)
+
+        failure = None
+        for _ in range(10):
+            source = where()
+            before = _stat_token(source / "index.json")
+            try:
+                index = cls._read(source, model_sha256, mmap)
+            except (OSError, ValueError) as err:
+                if where() == source and _stat_token(source / "index.json") == before:
+                    raise
+                failure = err  # a writer replaced the folder while this read it
+            else:
+                if where() == source and _stat_token(source / "index.json") == before:
+                    index._origin = (target, index._origin[1])
+                    index._known = {str(target): index._origin[1]}
+                    return index
+                failure = None
+            time.sleep(0.01)
+        if failure is not None:
+            raise failure
+        raise ValueError(f"{folder} kept changing while it was read (10 tries): another process "
+                         "saves it without pause?")
+
+    @classmethod
+    def _read(cls, folder, model_sha256, mmap):
+        """One reading of ``folder`` (see :meth:`load`)."""
+        meta = _read_json(folder / "index.json")
+        where = folder / "index.json"
+        if not isinstance(meta, dict):
+            raise ValueError(f"{where}: not a JSON object but {type(meta).__name__}")
+        if meta.get("format_version") not in READABLE_VERSIONS:
+            raise ValueError(f"{where}: unknown index format {meta.get('format_version')!r}")
+        for key in ("embed_dim", "mrl_dims", "dtype", "first_stage"):
+            if key not in meta:
+                raise ValueError(f"{where} has no {key!r}: not a complete speaker index")
+        if not _is_int(meta["embed_dim"]) or not isinstance(meta["mrl_dims"], list) or not all(
+                _is_int(d) for d in meta["mrl_dims"]):
+            raise ValueError(f"{where}: embed_dim {meta['embed_dim']!r} and mrl_dims "
+                             f"{meta['mrl_dims']!r} must be an integer and a list of integers")
+        generation = meta.get("generation")
+        if generation is not None and not isinstance(generation, str):
+            raise ValueError(f"{where}: generation must be a string, got {generation!r}")
+        if model_sha256 is not None and meta.get("model_sha256") != model_sha256:
             raise ValueError(f"{folder} was built with another model (model_sha256 "
-                             f"{meta['model_sha256']!r}); embed with that model or enrol again")
-        index = cls(meta["embed_dim"], meta["mrl_dims"], meta["model_sha256"],
-                    meta["first_stage"], meta["hnsw_m"], meta["dtype"],
-                    meta.get("ivf_nprobe", 128), meta.get("thresholds"),
-                    meta.get("hnsw_ef", 256))
-        if vectors.shape != (len(names["speakers"]), index.embed_dim):
-            raise ValueError(f"{folder}: vectors.npy has shape {vectors.shape} for "
-                             f"{len(names['speakers'])} speakers of size {index.embed_dim}")
-        index.speakers, index.counts = list(names["speakers"]), list(names["counts"])
+                             f"{meta.get('model_sha256')!r}); embed with that model or enrol again")
+        try:
+            index = cls(meta["embed_dim"], meta["mrl_dims"], meta.get("model_sha256"),
+                        meta["first_stage"], meta.get("hnsw_m", 32), meta["dtype"],
+                        meta.get("ivf_nprobe", 128), meta.get("thresholds"),
+                        meta.get("hnsw_ef", 256))
+        except (TypeError, ValueError, AttributeError) as err:
+            raise ValueError(f"{where}: {err}") from err
+        index._origin = (folder, generation)
+
+        where = folder / "speakers.json"
+        names = _read_json(where)
+        if not isinstance(names, dict) or not isinstance(names.get("speakers"), list) or \
+                not isinstance(names.get("counts"), list):
+            raise ValueError(f"{where}: must be a JSON object with the lists 'speakers' and "
+                             "'counts'")
+        speakers, counts = names["speakers"], names["counts"]
+        if not set(map(type, speakers)) <= {str}:
+            odd = [s for s in speakers if not isinstance(s, str)]
+            raise ValueError(f"{where}: speaker IDs must be strings, got {odd[:3]!r}")
+        if len(set(speakers)) != len(speakers):
+            twice = sorted(s for s, n in collections.Counter(speakers).items() if n > 1)
+            raise ValueError(f"{where}: speaker IDs listed more than once: {twice[:5]}")
+        if len(counts) != len(speakers) or not set(map(type, counts)) <= {int} or (
+                counts and min(counts) < 1):
+            raise ValueError(f"{where}: 'counts' must hold one positive integer per speaker "
+                             f"({len(speakers)}), got {len(counts)} entries")
+
+        where = folder / "vectors.npy"
+        try:
+            vectors = np.load(where, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{where}: not a readable array: {err}") from err
+        if vectors.dtype != np.dtype(index.dtype):
+            raise ValueError(f"{where} holds {vectors.dtype} vectors, index.json says "
+                             f"{index.dtype!r}")
+        if vectors.shape != (len(speakers), index.embed_dim):
+            raise ValueError(f"{where} has shape {vectors.shape} for {len(speakers)} speakers "
+                             f"of size {index.embed_dim}")
+        for start in range(0, len(vectors), 1 << 16):
+            bad = ~np.isfinite(vectors[start:start + (1 << 16)]).all(axis=1)
+            if bad.any():
+                rows = (start + np.flatnonzero(bad)[:5]).tolist()
+                raise ValueError(f"{where}: rows {rows} (speakers "
+                                 f"{[speakers[r] for r in rows]}) hold NaN/Inf")
+        index.speakers, index.counts = list(speakers), list(counts)
         index._vectors = vectors
+        index._read_stages(folder, meta.get("stages", []), mmap)
         return index
+
+    def _read_stages(self, folder, entries, mmap):
+        """Reads the saved first stages that match the vectors; warns about the others."""
+        import faiss
+
+        if not isinstance(entries, list):
+            warnings.warn(f"{folder / 'index.json'}: 'stages' is not a list; the first stages "
+                          "will be built again", RuntimeWarning, stacklevel=4)
+            return
+        for entry in entries:
+            problem, path = self._stage_problem(folder, entry), None
+            if problem is None:
+                path = folder / entry["file"]
+                token = _stat_token(path)
+                try:
+                    stage = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
+                except Exception as err:  # FAISS raises RuntimeError on a bad file
+                    problem = f"not a readable FAISS index ({str(err).splitlines()[0][:200]})"
+                else:
+                    problem = self._stage_mismatch(stage, entry["d"], entry["kind"])
+            if problem is not None:
+                name = entry.get("file", "?") if isinstance(entry, dict) else "?"
+                shown = path or folder / str(name)
+                warnings.warn(f"{shown}: {problem}; this first stage will be built again on "
+                              "first use (and saved by the next save)", RuntimeWarning,
+                              stacklevel=4)
+                continue
+            key = (entry["d"], entry["kind"])
+            self._stage_indexes[key] = stage
+            if mmap:
+                self._mapped.add(key)
+            if token is not None and _stat_token(path) == token:
+                self._stage_files[key] = (path, token)
+
+    def _stage_problem(self, folder, entry):
+        """Why an index.json stage entry cannot be used (None: it may be read)."""
+        if not isinstance(entry, dict):
+            return f"stage entry {entry!r} is not a JSON object"
+        d, kind, ntotal = entry.get("d"), entry.get("kind"), entry.get("ntotal")
+        if not _is_int(d) or d not in self.mrl_dims or kind not in FIRST_STAGES:
+            return f"stage entry {entry!r}: size or kind unknown to this index"
+        if entry.get("file") != f"stage_{d}_{kind}.faiss":
+            return f"stage entry {entry!r}: unexpected file name"
+        if ntotal != len(self):
+            return f"holds {ntotal!r} vectors, the index {len(self)} speakers"
+        if not (folder / entry["file"]).is_file():
+            return "missing"
+        return None
+
+    def _stage_mismatch(self, stage, d, kind):
+        """Why a FAISS index read from a file does not serve as the stage (None: it does)."""
+        import faiss
+
+        if type(stage).__name__ != _FAISS_CLASSES[kind]:
+            return f"a {type(stage).__name__}, not the {_FAISS_CLASSES[kind]} of kind {kind!r}"
+        if stage.d != d or stage.metric_type != faiss.METRIC_INNER_PRODUCT:
+            return f"size {stage.d} and metric {stage.metric_type}, not {d} and inner product"
+        if stage.ntotal != len(self):
+            return f"holds {stage.ntotal} vectors, the index {len(self)} speakers"
+        if not len(self):
+            return None
+        rows = sorted({0, len(self) // 2, len(self) - 1})
+        want = _normalised(np.asarray(self._vectors[rows, :d], dtype=np.float32))
+        if kind == "ivf":  # no direct map: each vector is in the cell searched first
+            stage.nprobe = 1
+            found = stage.search(np.ascontiguousarray(want), 1)[0][:, 0]
+            if not np.all(found > 1 - 1e-4):
+                return "does not hold the index's vectors (spot check)"
+        elif not np.allclose(stage.reconstruct_batch(np.array(rows, dtype=np.int64)), want,
+                             atol=1e-5):
+            return "does not hold the index's vectors (spot check)"
+        return None
+
+
+def _check_first_stage(first_stage):
+    if first_stage not in FIRST_STAGES:
+        raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
+
+
+def _check_dtype(dtype):
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _read_json(path):
+    """The JSON value of a file of an index folder; a ValueError naming it if unreadable."""
+    try:
+        return json.loads(pathlib.Path(path).read_text())
+    except FileNotFoundError as err:
+        raise ValueError(f"{path} is missing: {path.parent} is not a (complete) speaker index") \
+            from err
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: not readable JSON: {err}") from err
 
 
 def _prefix_cosine(a, b, d):

@@ -57,9 +57,9 @@ def embed(model, rows, args, desc="embeddings"):
 
 
 def _audio_rows(args, need_speakers=False):
-    rows = read_sources(args.csv, args.folder, args.files, args.file_list,
-                        need_speakers=need_speakers)
-    check_audio_files(rows, args.csv or args.folder or args.file_list or "--files")
+    source = {k: getattr(args, k, None) for k in ("csv", "folder", "files", "file_list")}
+    rows = read_sources(**source, need_speakers=need_speakers)
+    check_audio_files(rows, next(str(v) for v in source.values() if v))
     return rows
 
 

@@ -98,7 +98,8 @@ def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "replace", real_replace)
     again = SpeakerIndex.load(folder)
     assert again.speakers == index.speakers
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["index"]  # no staging folder left
+    # no staging folder left; the lock file stays (an flock ends with its process)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]
     assert json.loads((folder / "index.json").read_text())["dtype"] == "float16"
     # killed between its two renames: the previous index is found beside the folder
     os.replace(folder, tmp_path / ".index.old")
@@ -210,25 +211,25 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     import sys
 
     from mrl_testutils import THRESHOLDS, write_tiny_model, write_voice_corpus
-    from speechbrain_mrl import search_cli
+    from speechbrain_mrl import cli
     from speechbrain_mrl.search import SpeakerIndex
 
     folder, _, _ = write_tiny_model(tmp_path / "model")
     corpus = write_voice_corpus(tmp_path / "speakers", n_spk=4, n_utt=3)
     index_dir = tmp_path / "index"
-    search_cli.main(["enrol", "--model_folder", str(folder), "--folder", str(tmp_path / "speakers"),
+    cli.main(["enrol", "--model_folder", str(folder), "--folder", str(tmp_path / "speakers"),
                      "--index", str(index_dir)])
     index = SpeakerIndex.load(index_dir)
     assert sorted(index.speakers) == sorted({spk for spk, _ in corpus.values()})
     assert index.counts == [3] * 4
     files = [str(p) for _, p in sorted(corpus.values())[:2]]
-    out = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
-                           "--files", *files, "--k", "2", "--stages", "4", "--out",
+    out = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+                           "--files", *files, "--k", "2", "--stages", "4", "--report",
                            str(tmp_path / "id.json")])
     assert set(out) == set(files) and all(len(v) == 2 for v in out.values())
     saved = json.loads((tmp_path / "id.json").read_text())
     assert saved == json.loads(json.dumps(out))
-    above = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+    above = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                              "--files", *files, "--threshold", "2.0"])  # above any cosine
     assert all(v == [] for v in above.values()) and "unknown speaker" in capsys.readouterr().out
     # the index starts with the model's calibrated thresholds; calibrate replaces them
@@ -239,21 +240,21 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     trials = [(int(corpus[x][0] == corpus[y][0]), x, y) for i, x in enumerate(rels)
               for y in rels[i + 1:]]
     (tmp_path / "trials.txt").write_text("".join(f"{l} {x} {y}\n" for l, x, y in trials))
-    thresholds = search_cli.main(["calibrate", "--model_folder", str(folder), "--index",
+    thresholds = cli.main(["calibrate", "--model_folder", str(folder), "--index",
                                   str(index_dir), "--csv", str(tmp_path / "utts.csv"),
                                   "--trials", str(tmp_path / "trials.txt")])
     assert SpeakerIndex.load(index_dir).thresholds == thresholds
     assert set(thresholds) == set(index.mrl_dims) and thresholds != THRESHOLDS
-    opened = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+    opened = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                               "--files", *files, "--k", "2", "--final_dim", "4", "--stages",
                               "--threshold", "index"])
     assert all(r["score"] >= thresholds[4] for v in opened.values() for r in v)
     # cascade verification: a margin reproducing every full-size decision of its own list
-    cascade = search_cli.main(["cascade", "--model_folder", str(folder), "--csv",
+    cascade = cli.main(["cascade", "--model_folder", str(folder), "--csv",
                                str(tmp_path / "utts.csv"), "--trials", str(tmp_path / "trials.txt"),
                                "--calibration_csv", str(tmp_path / "utts.csv"), "--calibration_trials",
                                str(tmp_path / "trials.txt"), "--small_dim", "4", "--agreement", "1.0",
-                               "--out", str(tmp_path / "cascade.json")])
+                               "--report", str(tmp_path / "cascade.json")])
     row = cascade["rows"][0]
     assert cascade["trials"] == len(trials) and row["agreement"] == 1.0
     assert row["escalated"] == row["escalated_calibration"]
@@ -262,7 +263,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
         w = csv.writer(f)
         w.writerow(["ID", "wav", "spk_id"])
         w.writerows([[rel, str(p), spk] for rel, (spk, p) in sorted(corpus.items())])
-    report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
+    report = cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
                               "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "4,8"])
     assert report["queries"] == 12 and set(report["funnels"]) == {"exact full size", "4->full",
                                                                    "4->8->full"}
@@ -275,15 +276,15 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
         w = csv.writer(f)
         w.writerow(["ID", "wav", "spk_id"])
         w.writerows([[rel, str(p), spk] for rel, (spk, p) in sorted(corpus.items()) if spk in keep])
-    search_cli.main(["enrol", "--model_folder", str(folder), "--csv", str(tmp_path / "enrol_open.csv"),
+    cli.main(["enrol", "--model_folder", str(folder), "--csv", str(tmp_path / "enrol_open.csv"),
                      "--index", str(small)])
-    open_report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(small),
+    open_report = cli.main(["evaluate", "--model_folder", str(folder), "--index", str(small),
                                    "--csv", str(tmp_path / "queries.csv"), "--far", "0.5"])
     assert open_report["not_enrolled"] == 6 and "DIR@FAR=0.5" in open_report["funnels"]["exact full size"]
     # an index of another model is refused; the module runs as a command
     other, _, _ = write_tiny_model(tmp_path / "other", seed=1)
     with pytest.raises(ValueError, match="built with another model"):
-        search_cli.main(["identify", "--model_folder", str(other), "--index", str(index_dir),
+        cli.main(["identify", "--model_folder", str(other), "--index", str(index_dir),
                          "--files", files[0]])
     proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.search_cli", "identify", "--help"],
                           capture_output=True, text=True, timeout=120)
@@ -343,7 +344,7 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
     import csv
 
     from mrl_testutils import write_tiny_model
-    from speechbrain_mrl import search_cli
+    from speechbrain_mrl import cli
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
     folder, _, _ = write_tiny_model(tmp_path / "model")
@@ -360,10 +361,10 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
         with open(tmp_path / f"{name}.csv", "w", newline="") as f:
             csv.writer(f).writerows([["ID", "wav", "spk_id"]] + items)
     index_dir = tmp_path / "index"
-    index = search_cli.main(["enrol", "--model_folder", str(folder), "--csv",
+    index = cli.main(["enrol", "--model_folder", str(folder), "--csv",
                              str(tmp_path / "enrol.csv"), "--index", str(index_dir)])
     assert sorted(index.speakers) == enrolled and index.counts == [2] * 6
-    report = search_cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
+    report = cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
                               "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "--far", "0.5"])
     assert report["queries"] == 12 and report["not_enrolled"] == 4
     # the same search by hand: mean of normalised enrolment embeddings, full-size cosine
@@ -383,6 +384,6 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
     top1 = np.mean([enrolled[i] == r[2] for i, r in zip(scores.argmax(1), queries)])
     assert report["funnels"]["exact full size"]["top1"] == pytest.approx(top1)
     assert report["funnels"]["4->full"] == report["funnels"]["exact full size"]  # shortlist >= 6
-    out = search_cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
+    out = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                            "--csv", str(tmp_path / "queries.csv"), "--k", "3"])
     assert len(out) == 16 and all(len(m) == 3 for m in out.values())
