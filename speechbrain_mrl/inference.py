@@ -161,6 +161,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         model = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir,
                                      local_strategy=local_strategy, fetch_config=fetch_config,
                                      **kwargs)
+        model.check_weights(source)
         local = isinstance(source, str) and pathlib.Path(source).is_dir()
         if local and not (pathlib.Path(source) / "calibration.json").is_file():
             logger.info("no calibration.json in %s; using hyperparams thresholds", source)
@@ -173,6 +174,25 @@ class MRLEncoderClassifier(EncoderClassifier):
         else:
             model.load_calibration(path)
         return model
+
+    def check_weights(self, source="the model"):
+        """Refuses a model whose weights or statistics hold NaN/Inf (a corrupt model file).
+
+        Arguments
+        ---------
+        source : str
+            The model's name for the message.
+
+        Raises
+        ------
+        ValueError
+            Naming the model and the first bad tensors.
+        """
+        bad = [name for name, tensor in self.mods.state_dict().items()
+               if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+        if bad:
+            raise ValueError(f"model {source}: NaN/Inf values in its weights ({', '.join(bad[:3])}"
+                             f"{', ...' if len(bad) > 3 else ''}): the model files are corrupt")
 
     def load_calibration(self, path):
         """Sets the default thresholds from a ``calibration.json`` file.
@@ -208,12 +228,16 @@ class MRLEncoderClassifier(EncoderClassifier):
         ValueError
             When no threshold was calibrated for that size.
         """
-        d = check_target_dim(target_dim, self.embed_dim)
+        return self._threshold(check_target_dim(target_dim, self.embed_dim))
+
+    def _threshold(self, d, threshold=None):
+        """``threshold`` checked, or the calibrated one of the (already checked) size ``d``."""
+        if threshold is not None:
+            return _check_threshold(threshold)
         if d not in self.thresholds:
             raise ValueError(
                 f"no calibrated threshold for target_dim={d} (calibrated sizes: "
-                f"{sorted(self.thresholds)}); pass threshold= explicitly"
-            )
+                f"{sorted(self.thresholds)}); pass threshold= explicitly")
         return self.thresholds[d]
 
     # ------------------------------------------------------------ audio
@@ -359,10 +383,14 @@ class MRLEncoderClassifier(EncoderClassifier):
         torch.Tensor
             ``[1, 1, target_dim]``.
         """
+        emb = self._file_embedding(path)[:, :check_target_dim(target_dim, self.embed_dim)]
+        return (F.normalize(emb, dim=-1) if normalize else emb).unsqueeze(1)
+
+    def _file_embedding(self, path):
+        """Full-size embedding ``[1, embed_dim]`` of one audio file."""
         wav = self.load_audio(path)
         try:
-            return self.encode_batch(wav.unsqueeze(0), torch.ones(1), normalize=normalize,
-                                     target_dim=target_dim)
+            return self._full_embedding(wav.unsqueeze(0), torch.ones(1))
         except AudioError as err:
             raise AudioError(f"{path}: {str(err).removeprefix('utterance 0: ')}") from err
 
@@ -403,9 +431,9 @@ class MRLEncoderClassifier(EncoderClassifier):
             ``score > threshold`` (True: same speaker).
         """
         d = check_target_dim(target_dim, self.embed_dim)
-        thr = self.threshold_for(d) if threshold is None else _check_threshold(threshold)
-        emb1 = self.encode_batch(wavs1, wav1_lens, target_dim=d)
-        emb2 = self.encode_batch(wavs2, wav2_lens, target_dim=d)
+        thr = self._threshold(d, threshold)
+        emb1 = self._full_embedding(wavs1, wav1_lens)[:, None, :d]
+        emb2 = self._full_embedding(wavs2, wav2_lens)[:, None, :d]
         if emb1.shape[0] != emb2.shape[0]:
             raise ValueError(f"batch sizes differ: {emb1.shape[0]} vs {emb2.shape[0]}")
         score = self.similarity(emb1, emb2)
@@ -431,10 +459,10 @@ class MRLEncoderClassifier(EncoderClassifier):
             Scalar bool.
         """
         d = check_target_dim(target_dim, self.embed_dim)
-        thr = self.threshold_for(d) if threshold is None else _check_threshold(threshold)
-        ex = self.encode_file(path_x, target_dim=d)
-        ey = self.encode_file(path_y, target_dim=d)
-        score = self.similarity(ex, ey)[0, 0]
+        thr = self._threshold(d, threshold)
+        ex = self._file_embedding(path_x)[:, :d]
+        ey = self._file_embedding(path_y)[:, :d]
+        score = self.similarity(ex, ey)[0]
         return score, score > thr
 
 

@@ -325,3 +325,19 @@ def test_sources_and_numpy_thresholds(model, tmp_path):
         model.verify_batch(wav, wav, threshold=thr)
     with pytest.raises(ValueError, match="finite number"):
         model.verify_batch(wav, wav, threshold=np.bool_(True))
+
+
+def test_a_model_with_nan_weights_is_refused_at_load(tmp_path):
+    """Regression: one NaN in mrl_head.ckpt and encode_file returned a NaN vector."""
+    import shutil
+
+    from mrl_testutils import write_tiny_model
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    bad = tmp_path / "nan_model"
+    shutil.copytree(folder, bad)
+    head = torch.load(bad / "mrl_head.ckpt", weights_only=True)
+    head["linear.weight"][0, 0] = float("nan")
+    torch.save(head, bad / "mrl_head.ckpt")
+    with pytest.raises(ValueError, match=r"nan_model: NaN/Inf values in its weights \(mrl_head"):
+        MRLEncoderClassifier.from_hparams(source=str(bad), run_opts={"device": "cpu"})
