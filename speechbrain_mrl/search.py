@@ -1078,6 +1078,17 @@ def _score_at_rate(scores, rate):
     return float(ranked[allowed]) if allowed < len(ranked) else None
 
 
+def _check_rate(value, name, allow_one=False):
+    """A rate in ``(0, 1)`` (``allow_one``: ``(0, 1]``) as a float; anything else is refused."""
+    try:
+        rate = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number in (0, 1), got {value!r}") from None
+    if not (0.0 < rate < 1.0 or (allow_one and rate == 1.0)):
+        raise ValueError(f"{name} must be in (0, {'1]' if allow_one else '1)'}, got {value!r}")
+    return rate
+
+
 def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
     """Cosine threshold per prefix size from a verification trial list.
 
@@ -1116,6 +1127,8 @@ def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
 
     from speechbrain_mrl.metrics import error_rates
 
+    if false_alarm is not None:
+        false_alarm = _check_rate(false_alarm, "false_alarm")
     enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
     labels = np.asarray(labels, dtype=bool)
     if enrol.shape != test.shape or enrol.ndim != 2 or labels.shape != (len(enrol),):
@@ -1195,6 +1208,7 @@ def calibrate_margin(enrol, test, small_dim, small_threshold, full_threshold, ag
     ...       == (_prefix_cosine(a, b, 16) > 0.0)).all())
     True
     """
+    agreement = _check_rate(agreement, "agreement", allow_one=True)
     enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
     small = _prefix_cosine(enrol, test, small_dim)
     full = _prefix_cosine(enrol, test, enrol.shape[1]) > full_threshold
@@ -1239,6 +1253,7 @@ def open_set_rates(top_ids, top_scores, truth, enrolled, far=0.01):
     >>> r["dir"], r["far"]
     (0.5, 0.5)
     """
+    far = _check_rate(far, "far")
     scores = np.asarray(top_scores, dtype=np.float64)
     enrolled = np.asarray(enrolled, dtype=bool)
     if enrolled.all() or not enrolled.any():

@@ -387,3 +387,21 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
     out = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                            "--csv", str(tmp_path / "queries.csv"), "--k", "3"])
     assert len(out) == 16 and all(len(m) == 3 for m in out.values())
+
+
+@pytest.mark.parametrize("call", ["calibrate", "margin", "open_set"])
+@pytest.mark.parametrize("rate", [-0.1, 0.0, 1.5, float("nan"), "x"])
+def test_rates_out_of_range_are_refused(call, rate):
+    """Regression: false_alarm=-0.1 or 1.5 saved nonsense thresholds; agreement=1.5 raised IndexError."""
+    from speechbrain_mrl.search import calibrate_margin, calibrate_thresholds, open_set_rates
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((20, 8)), rng.standard_normal((20, 8))
+    labels = np.arange(20) < 10
+    with pytest.raises(ValueError, match=r"must be (in|a number in) \(0, 1"):
+        if call == "calibrate":
+            calibrate_thresholds(a, b, labels, [4, 8], false_alarm=rate)
+        elif call == "margin":
+            calibrate_margin(a, b, 4, 0.0, 0.0, agreement=rate)
+        else:
+            open_set_rates(["a", "b"], [0.5, 0.4], ["a", "c"], [True, False], far=rate)
