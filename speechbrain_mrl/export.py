@@ -12,6 +12,19 @@ as ``MRLEncoderClassifier.encode_batch`` with the same lengths).
 ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
 ``torch.stft``; the legacy TorchScript-based exporter cannot export it.
 
+Input lengths: the graph runs any length in one pass (ONNX Runtime does not
+enforce the time range the export traces over), but the self-attention of
+the 1-D blocks becomes plain MatMul/Softmax over all frames (100 per second),
+so memory and time grow with the square of the length: the attention scores
+take ``4 bytes x heads x frames^2`` per utterance, about 0.6 GB at 60 s and
+58 GB at 600 s with 4 heads. Feed at most about a minute per utterance and
+window longer audio outside the graph (e.g. 30-s windows, embeddings
+averaged: close to, not the same as, the PyTorch model, which combines the
+windows' pooled statistics); the export command prints this model's figures.
+
+Every file is written to a temporary file in its folder and renamed into
+place when complete: a failed export leaves the previous file as it was.
+
 Command line::
 
     speechbrain-mrl export --model_folder results/mrl_b2/1986/model --onnx mrl_b2.onnx \\
@@ -21,10 +34,15 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import contextlib
 import importlib
+import io
 import logging
+import math
+import os
 import pathlib
 import sys
+import tempfile
 import warnings
 
 import torch
@@ -35,6 +53,7 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "PerSizeOutputs",
     "load_encoder",
+    "atomic_output",
     "export_torchscript",
     "export_onnx",
     "quantize_onnx",
@@ -89,11 +108,64 @@ class PerSizeOutputs(nn.Module):
 
 
 def load_encoder(model_folder):
-    """The :class:`~speechbrain_mrl.encoder.MRLEncoder` (CPU, eval) of a model folder."""
+    """The :class:`~speechbrain_mrl.encoder.MRLEncoder` (CPU, eval) of a model folder.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf weights or statistics, naming the folder and the tensors
+        (:meth:`~speechbrain_mrl.inference.MRLEncoderClassifier.check_weights`).
+    """
     from speechbrain_mrl.inference import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder), run_opts={"device": "cpu"})
     return model.encoder.eval()
+
+
+@contextlib.contextmanager
+def atomic_output(path):
+    """A temporary file next to ``path``, renamed to ``path`` when the block completes.
+
+    The temporary file is created exclusively (:func:`tempfile.mkstemp`: a
+    symlink planted at its name is never written through) with the
+    permissions the umask gives a new file, and removed if the block fails.
+    A file or symlink at ``path`` is replaced, never written through, and
+    stays as it was until the new file is complete.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The file to write (its folder is created if needed).
+
+    Yields
+    ------
+    pathlib.Path
+        The temporary file (empty) for the block to write.
+
+    Example
+    -------
+    >>> folder = pathlib.Path(tempfile.mkdtemp())
+    >>> with atomic_output(folder / "a.txt") as tmp:
+    ...     _ = tmp.write_text("complete")
+    >>> [p.name for p in folder.iterdir()], (folder / "a.txt").read_text()
+    (['a.txt'], 'complete')
+    """
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
+                               suffix=f".tmp{path.suffix}")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)
+    finally:
+        os.close(fd)
+    try:
+        yield pathlib.Path(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
 
 
 def require_export_extra(*modules):
@@ -140,9 +212,11 @@ def export_torchscript(encoder, path, example=None):
         # shape checks of the lobe/head become constants: expected, not a problem
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, tuple(example), check_trace=False, strict=False)
+    buffer = io.BytesIO()  # a failed write to a file aborts the process inside torch.jit.save
+    torch.jit.save(traced, buffer)
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    traced.save(str(path))
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
     return path
 
 
@@ -160,7 +234,9 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
         Example ``(wavs [B, T], wav_lens [B])`` (default: 2 x 2 s of noise,
         one of them padded).
     min_seconds, max_seconds : float
-        Range of the dynamic time axis.
+        Range ``torch.export`` traces the time axis over (the graph's shape
+        logic holds in it); ONNX Runtime does not enforce it. Memory grows
+        with the square of the length (see the module documentation).
     sample_rate : int
         Sample rate of the model.
     opset_version : int
@@ -176,8 +252,6 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     batch = torch.export.Dim("batch", min=1, max=4096)
     time = torch.export.Dim("time", min=int(min_seconds * sample_rate),
                             max=int(max_seconds * sample_rate))
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     with torch.no_grad():
         program = torch.onnx.export(
             module, tuple(example), dynamo=True, input_names=module.input_names,
@@ -185,7 +259,9 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
             dynamic_shapes={"wavs": {0: batch, 1: time}, "wav_lens": {0: batch}},
             opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
         )
-    program.save(str(path), external_data=False)
+    path = pathlib.Path(path)
+    with atomic_output(path) as tmp:
+        program.save(str(tmp), external_data=False)
     return path
 
 
@@ -205,7 +281,8 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     out_path : str or os.PathLike
         The int8 model.
     calibration : list of torch.Tensor, optional
-        1-D waveforms at the model's sample rate (a few dozen utterances).
+        1-D waveforms at the model's sample rate (a few dozen utterances;
+        silent or NaN/Inf ones are refused).
     op_types : sequence of str
         ONNX operators to quantise.
 
@@ -213,6 +290,16 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     -------
     pathlib.Path
     """
+    from speechbrain_mrl.dataio import signal_problem
+
+    if calibration is not None:
+        if not len(calibration):
+            raise ValueError("static int8 quantisation needs calibration waveforms, got none")
+        for i, wav in enumerate(calibration):
+            problem = signal_problem(wav)
+            if problem:
+                raise ValueError(f"calibration waveform {i}: {problem}; static int8 scales need "
+                                 "real speech")
     require_export_extra("onnx", "onnxruntime")
     import onnx
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
@@ -222,37 +309,42 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     # the mel filterbank product sees power spectra (a huge dynamic range): kept in float
     front_end = [n.name for n in graph.node
                  if any("compute_features" in name for name in n.input)]
+
+    class Waveforms(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(calibration)
+
+        def get_next(self):
+            wav = next(self.remaining, None)
+            if wav is None:
+                return None
+            return {"wavs": wav.float().reshape(1, -1).numpy(), "wav_lens": torch.ones(1).numpy()}
+
     out_path = pathlib.Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    if calibration is None:
-        quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8, per_channel=True,
-                         op_types_to_quantize=list(op_types), nodes_to_exclude=front_end)
-    else:
-        if not len(calibration):
-            raise ValueError("static int8 quantisation needs calibration waveforms, got none")
-
-        class Waveforms(CalibrationDataReader):
-            def __init__(self):
-                self.remaining = iter(calibration)
-
-            def get_next(self):
-                wav = next(self.remaining, None)
-                if wav is None:
-                    return None
-                return {"wavs": wav.float().reshape(1, -1).numpy(),
-                        "wav_lens": torch.ones(1).numpy()}
-
-        quantize_static(str(onnx_path), str(tmp), Waveforms(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QUInt8,
-                        weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
-                        nodes_to_exclude=front_end)
-    tmp.replace(out_path)
+    with atomic_output(out_path) as tmp:
+        if calibration is None:
+            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8,
+                             per_channel=True, op_types_to_quantize=list(op_types),
+                             nodes_to_exclude=front_end)
+        else:
+            quantize_static(str(onnx_path), str(tmp), Waveforms(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                            nodes_to_exclude=front_end)
     return out_path
 
 
 def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
-    """``n_clips`` waveforms spread evenly over a manifest's rows (sorted by ID)."""
+    """``n_clips`` waveforms spread evenly over a manifest's rows (sorted by ID).
+
+    Silent (all-zero or empty) clips are left out with a warning: their
+    activations would set the int8 scales far from those of speech.
+
+    Raises
+    ------
+    ValueError
+        No rows, a clip with NaN/Inf samples (naming its row), or only silent clips.
+    """
     from speechbrain_mrl.dataio import read_manifest, read_row_audio
 
     rows = read_manifest(manifest)
@@ -260,7 +352,23 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
         raise ValueError(f"{manifest}: no rows to calibrate on")
     ids = sorted(rows)
     picked = [ids[round(i * len(ids) / min(n_clips, len(ids)))] for i in range(min(n_clips, len(ids)))]
-    return [read_row_audio(rows[u], sample_rate) for u in picked]
+    clips, silent = [], []
+    for uid in picked:
+        wav = read_row_audio(rows[uid], sample_rate)
+        if not torch.isfinite(wav).all():
+            raise ValueError(f"{manifest}: calibration clip {uid} ({rows[uid]['wav']}) has NaN/Inf "
+                             "samples")
+        if wav.any():
+            clips.append(wav)
+        else:
+            silent.append(uid)
+    if not clips:
+        raise ValueError(f"{manifest}: all {len(picked)} calibration clips are silent (all zeros); "
+                         "static int8 scales need real speech")
+    if silent:
+        warnings.warn(f"{manifest}: {len(silent)} silent (all-zero) calibration clips left out, "
+                      f"e.g. {silent[:3]}")
+    return clips
 
 
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
@@ -280,6 +388,7 @@ def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
     Returns
     -------
     float
+        NaN or Inf where either side gives NaN/Inf embeddings.
     """
     require_export_extra("onnxruntime")
     import onnxruntime as ort
@@ -291,7 +400,34 @@ def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
         refs = PerSizeOutputs(encoder).eval()(wavs.float(), wav_lens)
     if len(outs) != len(refs):
         raise RuntimeError(f"ONNX model gives {len(outs)} outputs, expected {len(refs)}")
-    return max(float((torch.from_numpy(o) - r).abs().max()) for o, r in zip(outs, refs))
+    # a tensor max propagates NaN (Python's max() keeps the first value it compares NaN with)
+    return float(torch.stack([(torch.from_numpy(o) - r).abs().max() for o, r in zip(outs, refs)])
+                 .max())
+
+
+def input_length_note(encoder):
+    """One line on the input lengths the exported graph runs with reasonable memory.
+
+    Example
+    -------
+    >>> from speechbrain_mrl.encoder import MRLEncoder
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> note = input_length_note(enc)
+    >>> note[note.index("4 heads"):note.index("):")]
+    '4 heads: 0.58 GB per utterance at 60 s, 57.6 GB at 600 s'
+    """
+    from speechbrain_mrl.redimnet import MultiHeadSelfAttention
+
+    heads = max((m.num_heads for m in encoder.modules() if isinstance(m, MultiHeadSelfAttention)),
+                default=0)
+    if not heads:
+        return "input length: any, in one pass; memory and time grow linearly with it"
+    fps = encoder.compute_features.sample_rate / encoder.compute_features.hop_length
+    gb = [4 * heads * (fps * s) ** 2 / 1e9 for s in (60, 600)]
+    return (f"input length: any, in one pass; memory and time grow with its square (attention "
+            f"scores over {fps:g} frames/s, {heads} heads: {gb[0]:.2g} GB per utterance at 60 s, "
+            f"{gb[1]:.3g} GB at 600 s): window audio longer than about 60 s outside the graph")
 
 
 def run_export(args):
@@ -301,8 +437,12 @@ def run_export(args):
         print(f"TorchScript model: {export_torchscript(enc, args.torchscript)}")
     out = export_onnx(enc, args.onnx, opset_version=args.opset)
     print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")
+    print(input_length_note(enc))
     if args.check:
         diff = onnx_parity(enc, out, *_example(seconds=3.1, batch=3, seed=1))
+        if not math.isfinite(diff):
+            raise ValueError(f"model {args.model_folder}: onnxruntime vs PyTorch max abs "
+                             f"difference is {diff} (NaN/Inf embeddings); {out} is not usable")
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
     if args.int8:
         calibration = (calibration_waveforms(args.calibration_csv, args.calibration_clips,

@@ -5,7 +5,9 @@ are sorted by duration and split into shards of ``shard_size``; the
 plan is written first (``plan.json``), so a run that is stopped and started
 again with the same command continues with the unfinished shards: a shard is
 done when its ``shard_<k>.csv`` exists, which is written (atomically) after
-its ``shard_<k>.npy``. Nothing is embedded twice and nothing is lost.
+its ``shard_<k>.npy``. Nothing is embedded twice and nothing is lost; a
+resume with another model, other utterances, ``dtype`` or ``precision`` is
+refused (one folder holds one kind of embedding).
 
 Each shard holds the full-size embeddings (every Matryoshka size is a prefix
 of them) of its readable utterances, float32 or float16; unreadable, empty,
@@ -33,6 +35,7 @@ Authors
 """
 import csv
 import json
+import numbers
 import os
 import pathlib
 import sys
@@ -44,6 +47,7 @@ from tqdm import tqdm
 
 from speechbrain_mrl.dataio import write_manifest, write_text_atomic
 from speechbrain_mrl.embeddings import PRECISIONS, embed_manifest
+from speechbrain_mrl.export import atomic_output
 from speechbrain_mrl.sources import read_sources
 
 __all__ = ["extract", "load_embeddings", "run_extract"]
@@ -56,10 +60,8 @@ def _shard_name(k):
 
 
 def _save_npy(path, array):
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
+    with atomic_output(path) as tmp, open(tmp, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def _embed_shard(model, ids, rows, out, k, batch_size, num_workers, precision, dtype, bar):
@@ -84,9 +86,14 @@ def _plan(rows, shard_size, info, out):
     if path.is_file():
         plan = json.loads(path.read_text())
         if plan["model_sha256"] != info["model_sha256"]:
-            raise ValueError(f"{out} holds embeddings of another model; use a new --out")
+            raise ValueError(f"{out} holds embeddings of another model; use a new --output_folder")
+        for key in ("dtype", "precision"):
+            started = plan.get(key, info[key])  # older plans hold no precision
+            if started != info[key]:
+                raise ValueError(f"{out} was started with --{key} {started}, not {info[key]}; "
+                                 f"resume with --{key} {started} or use a new --output_folder")
         if sorted(u for s in plan["shards"] for u in s) != sorted(rows):
-            raise ValueError(f"{out} was started on other utterances; use a new --out")
+            raise ValueError(f"{out} was started on other utterances; use a new --output_folder")
         return plan["shards"]
     write_text_atomic(path, json.dumps(dict(info, shards=shards)))
     return shards
@@ -154,6 +161,7 @@ def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_worker
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder), run_opts={"device": device})
     info = {"model_folder": str(model_folder), "model_sha256": model_fingerprint(model_folder),
             "embed_dim": model.embed_dim, "mrl_dims": model.mrl_dims, "dtype": dtype,
+            "precision": precision,
             "note": "full-size embeddings; the size-d embedding is the first d columns"}
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,15 +196,19 @@ def load_embeddings(folder, target_dim=None):
 
     ``rows`` are the ``index.csv`` rows by ID (``duration``, ``wav``,
     ``spk_id``, ...), so that e.g. ``SpeakerIndex.enrol([rows[i]["spk_id"]
-    for i in ids], embeddings)`` enrols the speakers.
+    for i in ids], embeddings)`` enrols the speakers. ``target_dim`` (an
+    integer in ``[1, embed_dim]``; None: ``embed_dim``) keeps the first columns.
     """
     folder = pathlib.Path(folder)
     if not (folder / "info.json").is_file():
         raise FileNotFoundError(f"{folder} holds no finished extraction (no info.json)")
     info = json.loads((folder / "info.json").read_text())
-    dim = int(target_dim or info["embed_dim"])
-    if not 1 <= dim <= int(info["embed_dim"]):
-        raise ValueError(f"target_dim must be in [1, {info['embed_dim']}], got {target_dim}")
+    dim = int(info["embed_dim"]) if target_dim is None else target_dim
+    if (not isinstance(dim, numbers.Integral) or isinstance(dim, bool)
+            or not 1 <= dim <= int(info["embed_dim"])):
+        raise ValueError(f"target_dim must be an integer in [1, {info['embed_dim']}], "
+                         f"got {target_dim!r}")
+    dim = int(dim)
     with open(folder / "index.csv", newline="") as f:
         index = list(csv.DictReader(f))
     shards = {}

@@ -1,6 +1,16 @@
 """Tests of speechbrain_mrl.export (TorchScript and ONNX, onnxruntime parity)."""
+import contextlib
+import copy
+import io
+import os
 import pathlib
+import re
+import resource
+import shutil
+import stat
+import warnings
 
+import numpy as np
 import pytest
 import soundfile as sf
 import torch
@@ -13,9 +23,18 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+#: Output names of the ``exported`` fixture, each a symlink to a victim file before the export.
+OUTPUTS = ["tiny.onnx", "tiny.pt", "tiny.int8.onnx"]
+#: The fixed temporary name the int8 export once wrote through (a symlink planted there).
+OLD_TMP = ".tiny.int8.onnx.tmp"
+#: What the ``exported`` fixture's command printed and warned.
+EXPORT_RUN = {}
+
+
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """One export through the command line (ONNX + TorchScript + parity check)."""
+    """One export through the command line (ONNX + TorchScript + static int8 + parity check),
+    over symlinks planted at the output paths; its printed lines and warnings are kept."""
     root = tmp_path_factory.mktemp("export")
     folder, _, _ = write_tiny_model(root / "model")
     rows = []
@@ -23,12 +42,22 @@ def exported(tmp_path_factory):
         path = root / f"cal{i}.wav"
         sf.write(path, speaker_voice(10 + i, i, 1.0 + 0.1 * i).numpy(), 16000)
         rows.append(f"cal{i},{path}")
+    sf.write(root / "silent.wav", np.zeros(16000, dtype="float32"), 16000)
+    rows.append(f"silent,{root / 'silent.wav'}")  # left out of the calibration, with a warning
     (root / "calibration.csv").write_text("ID,wav\n" + "\n".join(rows) + "\n")
-    onnx_path = ex.main(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
-                         "--torchscript", str(root / "tiny.pt"), "--int8",
-                         str(root / "tiny.int8.onnx"), "--calibration_csv",
-                         str(root / "calibration.csv"), "--check"])
+    (root / "victims").mkdir()
+    for name in OUTPUTS + [OLD_TMP]:
+        (root / "victims" / name).write_text("not to be overwritten")
+        (root / name).symlink_to(root / "victims" / name)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        onnx_path = ex.main(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
+                             "--torchscript", str(root / "tiny.pt"), "--int8",
+                             str(root / "tiny.int8.onnx"), "--calibration_csv",
+                             str(root / "calibration.csv"), "--check"])
     enc = ex.load_encoder(folder)
+    EXPORT_RUN.update(printed=printed.getvalue(), warnings=[str(w.message) for w in caught])
     return folder, enc, pathlib.Path(onnx_path), root / "tiny.pt"
 
 
@@ -153,3 +182,110 @@ def test_missing_onnx_extra_names_it_and_still_writes_torchscript(tmp_path, monk
         ex.main(["--model_folder", str(folder), "--onnx", str(tmp_path / "m.onnx"),
                  "--torchscript", str(tmp_path / "m.pt")])
     assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.onnx").exists()
+
+
+def test_export_replaces_planted_symlinks_with_files_following_the_umask(exported):
+    """Regression: the ONNX, TorchScript and int8 files were written through a symlink at the
+    output path (and int8 through one at its fixed temporary name ``.<name>.tmp``)."""
+    root = exported[2].parent
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in OUTPUTS:
+        assert not (root / name).is_symlink() and (root / name).stat().st_size > 1000
+        assert stat.S_IMODE((root / name).stat().st_mode) == 0o666 & ~umask
+    assert (root / OLD_TMP).is_symlink()  # left alone: never a name the export writes
+    for victim in (root / "victims").iterdir():
+        assert victim.read_text() == "not to be overwritten", victim.name
+    assert not [p.name for p in root.glob(".*") if p.name != OLD_TMP]  # no temporary file left
+
+
+def test_export_prints_the_input_lengths_the_graph_supports(exported):
+    """Regression: the graph's quadratic memory in the input length was not said anywhere."""
+    note = ex.input_length_note(exported[1])
+    assert note in EXPORT_RUN["printed"].splitlines()
+    assert "grow with its square" in note and "GB per utterance at 60 s" in note
+    assert "window audio longer than about 60 s outside the graph" in note
+
+
+def test_failing_writes_keep_the_previous_files(exported, tmp_path):
+    """Regression: a write failing mid-way (a full disk; here the file size limit) left a truncated
+    ONNX / TorchScript file at the output path, destroying the previous export."""
+    _, enc, onnx_path, ts_path = exported
+    previous = {tmp_path / "m.onnx": onnx_path, tmp_path / "m.pt": ts_path,
+                tmp_path / "m.int8.onnx": onnx_path.with_name("tiny.int8.onnx")}
+    for dest, src in previous.items():
+        shutil.copyfile(src, dest)
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, limits[1]))  # every output is larger
+    try:
+        with pytest.raises(OSError):
+            ex.export_onnx(enc, tmp_path / "m.onnx")
+        with pytest.raises(OSError):
+            ex.export_torchscript(enc, tmp_path / "m.pt")
+        with pytest.raises(Exception):  # onnxruntime reads back the truncated model it wrote
+            ex.quantize_onnx(onnx_path, tmp_path / "m.int8.onnx")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    for dest, src in previous.items():
+        assert dest.read_bytes() == src.read_bytes(), dest.name
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in previous)
+
+
+def test_check_refuses_a_model_giving_nan(exported, tmp_path):
+    """Regression: ``export --check`` of a NaN-producing model printed "max abs difference: nan"
+    and succeeded. Here the weights are finite but a BatchNorm variance is negative."""
+    folder = shutil.copytree(exported[0], tmp_path / "nan_model")
+    head = torch.load(folder / "mrl_head.ckpt")
+    head["norm.running_var"][:] = -1.0
+    torch.save(head, folder / "mrl_head.ckpt")
+    with pytest.raises(ValueError, match=rf"model {re.escape(str(folder))}: .*difference is nan"):
+        ex.main(["--model_folder", str(folder), "--onnx", str(tmp_path / "nan.onnx"), "--check"])
+    head["linear.weight"][0, 0] = float("inf")  # NaN/Inf weights: refused before any export
+    torch.save(head, folder / "mrl_head.ckpt")
+    with pytest.raises(ValueError, match=rf"model {re.escape(str(folder))}: NaN/Inf values in"):
+        ex.load_encoder(folder)
+
+
+def test_onnx_parity_is_nan_when_one_output_is_nan(exported):
+    """Regression: Python's max() over the outputs' differences dropped a NaN that was not first."""
+    _, enc, onnx_path, _ = exported
+    broken = copy.deepcopy(enc)
+    with torch.no_grad():
+        broken.mrl_head.linear.weight[-1] = float("nan")  # only the full-size output's last column
+    wavs = _speechy(2, 1.0)
+    assert all(bool(e.isnan().any()) == (d == MRL_DIMS[-1])
+               for d, e in broken.all_dims(wavs).items())
+    assert np.isnan(ex.onnx_parity(broken, onnx_path, wavs))
+
+
+def _calibration_csv(folder, clips):
+    """A manifest of ``{ID: waveform}`` written as float WAV files (NaN kept)."""
+    rows = []
+    for uid, wav in clips.items():
+        sf.write(folder / f"{uid}.wav", wav.numpy(), 16000, subtype="FLOAT")
+        rows.append(f"{uid},{folder / f'{uid}.wav'}")
+    (folder / "cal.csv").write_text("ID,wav\n" + "\n".join(rows) + "\n")
+    return folder / "cal.csv"
+
+
+def test_static_int8_calibration_refuses_nan_and_silent_clips(exported, tmp_path):
+    """Regression: a NaN clip failed deep in onnxruntime ("AssertionError: scale issue"), and
+    silent clips were calibrated on without a word (cosine 0.19 to fp32 on silence alone)."""
+    voice = speaker_voice(1, 0, 1.0)
+    nan = voice.clone()
+    nan[100] = float("nan")
+    manifest = _calibration_csv(tmp_path, {"a_voice": voice, "b_nan": nan})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}: calibration clip b_nan "
+                                         r"\(.*b_nan.wav\) has NaN/Inf samples"):
+        ex.calibration_waveforms(manifest)
+    manifest = _calibration_csv(tmp_path, {"s1": torch.zeros(16000), "s2": torch.zeros(8000)})
+    with pytest.raises(ValueError, match=rf"{re.escape(str(manifest))}: all 2 calibration clips "
+                                         "are silent"):
+        ex.calibration_waveforms(manifest)
+    assert [w for w in EXPORT_RUN["warnings"]  # the fixture's command: the silent clip left out
+            if "1 silent (all-zero) calibration clips left out, e.g. ['silent']" in w]
+    with pytest.raises(ValueError, match="calibration waveform 1: non-finite samples"):
+        ex.quantize_onnx(exported[2], tmp_path / "q.onnx", calibration=[voice, nan])
+    with pytest.raises(ValueError, match="calibration waveform 0: all zeros"):
+        ex.quantize_onnx(exported[2], tmp_path / "q.onnx", calibration=[torch.zeros(16000)])
+    assert not (tmp_path / "q.onnx").exists()

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import stat
 import subprocess
 import sys
 
@@ -111,3 +112,52 @@ def test_torchrun_two_processes_share_the_shards(corpus):
     order = {u: i for i, u in enumerate(ref_ids)}
     assert sorted(ids) == sorted(ref_ids)
     np.testing.assert_allclose(emb, ref[[order[u] for u in ids]], atol=1e-4)
+
+
+def test_a_resume_with_another_dtype_or_precision_is_refused(corpus):
+    """Regression: a resume with another --dtype mixed float16 and float32 shards while info.json
+    named one dtype (and --precision was not recorded at all)."""
+    root, folder, audio, info = corpus
+    out = root / "out"
+    plan = json.loads((out / "plan.json").read_text())
+    assert (plan["dtype"], plan["precision"]) == ("float32", "fp32") == (info["dtype"],
+                                                                         info["precision"])
+    args = ["--model_folder", str(folder), "--folder", str(audio), "--output_folder", str(out)]
+    before = (out / "info.json").read_text()
+    with pytest.raises(ValueError, match=r"started with --dtype float32, not float16; resume with "
+                                         r"--dtype float32 or use a new --output_folder"):
+        ex.main(args + ["--dtype", "float16"])
+    with pytest.raises(ValueError, match=r"started with --precision fp32, not bf16"):
+        ex.main(args + ["--precision", "bf16"])
+    assert (out / "info.json").read_text() == before
+
+
+@pytest.mark.parametrize("target_dim", [0, -1, 17, 8.0, 8.5, "8", True])
+def test_load_embeddings_refuses_a_target_dim_outside_the_sizes(corpus, target_dim):
+    """Regression: target_dim=0 gave the full size, and 8.5 the size 8."""
+    out = corpus[0] / "out"
+    with pytest.raises(ValueError, match=r"target_dim must be an integer in \[1, 16\], got "):
+        ex.load_embeddings(out, target_dim=target_dim)
+    assert ex.load_embeddings(out, target_dim=np.int64(8))[1].shape == (9, 8)
+
+
+def test_shards_are_written_exclusively_with_the_umask(corpus, tmp_path):
+    """Regression: a shard went through the fixed temporary name ``.<shard>.npy.tmp``, so a
+    symlink planted there got its target overwritten."""
+    root, folder, audio, _ = corpus
+    out = tmp_path / "out"
+    out.mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("not to be overwritten")
+    (out / ".shard_00000.npy.tmp").symlink_to(victim)
+    umask = os.umask(0o027)
+    try:
+        info = ex.main(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
+                        str(out), "--num_workers", "0"])
+    finally:
+        os.umask(umask)
+    assert info["n_embedded"] == 9 and victim.read_text() == "not to be overwritten"
+    shard = out / "shard_00000.npy"
+    assert not shard.is_symlink() and stat.S_IMODE(shard.stat().st_mode) == 0o640
+    assert np.load(shard).shape == (9, info["embed_dim"])
+    assert [p.name for p in out.glob(".*")] == [".shard_00000.npy.tmp"]  # left alone
