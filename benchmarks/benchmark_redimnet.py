@@ -30,7 +30,7 @@ import warnings
 
 import torch
 
-from speechbrain_mrl.dataio import write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
 
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.official import official_state_dict

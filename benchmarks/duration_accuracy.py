@@ -19,7 +19,8 @@ import json
 
 import torch
 
-from speechbrain_mrl.dataio import read_trial_list, write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_trial_list
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.metrics import id_metrics

@@ -22,8 +22,9 @@ import pathlib
 
 import torch
 
-from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
-                                    resolve_trials, save_torch_atomic, write_text_atomic)
+from speechbrain_mrl.audio import crop_or_tile, read_audio
+from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.manifests import read_manifest, read_trials, resolve_trials
 from speechbrain_mrl.head_init import window_rows
 from speechbrain_mrl.matryoshka import discriminant_rotation, pca_rotation
 from speechbrain_mrl.metrics import id_metrics

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.dataio import write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
 
 FIRST_QUERY = """
 import sys, time, json

@@ -33,7 +33,9 @@ import time
 import numpy as np
 import torch
 
-from speechbrain_mrl.dataio import read_audio, read_row_audio, read_trial_list, write_text_atomic
+from speechbrain_mrl.audio import read_audio, read_row_audio
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_trial_list
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.export import load_encoder
 from speechbrain_mrl.metrics import error_rates

@@ -29,7 +29,7 @@ import time
 import numpy as np
 import soundfile as sf
 
-from speechbrain_mrl.dataio import write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
 
 ENCODE_FILE = """
 import sys, numpy as np

@@ -30,7 +30,9 @@ import torch
 from speechbrain_mrl import export as ex
 from speechbrain.utils.data_utils import batch_pad_right
 
-from speechbrain_mrl.dataio import read_row_audio, read_trial_list, write_text_atomic
+from speechbrain_mrl.audio import read_row_audio
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_trial_list
 from speechbrain_mrl.metrics import id_metrics
 
 

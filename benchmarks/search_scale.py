@@ -31,7 +31,8 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.dataio import read_manifest, write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_manifest
 from speechbrain_mrl.search import SpeakerIndex
 
 

@@ -10,7 +10,8 @@ import pathlib
 from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
-from speechbrain_mrl.dataio import AUDIO_EXTENSIONS, AudioError, audio_info, write_manifest
+from speechbrain_mrl.audio import AUDIO_EXTENSIONS, AudioError, audio_info
+from speechbrain_mrl.manifests import write_manifest
 
 __all__ = ["build_augmenter", "audio_csv"]
 

@@ -27,7 +27,7 @@ import torch
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from speechbrain_mrl.dataio import swap_folder
+from speechbrain_mrl.files import swap_folder
 
 __all__ = ["load_state_dict", "register_safe_hooks", "SafeCheckpointer"]
 

@@ -3,7 +3,7 @@
 Every command that embeds audio (scoring, extraction, enrolment and search,
 verification) and :meth:`MRLEncoderClassifier.encode_file
 <speechbrain_mrl.inference.MRLEncoderClassifier.encode_file>` embed a file the
-same way: read with :func:`speechbrain_mrl.dataio.read_row_audio` (mono, at the
+same way: read with :func:`speechbrain_mrl.audio.read_row_audio` (mono, at the
 model rate), checked, and embedded with :meth:`MRLEncoder.embed
 <speechbrain_mrl.encoder.MRLEncoder.embed>`, which pools audio longer than
 ``long_audio_seconds`` window by window. :func:`embed_manifest` batches the
@@ -11,7 +11,7 @@ rows by length (a long recording alone, so that it is never padded into a
 batch) and reads them with DataLoader workers.
 
 Bad audio (unreadable, empty, silent, NaN/Inf, too short) is handled by the
-caller's choice: raised as :class:`~speechbrain_mrl.dataio.AudioError` naming
+caller's choice: raised as :class:`~speechbrain_mrl.audio.AudioError` naming
 the utterance and its file, or skipped and listed with the reason.
 
 Authors
@@ -23,7 +23,7 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from speechbrain_mrl.dataio import AudioError, read_row_audio, signal_problem
+from speechbrain_mrl.audio import AudioError, read_row_audio, signal_problem
 
 __all__ = ["embed_manifest", "PRECISIONS"]
 

@@ -34,26 +34,24 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import contextlib
 import importlib
 import io
 import logging
 import math
-import os
 import pathlib
 import sys
-import tempfile
 import warnings
 
 import torch
 from torch import nn
+
+from speechbrain_mrl.files import atomic_output
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "PerSizeOutputs",
     "load_encoder",
-    "atomic_output",
     "export_torchscript",
     "export_onnx",
     "quantize_onnx",
@@ -120,52 +118,6 @@ def load_encoder(model_folder):
 
     model = MRLEncoderClassifier.from_hparams(source=str(model_folder), run_opts={"device": "cpu"})
     return model.encoder.eval()
-
-
-@contextlib.contextmanager
-def atomic_output(path):
-    """A temporary file next to ``path``, renamed to ``path`` when the block completes.
-
-    The temporary file is created exclusively (:func:`tempfile.mkstemp`: a
-    symlink planted at its name is never written through) with the
-    permissions the umask gives a new file, and removed if the block fails.
-    A file or symlink at ``path`` is replaced, never written through, and
-    stays as it was until the new file is complete.
-
-    Arguments
-    ---------
-    path : str or os.PathLike
-        The file to write (its folder is created if needed).
-
-    Yields
-    ------
-    pathlib.Path
-        The temporary file (empty) for the block to write.
-
-    Example
-    -------
-    >>> folder = pathlib.Path(tempfile.mkdtemp())
-    >>> with atomic_output(folder / "a.txt") as tmp:
-    ...     _ = tmp.write_text("complete")
-    >>> [p.name for p in folder.iterdir()], (folder / "a.txt").read_text()
-    (['a.txt'], 'complete')
-    """
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
-                               suffix=f".tmp{path.suffix}")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
-    finally:
-        os.close(fd)
-    try:
-        yield pathlib.Path(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
 
 
 def require_export_extra(*modules):
@@ -290,7 +242,7 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     -------
     pathlib.Path
     """
-    from speechbrain_mrl.dataio import signal_problem
+    from speechbrain_mrl.audio import signal_problem
 
     if calibration is not None:
         if not len(calibration):
@@ -345,7 +297,8 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
     ValueError
         No rows, a clip with NaN/Inf samples (naming its row), or only silent clips.
     """
-    from speechbrain_mrl.dataio import read_manifest, read_row_audio
+    from speechbrain_mrl.audio import read_row_audio
+    from speechbrain_mrl.manifests import read_manifest
 
     rows = read_manifest(manifest)
     if not rows:

@@ -45,9 +45,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from speechbrain_mrl.dataio import write_manifest, write_text_atomic
+from speechbrain_mrl.files import atomic_output, write_text_atomic
+from speechbrain_mrl.manifests import write_manifest
 from speechbrain_mrl.embeddings import PRECISIONS, embed_manifest
-from speechbrain_mrl.export import atomic_output
 from speechbrain_mrl.sources import read_sources
 
 __all__ = ["extract", "load_embeddings", "run_extract"]

@@ -34,7 +34,7 @@ import torchaudio
 from speechbrain.inference.classifiers import EncoderClassifier
 from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
-from speechbrain_mrl.dataio import AudioError, check_waveforms, load_audio, warn_short
+from speechbrain_mrl.audio import AudioError, check_waveforms, load_audio, warn_short
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.matryoshka import check_target_dim
 
@@ -53,7 +53,7 @@ class MRLEncoderClassifier(EncoderClassifier):
     and optionally the hparams ``thresholds``, ``sample_rate``, ``min_duration``
     (shorter audio is refused; never below what the front end needs,
     :attr:`MRLEncoder.min_samples`) and ``short_duration`` (shorter audio is
-    embedded with a :class:`~speechbrain_mrl.dataio.ShortAudioWarning`).
+    embedded with a :class:`~speechbrain_mrl.audio.ShortAudioWarning`).
 
     Arguments
     ---------

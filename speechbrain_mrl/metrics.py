@@ -172,7 +172,7 @@ def prefix_metrics(embeddings, labels, enrol_idx, test_idx, dims, toolkit_max_tr
     The score of a trial at size ``d`` is the cosine of the L2-normalised
     first ``d`` coordinates of its two embeddings; the metrics are those of
     :func:`verification_metrics`. With the output of
-    :func:`speechbrain_mrl.dataio.resolve_trials` and ``index = {ID: row}``::
+    :func:`speechbrain_mrl.manifests.resolve_trials` and ``index = {ID: row}``::
 
         labels, enrol_ids, test_ids, _ = resolve_trials(trials, index)
         prefix_metrics(emb, labels, [index[i] for i in enrol_ids],
@@ -233,7 +233,7 @@ def id_metrics(embeddings, trials, dims):
     embeddings : dict of str to torch.Tensor
         Full-size embedding per utterance ID.
     trials : tuple
-        ``(labels, enrol_ids, test_ids)`` as :func:`speechbrain_mrl.dataio.resolve_trials`
+        ``(labels, enrol_ids, test_ids)`` as :func:`speechbrain_mrl.manifests.resolve_trials`
         returns them (without the names).
     dims : list of int
         Prefix sizes.

@@ -20,7 +20,8 @@ import re
 
 import torch
 
-from speechbrain_mrl.dataio import download, save_torch_atomic
+from speechbrain_mrl.download import download
+from speechbrain_mrl.files import save_torch_atomic
 from speechbrain_mrl.encoder import MRLEncoder
 from speechbrain_mrl.redimnet import plain_config, redimnet_config
 

@@ -28,7 +28,7 @@ import json
 import math
 import pathlib
 
-from speechbrain_mrl.dataio import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
 from speechbrain_mrl.redimnet import plain_config
 
 __all__ = [

@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from speechbrain_mrl.dataio import swap_folder
+from speechbrain_mrl.files import swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
            "calibrate_thresholds", "cascade_verify", "calibrate_margin", "open_set_rates"]
@@ -482,7 +482,7 @@ class SpeakerIndex:
         -------
         numpy.ndarray
         """
-        from speechbrain_mrl.dataio import check_audio_files
+        from speechbrain_mrl.manifests import check_audio_files
         from speechbrain_mrl.embeddings import embed_manifest
         from speechbrain_mrl.sources import read_sources
 

@@ -22,7 +22,8 @@ import pathlib
 
 import numpy as np
 
-from speechbrain_mrl.dataio import check_audio_files, read_trial_list, write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import check_audio_files, read_trial_list
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.search import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
                                     cascade_verify, open_set_rates)

@@ -26,7 +26,8 @@ Authors
 """
 import pathlib
 
-from speechbrain_mrl.dataio import AUDIO_EXTENSIONS, AudioError, audio_info, read_manifest
+from speechbrain_mrl.audio import AUDIO_EXTENSIONS, AudioError, audio_info
+from speechbrain_mrl.manifests import read_manifest
 
 __all__ = ["read_sources", "folder_rows"]
 

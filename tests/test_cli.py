@@ -14,7 +14,7 @@ import torch
 
 from mrl_testutils import speaker_voice, write_tiny_model, write_voice_corpus
 from speechbrain_mrl import cli
-from speechbrain_mrl.dataio import AudioError
+from speechbrain_mrl.audio import AudioError
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.sources import read_sources
 

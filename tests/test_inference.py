@@ -11,7 +11,7 @@ import torchaudio
 from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
                            tiny_modules,
                            speaker_voice, write_tiny_model)
-from speechbrain_mrl.dataio import ShortAudioWarning
+from speechbrain_mrl.audio import ShortAudioWarning
 from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
 from speechbrain_mrl.packaging import read_calibration, write_model_folder
 

@@ -11,7 +11,8 @@ from speechbrain.utils.metric_stats import EER, minDCF
 
 from mrl_testutils import MRL_DIMS, TINY_CONFIG, write_tiny_model, write_voice_corpus
 from speechbrain_mrl import metrics
-from speechbrain_mrl.dataio import AudioError, read_trials, resolve_trials
+from speechbrain_mrl.audio import AudioError
+from speechbrain_mrl.manifests import read_trials, resolve_trials
 from speechbrain_mrl.embeddings import embed_manifest
 
 RECIPE = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "VoxCeleb" / "MRL"
@@ -354,7 +355,7 @@ def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path
 
 
 def test_repeated_and_contradictory_trials(caplog):
-    from speechbrain_mrl.dataio import resolve_trials
+    from speechbrain_mrl.manifests import resolve_trials
 
     ids = {"a/1", "a/2", "b/1"}
     trials = [(1, "a/1.wav", "a/2.wav"), (1, "a/2.wav", "a/1.wav"), (0, "a/1.wav", "b/1.wav")]

@@ -46,7 +46,9 @@ import random
 import shutil
 import tarfile
 
-from speechbrain_mrl.dataio import download, read_trials, write_manifest, write_text_atomic, write_trials
+from speechbrain_mrl.download import download
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_trials, write_manifest, write_trials
 from speechbrain_mrl.datasets.voxceleb import (
     AUDIO_EXTENSIONS,
     input_fingerprint,

@@ -41,7 +41,7 @@ import time
 
 import torch
 
-from speechbrain_mrl.dataio import CSV_HEADER, read_manifest, write_manifest
+from speechbrain_mrl.manifests import CSV_HEADER, read_manifest, write_manifest
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.packaging import write_model_folder
 

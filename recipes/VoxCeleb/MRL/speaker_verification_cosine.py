@@ -26,7 +26,7 @@ paths of the trial list; plus ``scores_<dim>_s-norm.txt`` /
 (``{"ids", "embeddings" [N, D] full size, "dims", "model"}``).
 
 Trial-list entries map to manifest IDs as written by ``speechbrain_mrl.datasets.voxceleb.prepare_voxceleb``
-(:func:`speechbrain_mrl.dataio.trial_id_candidates`): the path without
+(:func:`speechbrain_mrl.manifests.trial_id_candidates`): the path without
 extension (``id10270/x/00001``), or with ``/`` replaced by ``--``; an entry in
 no manifest is an error. Embeddings come from the one embedding path,
 :func:`speechbrain_mrl.embeddings.embed_manifest`, with the model's own settings
@@ -55,8 +55,8 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_mrl.dataio import (check_audio_files, read_manifest, read_trial_list,
-                                    save_torch_atomic, write_text_atomic)
+from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.manifests import check_audio_files, read_manifest, read_trial_list
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.metrics import NORMS, cohort_groups, score_trials, verification_metrics
 from speechbrain_mrl.packaging import model_fingerprint
