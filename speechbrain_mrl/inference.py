@@ -36,7 +36,7 @@ from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
 from speechbrain_mrl.audio import AudioError, check_waveforms, load_audio, warn_short
 from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.matryoshka import check_target_dim
+from speechbrain_mrl.matryoshka import check_target_dim, check_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,8 @@ class MRLEncoderClassifier(EncoderClassifier):
         recommended = getattr(self.hparams, "recommended_dim", None)
         #: The size with the best validation EER when the model folder records it, else None.
         self.recommended_dim = None if recommended is None else int(recommended)
-        thr = getattr(self.hparams, "thresholds", None) or {}
-        self.thresholds = {int(k): float(v) for k, v in thr.items()}
+        self.thresholds = check_thresholds(getattr(self.hparams, "thresholds", None) or {},
+                                           self.mrl_dims, "hyperparams.yaml")
         self.similarity = torch.nn.CosineSimilarity(dim=-1, eps=1e-6)
 
     # ------------------------------------------------------------ loading
@@ -204,7 +204,7 @@ class MRLEncoderClassifier(EncoderClassifier):
         """
         from speechbrain_mrl.packaging import read_calibration
 
-        thr = read_calibration(path)
+        thr = read_calibration(path, self.mrl_dims)
         if self.thresholds and thr and thr != self.thresholds:
             logger.warning("calibration.json thresholds %s differ from hyperparams.yaml %s; "
                            "using calibration.json", thr, self.thresholds)

@@ -18,6 +18,7 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import math
 import numbers
 
 import torch
@@ -152,6 +153,60 @@ def check_target_dim(target_dim, embed_dim):
     if target_dim <= 0 or target_dim > embed_dim:
         raise ValueError(f"target_dim must be in [1, {embed_dim}] (embed_dim), got {target_dim}")
     return target_dim
+
+
+def check_thresholds(thresholds, mrl_dims, source="thresholds"):
+    """The one check of per-size cosine thresholds: ``{int size: finite float}``, sorted.
+
+    Arguments
+    ---------
+    thresholds : dict or None
+        ``{size: threshold}`` (keys may be strings, as in JSON); None: ``{}``.
+    mrl_dims : list of int
+        The sizes a threshold may be given for.
+    source : str
+        Where the thresholds come from (a file name), for the messages.
+
+    Returns
+    -------
+    dict of int to float
+
+    Raises
+    ------
+    ValueError
+        Naming ``source``: not a mapping, a size not in ``mrl_dims``, a value
+        that is not a finite number (NaN, Infinity, strings, booleans).
+
+    Example
+    -------
+    >>> check_thresholds({"8": 0.4, 4: 0.3}, [4, 8])
+    {4: 0.3, 8: 0.4}
+    >>> check_thresholds({4: float("nan")}, [4, 8], "calibration.json")
+    Traceback (most recent call last):
+     ...
+    ValueError: calibration.json: the threshold for size 4 must be a finite number, got nan
+    """
+    if thresholds is None:
+        return {}
+    if not isinstance(thresholds, dict):
+        raise ValueError(f"{source}: thresholds must be a mapping {{size: threshold}}, got "
+                         f"{type(thresholds).__name__}")
+    out = {}
+    for size, value in thresholds.items():
+        try:
+            d = int(size)
+        except (TypeError, ValueError):
+            raise ValueError(f"{source}: threshold key {size!r} is not an embedding size") from None
+        if isinstance(size, bool) or d not in mrl_dims:
+            raise ValueError(f"{source}: a threshold is given for size {size!r}, which is not one "
+                             f"of the sizes {list(mrl_dims)}")
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise ValueError(f"{source}: the threshold for size {d} must be a finite number, got "
+                             f"{value!r}")
+        out[d] = float(value)
+    return dict(sorted(out.items()))
 
 
 def _deterministic_signs(axes):

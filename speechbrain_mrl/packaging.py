@@ -29,6 +29,7 @@ import math
 import pathlib
 
 from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.matryoshka import check_thresholds
 from speechbrain_mrl.redimnet import plain_config
 
 __all__ = [
@@ -62,27 +63,6 @@ def _yaml_block(kwargs, indent=4):
     for key, value in kwargs.items():
         lines.append(" " * indent + f"{key}: {json.dumps(plain_config(value))}")
     return "\n".join(lines) if lines else " " * indent + "{}"
-
-
-def _check_thresholds(thresholds, mrl_dims):
-    """Validated ``{int dim: float}`` (every dim in ``mrl_dims``, finite values)."""
-    if thresholds is None:
-        return {}
-    if not isinstance(thresholds, dict):
-        raise ValueError(f"thresholds must be a dict {{dim: threshold}}, got {type(thresholds).__name__}")
-    out = {}
-    for dim, thr in thresholds.items():
-        try:
-            d = int(dim)
-        except (TypeError, ValueError):
-            raise ValueError(f"threshold key {dim!r} is not an embedding size") from None
-        if d not in mrl_dims:
-            raise ValueError(f"threshold given for size {d}, which is not in mrl_dims={mrl_dims}")
-        thr = float(plain_config(thr))
-        if not math.isfinite(thr):
-            raise ValueError(f"threshold for size {d} is not finite: {thr}")
-        out[d] = thr
-    return dict(sorted(out.items()))
 
 
 def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=None,
@@ -134,7 +114,7 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     fbank.update(spec_params)
     fbank["do_spec_aug"] = False
     lobe = dict(cfg)
-    thr = _check_thresholds(thresholds, list(mrl_dims))
+    thr = check_thresholds(thresholds, list(mrl_dims))
     thr_text = "{" + ", ".join(f"{d}: {v!r}" for d, v in thr.items()) + "}"
     return HYPERPARAMS_TEMPLATE.format(
         sample_rate=int(sample_rate),
@@ -230,7 +210,7 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     if getattr(encoder, "mrl_head", None) is None:
         raise ValueError("write_model_folder needs an MRLEncoder with a Matryoshka head (mrl_head)")
     mrl_dims = encoder.mrl_dims
-    thr = _check_thresholds(thresholds, mrl_dims)
+    thr = check_thresholds(thresholds, mrl_dims)
     info = {
         "model": "ReDimNet + Matryoshka projection (speechbrain-mrl)",
         "embed_dim": encoder.embed_dim,
@@ -297,17 +277,26 @@ def model_fingerprint(folder):
     return digest.hexdigest()
 
 
-def read_calibration(path):
-    """Reads ``calibration.json`` -> ``{int dim: float threshold}``.
+def read_calibration(path, mrl_dims):
+    """Reads ``calibration.json`` -> ``{int dim: float threshold}``, checked.
 
     Arguments
     ---------
     path : str or os.PathLike
         The file.
+    mrl_dims : list of int
+        The model's sizes (a threshold for another size is an error).
 
     Returns
     -------
     dict of int to float
+
+    Raises
+    ------
+    ValueError
+        Naming the file: unreadable, not ``{"thresholds": {...}}``, or a
+        threshold that :func:`~speechbrain_mrl.matryoshka.check_thresholds`
+        refuses (NaN, Infinity, strings, unknown sizes).
     """
     path = pathlib.Path(path)
     try:
@@ -317,4 +306,4 @@ def read_calibration(path):
     thr = data.get("thresholds", {}) if isinstance(data, dict) else None
     if not isinstance(thr, dict):
         raise ValueError(f"{path}: expected {{'thresholds': {{dim: value}}}}")
-    return {int(k): float(v) for k, v in thr.items()}
+    return check_thresholds(thr, list(mrl_dims), str(path))

@@ -48,6 +48,7 @@ import warnings
 
 import numpy as np
 
+from speechbrain_mrl.matryoshka import check_thresholds, validate_mrl_dims
 from speechbrain_mrl.files import swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
@@ -233,12 +234,7 @@ class SpeakerIndex:
 
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
                  dtype="float32", ivf_nprobe=128, thresholds=None, hnsw_ef=256):
-        mrl_dims = [int(d) for d in mrl_dims]
-        if not mrl_dims or mrl_dims != sorted(set(mrl_dims)) or mrl_dims[-1] != int(embed_dim):
-            raise ValueError(f"mrl_dims must be increasing and end with embed_dim={embed_dim}, "
-                             f"got {mrl_dims}")
-        if mrl_dims[0] < 1:
-            raise ValueError(f"mrl_dims must be positive, got {mrl_dims}")
+        mrl_dims = validate_mrl_dims(mrl_dims, embed_dim)
         _check_first_stage(first_stage)
         _check_dtype(dtype)
         self.embed_dim, self.mrl_dims = int(embed_dim), mrl_dims
@@ -274,14 +270,7 @@ class SpeakerIndex:
 
     def set_thresholds(self, thresholds):
         """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``)."""
-        checked = {}
-        for d, t in thresholds.items():
-            if int(d) not in self.mrl_dims:
-                raise ValueError(f"threshold for size {d}: the index's sizes are {self.mrl_dims}")
-            if not np.isfinite(float(t)):
-                raise ValueError(f"threshold for size {d} is not a finite number: {t!r}")
-            checked[int(d)] = float(t)
-        self.thresholds = checked
+        self.thresholds = check_thresholds(thresholds, self.mrl_dims, "open-set thresholds")
 
     # ------------------------------------------------------------ settings
     def check_settings(self, first_stage=None, dtype=None, hnsw_m=None):

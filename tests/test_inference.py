@@ -32,7 +32,7 @@ def test_model_folder_contents(tiny):
     assert sorted(p.name for p in folder.iterdir()) == sorted(
         ["hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
          "model_info.json"])
-    assert read_calibration(folder / "calibration.json") == THRESHOLDS
+    assert read_calibration(folder / "calibration.json", MRL_DIMS) == THRESHOLDS
     info = json.loads((folder / "model_info.json").read_text())
     assert info["mrl_dims"] == MRL_DIMS and info["extra_info"]["note"] == "tiny test model"
     sd = torch.load(folder / "mrl_head.ckpt", weights_only=True)
@@ -42,9 +42,9 @@ def test_model_folder_contents(tiny):
 def test_write_model_folder_rejects_bad_input(tmp_path, tiny):
     _, lobe, head = tiny
     encoder = tiny_encoder(lobe, head)
-    with pytest.raises(ValueError, match="not in mrl_dims"):
+    with pytest.raises(ValueError, match="not one of the sizes"):
         write_model_folder(tmp_path, encoder, thresholds={5: 0.3})
-    with pytest.raises(ValueError, match="not finite"):
+    with pytest.raises(ValueError, match="must be a finite number"):
         write_model_folder(tmp_path, encoder, thresholds={4: float("nan")})
     with pytest.raises(ValueError, match="needs an MRLEncoder with a Matryoshka head"):
         write_model_folder(tmp_path, tiny_encoder(lobe, None))
@@ -341,3 +341,19 @@ def test_a_model_with_nan_weights_is_refused_at_load(tmp_path):
     torch.save(head, bad / "mrl_head.ckpt")
     with pytest.raises(ValueError, match=r"nan_model: NaN/Inf values in its weights \(mrl_head"):
         MRLEncoderClassifier.from_hparams(source=str(bad), run_opts={"device": "cpu"})
+
+
+@pytest.mark.parametrize("value", ["NaN", "Infinity", '"0.5"', "true"])
+def test_calibration_json_with_a_bad_threshold_is_refused_naming_the_file(tmp_path, value):
+    """Regression: NaN/Infinity thresholds in calibration.json were accepted (a same-speaker
+    pair at 0.907 judged different); strings and unknown sizes failed late, naming no file."""
+    from mrl_testutils import write_tiny_model
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    (folder / "calibration.json").write_text('{"thresholds": {"4": %s, "8": 0.4}}' % value)
+    with pytest.raises(ValueError, match=r"calibration\.json: the threshold for size 4 must be a "
+                                         r"finite number"):
+        MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    (folder / "calibration.json").write_text('{"thresholds": {"5": 0.3}}')
+    with pytest.raises(ValueError, match=r"calibration\.json: a threshold is given for size '5'"):
+        MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})

@@ -140,9 +140,9 @@ def test_bad_input_is_named():
         index.search(queries, k=1, stages=[16], final_dim=16)
     with pytest.raises(ValueError, match="no open-set threshold for size 32"):
         index.identify(queries, k=1)
-    with pytest.raises(ValueError, match="threshold for size 12"):
+    with pytest.raises(ValueError, match="threshold is given for size 12"):
         index.set_thresholds({12: 0.3})
-    with pytest.raises(ValueError, match="not a finite number"):
+    with pytest.raises(ValueError, match="must be a finite number"):
         index.set_thresholds({8: float("nan")})
 
 
