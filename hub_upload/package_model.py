@@ -30,7 +30,7 @@ import sys
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.utils import validate_repo_id
 
-from speechbrain_mrl.dataio import write_text_atomic
+from speechbrain_mrl.files import write_text_atomic
 from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -141,21 +141,75 @@ def validation_section(model_info):
     return "\n".join(lines) + "\n"
 
 
+def provenance_lines(backbone, data, frozen):
+    """Model-card lines on the backbone and the prepared data, as the recipe recorded them.
+
+    Arguments
+    ---------
+    backbone : dict or None
+        ``extra_info["backbone"]``: ``release``, ``file`` or
+        ``trained_from_scratch`` (plus ``unfrozen_from_epoch``).
+    data : dict or None
+        ``extra_info["training_data"]``: ``preparation``, ``data_folder``,
+        ``train`` and ``valid`` speaker and utterance counts.
+    frozen : bool or None
+        ``extra_info["frozen_backbone"]``.
+
+    Returns
+    -------
+    list of str
+        Markdown list items (none for what was not recorded).
+
+    Example
+    -------
+    >>> provenance_lines({"release": "b2-vox2-ptn"}, {"preparation": "m.prepare_voxceleb",
+    ...     "data_folder": "my_speakers", "train": {"speakers": 10, "utterances": 40},
+    ...     "valid": {"speakers": 2, "utterances": 8}}, True)[1]
+    '- Training data: 10 speakers, 40 utterances (validation: 2 speakers, 8 utterances), prepared by `prepare_voxceleb` from `my_speakers`'
+    """
+    lines = []
+    if backbone:
+        if backbone.get("trained_from_scratch"):
+            text = "trained from scratch"
+        elif "release" in backbone:
+            text = f"the official ReDimNet release `{backbone['release']}`"
+        else:
+            text = f"the official-format ReDimNet checkpoint `{backbone.get('file')}`"
+        if backbone.get("unfrozen_from_epoch"):
+            text += f", fine-tuned from epoch {backbone['unfrozen_from_epoch']}"
+        elif frozen:
+            text += ", frozen (only the Matryoshka head and the classifiers trained)"
+        lines.append(f"- Backbone: {text}")
+    if data:
+        folders = data.get("data_folder")
+        folders = ", ".join(f"`{f}`" for f in (folders if isinstance(folders, list) else [folders]))
+        train, valid = data.get("train", {}), data.get("valid", {})
+        text = (f"- Training data: {train.get('speakers')} speakers, {train.get('utterances')} "
+                f"utterances (validation: {valid.get('speakers')} speakers, "
+                f"{valid.get('utterances')} utterances)")
+        if data.get("preparation"):
+            text += f", prepared by `{data['preparation'].rsplit('.', 1)[-1]}`"
+        lines.append(text + f" from {folders}")
+    return lines
+
+
 def model_card(model_info, calibration, results, scoring_info, repo_id, official=None,
                language="en", license_id="apache-2.0", datasets=None):
     """README.md text with YAML front matter.
 
-    The training data and command are those the recipe recorded in
-    ``model_info.json`` (``datasets`` overrides the data names).
+    The training data, backbone and command are those the recipe recorded in
+    ``model_info.json``; data names (``datasets``, or those recorded) are
+    stated only when given.
     """
     dims = model_info["mrl_dims"]
     cfg = model_info.get("model_config", {})
     extra = dict(model_info.get("extra_info", {}) or {})
     recorded = extra.pop("datasets", None)
     datasets = list(datasets or recorded or [])
-    if not datasets:
-        raise ValueError("the model records no training datasets: give --datasets")
     command = extra.pop("command", None)
+    provenance = provenance_lines(extra.pop("backbone", None), extra.pop("training_data", None),
+                                  extra.get("frozen_backbone"))
+    trained_on = f"Trained on {', '.join(datasets)} with" if datasets else "Trained with"
     front = [
         "---",
         f"language: {language}",
@@ -164,8 +218,7 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
         "tags:",
         *[f"- {t}" for t in ("speechbrain", "speaker-verification", "speaker-recognition",
                              "speaker-embedding", "matryoshka", "redimnet", "pytorch")],
-        "datasets:",
-        *[f"- {d}" for d in datasets],
+        *(["datasets:"] + [f"- {d}" for d in datasets] if datasets else []),
         "metrics:",
         "- eer",
         "- mindcf",
@@ -227,12 +280,14 @@ model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
 
 ## Training
 
-Trained on {", ".join(datasets)} with the recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
+{trained_on} the recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
 
 ```bash
 {command or "# the training command was not recorded"}
 ```
 """
+    if provenance:
+        body += "\n" + "\n".join(provenance) + "\n"
     if extra:
         body += "\nTraining details:\n\n" + "\n".join(
             f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items()) + "\n"

@@ -137,6 +137,39 @@ class MRLEncoder(nn.Module):
                 self.mrl_head.norm.eval()
         return self
 
+    def freeze_backbone(self, frozen=True):
+        """Freezes the backbone for training (or trains it again).
+
+        Frozen: the lobe's parameters have ``requires_grad=False`` and
+        :attr:`backbone_frozen` is set, so the front end and the lobe run
+        without autograd and stay in ``eval()`` through :meth:`train`. Not
+        frozen: the lobe's parameters need gradients and :meth:`train`
+        reaches the whole encoder again. The current mode is applied anew.
+
+        Arguments
+        ---------
+        frozen : bool
+            Freeze (True) or unfreeze (False).
+
+        Returns
+        -------
+        MRLEncoder
+            ``self``.
+
+        Example
+        -------
+        >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)]))
+        >>> enc = enc.freeze_backbone().train()
+        >>> enc.embedding_model.training, any(p.requires_grad for p in enc.embedding_model.parameters())
+        (False, False)
+        >>> enc.freeze_backbone(False).embedding_model.training
+        True
+        """
+        self.backbone_frozen = bool(frozen)
+        for p in self.embedding_model.parameters():
+            p.requires_grad_(not frozen)
+        return self.train(self.training)
+
     # ----------------------------------------------------------- computation
     def pool_features(self, wavs, wav_lens=None):
         """Waveforms ``[B, T]`` (+ relative lengths ``[B]``) -> pooled statistics ``[B, pool_dim]``."""

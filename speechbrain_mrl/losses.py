@@ -96,6 +96,11 @@ def class_centroids(embeddings, targets, n_classes):
     return centroids.to(embeddings.dtype), counts
 
 
+def _check_n_classes(n_classes):
+    if not _is_int(n_classes) or n_classes < 2:
+        raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
+
+
 def _check_targets(targets, batch, n_classes):
     """Validates labels ``[B]`` / ``[B, 1]`` and returns them as long ``[B]``."""
     if not isinstance(targets, torch.Tensor):
@@ -139,8 +144,10 @@ class MatryoshkaAAMLoss(nn.Module):
 
     Arguments
     ---------
-    n_classes : int
-        Number of training speakers.
+    n_classes : int or None
+        Number of training speakers; None: not known yet (the classifiers are
+        created by :meth:`set_n_classes`, e.g. once the training speakers are
+        counted, before the first forward pass or checkpoint load).
     embed_dim : int
         Full embedding size (default 256).
     mrl_dims : sequence of int, optional
@@ -199,9 +206,8 @@ class MatryoshkaAAMLoss(nn.Module):
         easy_margin=False,
     ):
         super().__init__()
-        if not _is_int(n_classes) or n_classes < 2:
-            raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
-        self.n_classes = int(n_classes)
+        if n_classes is not None:
+            _check_n_classes(n_classes)
         self.mrl_dims = validate_mrl_dims(mrl_dims, embed_dim)
         self.embed_dim = int(embed_dim)
         if margin < 0:
@@ -234,14 +240,9 @@ class MatryoshkaAAMLoss(nn.Module):
         #: effective per-size weights ``{d: w}`` (after normalisation)
         self.weights = dict(zip(self.mrl_dims, weights))
 
-        if self.shared_classifier:
-            self.classifier = Classifier(input_size=self.embed_dim, out_neurons=self.n_classes)
-            self.classifiers = None
-        else:
-            self.classifier = None
-            self.classifiers = nn.ModuleDict(
-                {str(d): Classifier(input_size=d, out_neurons=self.n_classes) for d in self.mrl_dims}
-            )
+        self.n_classes = self.classifier = self.classifiers = None
+        if n_classes is not None:
+            self.set_n_classes(n_classes)
 
         self.aam = AdditiveAngularMargin(margin=self.base_margin, scale=self.scale, easy_margin=easy_margin)
         self.log_softmax = LogSoftmaxWrapper(self.aam)
@@ -254,6 +255,56 @@ class MatryoshkaAAMLoss(nn.Module):
             f"margin={self.margin:.4g}/{self.base_margin:.4g}, scale={self.scale}, "
             f"weights={self.weights}, shared_classifier={self.shared_classifier}"
         )
+
+    def set_n_classes(self, n_classes):
+        """Creates the classifiers of a loss built with ``n_classes=None``.
+
+        On a loss that has them already, only checks that ``n_classes`` is its
+        number of classes. The new classifiers are on the CPU, as in the
+        constructor.
+
+        Arguments
+        ---------
+        n_classes : int
+            Number of training speakers (>= 2).
+
+        Returns
+        -------
+        MatryoshkaAAMLoss
+            ``self``.
+
+        Raises
+        ------
+        ValueError
+            For an invalid number, or one other than the loss's.
+
+        Example
+        -------
+        >>> loss_fn = MatryoshkaAAMLoss(None, embed_dim=8, mrl_dims=[4, 8])
+        >>> tuple(loss_fn.set_n_classes(5).classifier_weight(4).shape)
+        (5, 4)
+        >>> loss_fn.set_n_classes(6)
+        Traceback (most recent call last):
+        ...
+        ValueError: this loss has n_classes=5, got 6
+        """
+        _check_n_classes(n_classes)
+        if self.n_classes is not None:
+            if int(n_classes) != self.n_classes:
+                raise ValueError(f"this loss has n_classes={self.n_classes}, got {n_classes}")
+            return self
+        self.n_classes = int(n_classes)
+        if self.shared_classifier:
+            self.classifier = Classifier(input_size=self.embed_dim, out_neurons=self.n_classes)
+        else:
+            self.classifiers = nn.ModuleDict(
+                {str(d): Classifier(input_size=d, out_neurons=self.n_classes) for d in self.mrl_dims}
+            )
+        return self
+
+    def _require_classes(self):
+        if self.n_classes is None:
+            raise RuntimeError("the loss has no classifiers yet: call set_n_classes(n) first")
 
     # ------------------------------------------------------------ margin
     @property
@@ -290,6 +341,7 @@ class MatryoshkaAAMLoss(nn.Module):
         """The (unnormalised) classifier weight ``[n_classes, dim]`` for size ``dim``."""
         if dim not in self.weights:
             raise ValueError(f"dim must be one of mrl_dims={self.mrl_dims}, got {dim!r}")
+        self._require_classes()
         if self.shared_classifier:
             return self.classifier.weight[:, :dim]
         return self.classifiers[str(dim)].weight
@@ -331,6 +383,7 @@ class MatryoshkaAAMLoss(nn.Module):
         MatryoshkaAAMLoss
             ``self``.
         """
+        self._require_classes()
         if not isinstance(centroids, torch.Tensor):
             centroids = torch.as_tensor(centroids)
         if centroids.dim() != 2 or tuple(centroids.shape) != (self.n_classes, self.embed_dim):
@@ -384,6 +437,7 @@ class MatryoshkaAAMLoss(nn.Module):
             ``{d: L_d}`` detached scalar per-size losses, for logging.
         """
         emb = self._check_embeddings(embeddings)
+        self._require_classes()
         targets = _check_targets(targets, emb.shape[0], self.n_classes).to(emb.device)
         labels = targets.unsqueeze(1)  # [B, 1] as LogSoftmaxWrapper expects
         total = None

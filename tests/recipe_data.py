@@ -50,6 +50,15 @@ def make_voxceleb(root, speakers=("id10001", "id10002", "id10003", "id10004"), v
     return rels
 
 
+def make_flat_speakers(root, n_speakers=12, utts=4, duration=1.2, ext="flac"):
+    """``<root>/<spk>/<utt>.<ext>`` files (no session folders); returns ``root``."""
+    root = pathlib.Path(root)
+    for s in range(n_speakers):
+        for u in range(utts):
+            write_wav(root / f"spk{s:02d}" / f"utt{u}.{ext}", voice(s, int(duration * SR), 10 * s + u))
+    return root
+
+
 def make_speech_commands(root, n_train=8, n_test=4, clips=6, duration=0.5, libri=2, libri_long=2):
     """A miniature copy of the demo data layout (speech_commands + splits + trials, librispeech).
 

@@ -7,7 +7,8 @@ import pytest
 
 from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 
-from speechbrain_mrl.dataio import read_audio, read_trials
+from speechbrain_mrl.audio import read_audio
+from speechbrain_mrl.manifests import read_trials
 from speechbrain_mrl.datasets import speech_commands
 from speechbrain_mrl.datasets import voxceleb as vp
 
@@ -122,7 +123,7 @@ def test_prepare_voxceleb_valid_trials(vox):
 def test_prepare_command_lines(vox, capsys):
     tmp, folders, trials = vox
     vp.main(folders + ["--save_folder", str(tmp / "prep"), "--verification_pairs_file", str(trials),
-                       "--valid_trials", str(tmp / "prep" / "val.txt")])
+                       "--dev_split", "speaker", "--valid_trials", str(tmp / "prep" / "val.txt")])
     assert "'n_skipped': 4" in capsys.readouterr().out
     assert (tmp / "prep" / "test.csv").is_file() and read_trials(tmp / "prep" / "val.txt")
     data = make_speech_commands(tmp / "data")
@@ -337,22 +338,22 @@ def test_prepare_again_when_trials_or_files_change(vox):
     tmp, folders, trials = vox
     save = tmp / "prep_change"
     vt = save / "val.txt"
-    vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
-    assert "n_skipped" not in vp.prepare_voxceleb(folders, save, trials, valid_trials=vt,
-                                                  n_valid_trials=10)
+    opts = dict(valid_trials=vt, n_valid_trials=10, split_ratio=(50, 50))  # 2 dev files a speaker
+    vp.prepare_voxceleb(folders, save, trials, **opts)
+    assert "n_skipped" not in vp.prepare_voxceleb(folders, save, trials, **opts)
     original = trials.read_text()
     # same file, other speakers: id10001 becomes a test speaker and must leave training
     trials.write_text("1 id10001/vid0/00001.wav id10001/vid1/00001.wav\n"
                       "0 id10001/vid0/00001.wav id10002/vid0/00001.wav\n")
     try:
-        out = vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+        out = vp.prepare_voxceleb(folders, save, trials, **opts)
         assert "n_skipped" in out
         assert "id10001" not in open(out["train"]).read() + open(out["dev"]).read()
     finally:
         trials.write_text(original)
-    vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+    vp.prepare_voxceleb(folders, save, trials, **opts)
     write_wav(pathlib.Path(folders[0]) / "id10999" / "v" / "00001.wav", voice(9, 20000, 1))
-    out = vp.prepare_voxceleb(folders, save, trials, valid_trials=vt, n_valid_trials=10)
+    out = vp.prepare_voxceleb(folders, save, trials, **opts)
     assert "n_skipped" in out  # a new speaker folder: prepared again
     assert "id10999" in open(out["train"]).read() + open(out["dev"]).read()
 
@@ -364,9 +365,13 @@ def test_prepare_errors_name_the_cause(tmp_path):
     with pytest.raises(ValueError, match="no training speaker folders"):
         vp.prepare_voxceleb(tmp_path / "empty", tmp_path / "o1")
     make_voxceleb(tmp_path / "two", speakers=("id1", "id2"))
-    with pytest.raises(ValueError, match="the dev split is empty .*2 training speakers"):
+    with pytest.raises(ValueError, match="^2 speakers are too few for dev_split 'speaker' .*"
+                                         "--dev_split utterance with a split_ratio"):
         vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o2", dev_split="speaker",
                             split_ratio=(90, 10))
+    with pytest.raises(ValueError, match="the dev split is empty .*2 training speakers"):
+        vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o2", dev_split="speaker",
+                            split_ratio=(100, 0))
     trials = tmp_path / "t.txt"
     trials.write_text("1 id9/v/1.wav id9/v/2.wav\n0 id9/v/1.wav id8/v/1.wav\n")
     with pytest.raises(ValueError, match="none of the enrol files of .*t.txt is under"):
@@ -374,3 +379,23 @@ def test_prepare_errors_name_the_cause(tmp_path):
     trials.write_text("yes id1/vid0/00001.wav id2/vid0/00001.wav\n")
     with pytest.raises(ValueError, match=r"t.txt:1: expected '<1\|0> <enrol> <test>'"):
         vp.prepare_voxceleb(tmp_path / "two", tmp_path / "o4", trials)
+
+
+def test_few_speakers_get_a_validation_split(tmp_path):
+    """Regression: 12 speakers with the recipes' split_ratio [98, 2] gave an empty dev split."""
+    speakers = [f"spk{i:02d}" for i in range(12)]
+    make_voxceleb(tmp_path / "v", speakers=speakers, videos=1, utts=3)
+    save, vt = tmp_path / "prep", tmp_path / "prep" / "val_trials.txt"
+    vp.prepare_voxceleb(tmp_path / "v", save, split_ratio=(98, 2), dev_split="speaker",
+                        valid_trials=vt, n_valid_trials=100)
+    dev_spks = {r["spk_id"] for r in read_csv(save / "dev.csv")}
+    train_spks = {r["spk_id"] for r in read_csv(save / "train.csv")}
+    assert len(dev_spks) == 2 and len(train_spks) == 10 and not dev_spks & train_spks
+    labels = [lab for lab, _, _ in read_trials(vt)]
+    assert 0 in labels and 1 in labels  # target and non-target trials: an EER can be computed
+    # speakers with one file each: no target trial, said in one line with the options to change
+    make_voxceleb(tmp_path / "one", speakers=speakers, videos=1, utts=1)
+    with pytest.raises(ValueError, match=r"^no target validation trial .*change split_ratio or "
+                                         r"dev_split$"):
+        vp.prepare_voxceleb(tmp_path / "one", tmp_path / "p2", split_ratio=(98, 2),
+                            dev_split="speaker", valid_trials=tmp_path / "p2" / "vt.txt")

@@ -5,14 +5,18 @@ Matryoshka stage (backbone bit-identical afterwards), scoring with
 speaker_verification_cosine.py; plus interruption mid-epoch and resumption from
 the intra-epoch checkpoint. The tests read what the stages leave on disk.
 """
+import importlib.util
 import json
 import pathlib
+import re
+import shlex
 import time
 
 import pytest
 import torch
 
-from recipe_data import RECIPE, demo_args, make_speech_commands, mrl_overrides, scratch_overrides
+from recipe_data import (RECIPE, TINY_REDIMNET, demo_args, make_flat_speakers, make_speech_commands,
+                         make_voxceleb, mrl_overrides, scratch_overrides)
 
 import run_demo  # noqa: E402  (recipe folder on sys.path via recipe_data)
 import train  # noqa: E402
@@ -234,7 +238,6 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     assert not (out / "data").exists()  # refused before any preparation
     import yaml
 
-    from recipe_data import TINY_REDIMNET
     from speechbrain_mrl.encoder import MRLEncoder
     from speechbrain_mrl.official import save_official_checkpoint
 
@@ -265,7 +268,6 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.core import RunOptions
 
-    from recipe_data import TINY_REDIMNET
     from speechbrain_mrl.encoder import MRLEncoder
     from speechbrain_mrl.official import save_official_checkpoint
 
@@ -416,3 +418,170 @@ def test_test_trials_with_missing_files_are_an_error(tmp_path):
     argv = scratch_overrides(data, out, N_CLASSES)
     with pytest.raises(ValueError, match=r"skipped_files.txt.*2 entries are in no manifest.*gone"):
         train.main(argv + ["--test_trials", str(trials)])
+
+
+# ---------------------------------------------------------------- per-backbone files, own data
+BACKBONES = {"b0": "b0-vox2-ptn", "b2": "b2-vox2-ptn", "b6": "b6-vox2-ptn", "M": "M-vox2-ptn"}
+OWN_DATA = "/data/my_speakers"  # the README's placeholders
+LOCAL_RELEASE = "/path/to/b2-vox2-ptn.pt"
+# what makes a run tiny on CPU; nothing that changes what the commands do
+TINY_RUN = ["--number_of_epochs", "1", "--batch_size", "8", "--num_workers", "0",
+            "--crop_duration", "1.0", "--ckpt_interval_minutes", "0", "--device", "cpu",
+            "--noprogressbar"]
+TINY_HEAD_INIT = ["--init_crops_per_speaker", "2", "--init_augment_passes", "0",
+                  "--init_window_durations", "[]"]
+
+
+def _hparams_tree(path):
+    """A hparams file as plain data, each tagged node as ``(tag, value)``: nothing is built."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tagged(loader, suffix, node):
+        if isinstance(node, yaml.MappingNode):
+            return "!" + suffix, loader.construct_mapping(node, deep=True)
+        if isinstance(node, yaml.SequenceNode):
+            return "!" + suffix, loader.construct_sequence(node, deep=True)
+        return "!" + suffix, loader.construct_scalar(node)
+
+    Loader.add_multi_constructor("!", tagged)
+    return yaml.load(path.read_text(), Loader)
+
+
+def test_backbone_hparams_agree_key_by_key():
+    """mrl_b0/b2/b6/M.yaml: the same file but for the backbone release and the output folder."""
+    assert not (RECIPE / "hparams" / "train_mrl.yaml").exists()
+    ref = _hparams_tree(RECIPE / "hparams" / "mrl_b2.yaml")
+    ref_text = (RECIPE / "hparams" / "mrl_b2.yaml").read_text()
+    for name, release in BACKBONES.items():
+        path = RECIPE / "hparams" / f"mrl_{name}.yaml"
+        tree = _hparams_tree(path)
+        assert list(tree) == list(ref), name
+        differ = [k for k in ref if tree[k] != ref[k]]
+        assert differ == ([] if name == "b2" else ["pretrained_backbone", "output_folder"]), name
+        assert tree["pretrained_backbone"] == release
+        assert tree["output_folder"] == ("!ref", f"results/mrl_{name}/<seed>")
+        assert tree["embed_dim"] == 256 and tree["mrl_dims"] == [64, 128, 192, 256]
+        assert tree["n_classes"] is None and tree["datasets"] == []
+        # the comments too, the backbone's name aside
+        text = path.read_text()
+        for old, new in ((release, "b2-vox2-ptn"), (f"ReDimNet-{name} ", "ReDimNet-b2 "),
+                         (f"mrl_{name}", "mrl_b2")):
+            text = text.replace(old, new)
+        assert text == ref_text, name
+
+
+def readme_commands(section):
+    """The ``python train.py ...`` commands of the recipe README's section, as argument lists."""
+    text = (RECIPE / "README.md").read_text().split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", text, re.S).group(1).replace("\\\n", " ")
+    commands = [shlex.split(line, comments=True) for line in block.splitlines()]
+    return [c[2:] for c in commands if c[:2] == ["python", "train.py"]]
+
+
+def _argv(command, replace, extra):
+    """A README command for ``train.main``: the hparams file in the recipe, placeholders replaced."""
+    argv = [replace.get(a, a) for a in command] + list(extra)
+    return [str(RECIPE / argv[0])] + argv[1:]
+
+
+def test_own_data_on_a_local_official_backbone(tmp_path, monkeypatch, no_network):
+    """The README's own-data command A as written: 12 speakers, flat <spk>/<utt>.flac, offline.
+
+    Regression: the per-backbone files were gone, 12 speakers gave an empty dev
+    split, n_classes had to be given by hand and the model card said
+    'Trained on voxceleb' whatever the data.
+    """
+    from redimnet_fill import write_official_checkpoint
+
+    command = readme_commands("Train on your own data")[0]
+    assert command[:1] == ["hparams/mrl_b2.yaml"] and "--n_classes" not in command
+    data = make_flat_speakers(tmp_path / "my_speakers", n_speakers=12, utts=3)
+    release = write_official_checkpoint("b2", tmp_path / "b2-vox2-ptn.pt")
+    monkeypatch.chdir(tmp_path)  # the default output folder is relative
+    res = train.main(_argv(command, {OWN_DATA: str(data), LOCAL_RELEASE: str(release)},
+                           TINY_RUN + TINY_HEAD_INIT))
+    out = tmp_path / "results" / "mrl_b2" / "1986"
+    assert json.loads((out / "results.json").read_text())["n_classes"] == res["n_classes"] == 10
+    assert set(res["valid"]) == {64, 128, 192, 256}
+    assert all(0 <= m["EER"] <= 100 for m in res["valid"].values())
+    info = json.loads((out / "model" / "model_info.json").read_text())
+    extra = info["extra_info"]
+    assert extra["backbone"] == {"file": "b2-vox2-ptn.pt"} and extra["frozen_backbone"]
+    assert extra["training_data"] == {
+        "preparation": "speechbrain_mrl.datasets.voxceleb.prepare_voxceleb",
+        "data_folder": "my_speakers",
+        "train": {"speakers": 10, "utterances": 30}, "valid": {"speakers": 2, "utterances": 6}}
+    assert extra["datasets"] == [] and extra["n_train_speakers"] == 10
+    assert extra["command"].startswith("python train.py hparams/mrl_b2.yaml --data_folder my_speakers "
+                                       "--pretrained_backbone b2-vox2-ptn.pt ")
+    assert str(tmp_path) not in json.dumps(info)
+    # the model card states that backbone and data, and names no dataset
+    spec = importlib.util.spec_from_file_location(
+        "package_model", RECIPE.parents[2] / "hub_upload" / "package_model.py")
+    pkg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pkg)
+    card = pkg.model_card(info, json.loads((out / "model" / "calibration.json").read_text()),
+                          {"64": {"EER": 1.0}}, {}, None)
+    front, body = card.split("---\n")[1], card.split("---\n", 2)[2]
+    assert "datasets:" not in front and "Trained on" not in body and "voxceleb" not in body.lower(
+        ).replace("recipes/voxceleb", "").replace("prepare_voxceleb", "")
+    assert "- Backbone: the official-format ReDimNet checkpoint `b2-vox2-ptn.pt`, frozen" in body
+    assert ("- Training data: 10 speakers, 30 utterances (validation: 2 speakers, 6 utterances), "
+            "prepared by `prepare_voxceleb` from `my_speakers`") in body
+
+
+def test_own_data_from_scratch_then_head(tmp_path, monkeypatch, no_network):
+    """The README's own-data commands B as written (VoxCeleb layout): scratch, then the head."""
+    scratch, head = readme_commands("Train on your own data")[1:]
+    assert scratch[0] == "hparams/scratch_redimnet.yaml" and head[0] == "hparams/mrl_b2.yaml"
+    data = tmp_path / "my_speakers"
+    make_voxceleb(data, speakers=[f"id1000{i}" for i in range(4)], videos=2, utts=2)
+    monkeypatch.chdir(tmp_path)
+    res = train.main(_argv(scratch, {OWN_DATA: str(data)}, TINY_RUN))
+    # 4 speakers: 2 held out for validation, 2 to train on (one batch of 8 files)
+    assert res["n_classes"] == 2 and set(res["valid"]) == {192}  # the backbone's own embedding
+    assert (tmp_path / "results" / "scratch_redimnet" / "1986" / "backbone.pt").is_file()
+    # a hand-given n_classes that disagrees with the prepared data stops the run before training
+    with pytest.raises(ValueError, match=r"n_classes=7 but .*train.csv has 2 training speakers: "
+                                         r"pass --n_classes=2, or leave n_classes null"):
+        train.main(_argv(head, {OWN_DATA: str(data)}, TINY_RUN + ["--n_classes", "7"]))
+    assert not list((tmp_path / "results" / "mrl_b2_scratch" / "1986" / "save").glob("CKPT*"))
+    res = train.main(_argv(head, {OWN_DATA: str(data)}, TINY_RUN + TINY_HEAD_INIT))
+    assert res["n_classes"] == 2 and set(res["valid"]) == {64, 128, 192, 256}
+    extra = json.loads((tmp_path / "results" / "mrl_b2_scratch" / "1986" / "model" /
+                        "model_info.json").read_text())["extra_info"]
+    assert extra["backbone"] == {"file": "backbone.pt"}
+    assert extra["training_data"]["train"] == {"speakers": 2, "utterances": 8}
+
+
+def test_remove_vector_weight_decay_splits_every_group(tmp_path):
+    """SpeechBrain's --remove_vector_weight_decay holds for the head's and the backbone's group."""
+    import yaml
+
+    from speechbrain_mrl.encoder import MRLEncoder
+    from speechbrain_mrl.official import save_official_checkpoint
+
+    data = make_speech_commands(tmp_path / "data")
+    backbone = save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),
+                                        tmp_path / "tiny.pt")
+    out = tmp_path / "out"
+    train.main(mrl_overrides(data, out, N_CLASSES, backbone, extra=[
+        "--remove_vector_weight_decay", "--unfreeze_epoch", "1", "--weight_decay", "0.01"]))
+    ckpt = _last_checkpoint(out / "mrl")
+    groups = _load(ckpt / "optimizer.ckpt")["param_groups"]
+
+    def vectors_and_matrices(name):
+        params = [v for k, v in _load(ckpt / f"{name}.ckpt").items()
+                  if "running_" not in k and "num_batches" not in k]
+        vectors = sum(v.dim() == 1 for v in params)
+        return vectors, len(params) - vectors
+
+    (head_v, head_m), (loss_v, loss_m), (lobe_v, lobe_m) = map(
+        vectors_and_matrices, ("mrl_head", "loss", "embedding_model"))
+    assert [(g["weight_decay"], g.get("lr_factor")) for g in groups] == [
+        (0.0, None), (0.01, None), (0.0, 0.1), (0.01, 0.1)]
+    assert [len(g["params"]) for g in groups] == [head_v + loss_v, head_m + loss_m, lobe_v, lobe_m]
+    assert head_v and lobe_v and loss_m

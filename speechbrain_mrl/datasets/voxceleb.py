@@ -3,7 +3,7 @@
 Writes SpeechBrain CSV manifests (``ID,duration,wav,start,stop,spk_id``) from
 one or more folders in the VoxCeleb layout (``<spk>/<video>/<utt>.wav``;
 VoxCeleb2's ``.m4a`` files are read with torchcodec, wav/flac with soundfile,
-see :func:`speechbrain_mrl.dataio.audio_info`):
+see :func:`speechbrain_mrl.audio.audio_info`):
 
 * ``train.csv`` / ``dev.csv``: training data and held-out data. With
   ``dev_split="utterance"`` (default) the dev set holds ``split_ratio[1]`` % of
@@ -36,16 +36,9 @@ import os
 import pathlib
 import random
 
-from speechbrain_mrl.dataio import (
-    AudioError,
-    audio_info,
-    load_audio,
-    read_trials,
-    signal_problem,
-    write_manifest,
-    write_text_atomic,
-    write_trials,
-)
+from speechbrain_mrl.audio import AudioError, audio_info, load_audio, signal_problem
+from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.manifests import read_trials, write_manifest, write_trials
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +319,15 @@ def write_valid_trials(path, dev_csv, n_trials, seed):
         return False
     with open(dev_csv, newline="") as f:
         rows = list(csv.reader(f))[1:]
-    write_trials(path, make_trials(rows, n_trials, seed))
+    trials = make_trials(rows, n_trials, seed)
+    labels = {lab for lab, _, _ in trials}
+    if labels != {0, 1}:
+        raise ValueError(
+            f"no {'target' if 1 not in labels else 'non-target'} validation trial can be drawn "
+            f"from {dev_csv} ({len(rows)} rows of {len({r[5] for r in rows})} speakers; target "
+            "trials need 2 files of a speaker, non-target trials 2 speakers): change split_ratio "
+            "or dev_split")
+    write_trials(path, trials)
     return True
 
 
@@ -438,6 +439,46 @@ def _dev_files(n_files, rng, split_ratio):
     return set(order[:n_dev])
 
 
+def n_dev_speakers(n_speakers, split_ratio):
+    """Number of speakers held out for validation with ``dev_split="speaker"``.
+
+    ``split_ratio[1]`` % of the speakers, but at least 2 (the fewest that give
+    both target and non-target validation trials) when ``split_ratio[1] > 0``.
+
+    Arguments
+    ---------
+    n_speakers : int
+        Training speakers found (trial-list speakers excluded).
+    split_ratio : (int, int)
+        Train/dev percentages.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ValueError
+        In one line naming the options to change, when fewer than 2 speakers
+        would be left for training.
+
+    Example
+    -------
+    >>> n_dev_speakers(7205, (98, 2)), n_dev_speakers(12, (98, 2)), n_dev_speakers(12, (100, 0))
+    (144, 2, 0)
+    """
+    n_dev = int(round(n_speakers * split_ratio[1] / sum(split_ratio)))
+    if split_ratio[1] > 0:
+        n_dev = max(n_dev, 2)
+    if n_speakers - n_dev < 2:
+        raise ValueError(
+            f"{n_speakers} speakers are too few for dev_split 'speaker' with split_ratio "
+            f"{list(split_ratio)} ({n_dev} held out for validation, at least 2 needed for "
+            "training): give more speakers, or --dev_split utterance with a split_ratio that "
+            "holds out 2 files of a speaker")
+    return n_dev
+
+
 def _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
                     max_files_per_speaker, seed, skipped):
     """``(train_rows, dev_rows)`` of the training speakers (see :func:`prepare_voxceleb`)."""
@@ -445,7 +486,7 @@ def _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
     spk_list = sorted(speakers)
     dev_spks = set()
     if dev_split == "speaker":
-        n_dev = int(round(len(spk_list) * split_ratio[1] / sum(split_ratio)))
+        n_dev = n_dev_speakers(len(spk_list), split_ratio)
         dev_spks = set(random.Random(seed).sample(spk_list, n_dev))
     train_rows, dev_rows = [], []
     for spk in spk_list:

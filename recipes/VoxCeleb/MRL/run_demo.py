@@ -15,7 +15,7 @@ stopped (delete a stage's folder to run it again):
    ``speaker_verification_cosine.py`` for the trained Matryoshka model, its
    untrained initial head, PCA truncations of the backbone embedding and the
    frozen backbone's own embedding;
-5. ``search/``: speaker search on the test speakers (``speechbrain_mrl.search_cli``):
+5. ``search/``: speaker search on the test speakers (``speechbrain-mrl enrol/evaluate/cascade``):
    each speaker enrolled from half its clips and identified from the other
    half through every funnel, and cascade verification of the test trials
    (margin calibrated on the validation trials);
@@ -101,17 +101,17 @@ def search_stage(out, prep):
         for name in ("enrol", "queries"):  # queries last: it marks the split as done
             write_manifest(folder / f"{name}.csv", [[u] + [rows[u][c] for c in CSV_HEADER[1:]]
                                                     for u in halves[name]])
-    cli = ["-m", "speechbrain_mrl.search_cli"]
+    cli = ["-m", "speechbrain_mrl.cli"]
     common = ["--model_folder", model, "--index", folder / "index"]
     run_python(folder / "index" / "index.json", *cli, "enrol", *common,
                "--csv", folder / "enrol.csv")
     run_python(folder / "identification.json", *cli, "evaluate", *common,
                "--csv", folder / "queries.csv", "--funnels", *funnels, "--shortlist", "10",
-               "--out", folder / "identification.json")
+               "--report", folder / "identification.json")
     run_python(folder / "cascade.json", *cli, "cascade", "--model_folder", model,
                "--csv", prep / "enrol.csv", prep / "test.csv", "--trials", prep / "trials_test.txt",
                "--calibration_csv", prep / "dev.csv", "--calibration_trials", prep / "val_trials.txt",
-               "--small_dim", small, "--agreement", "1.0", "0.999", "--out", folder / "cascade.json")
+               "--small_dim", small, "--agreement", "1.0", "0.999", "--report", folder / "cascade.json")
     return (json.loads((folder / "identification.json").read_text()),
             json.loads((folder / "cascade.json").read_text()))
 

@@ -6,25 +6,32 @@ The hparams file builds an :class:`speechbrain_mrl.encoder.MRLEncoder`
 per-size AAM ``loss``, the augmentation, the learning-rate schedule and the
 data preparation. Two kinds of run:
 
-* ``train_backbone: False`` (``train_mrl.yaml``, ``demo_mrl.yaml``): a
-  pretrained ReDimNet is frozen (no gradient, not in the optimiser, kept in
-  ``eval()``); the head starts from the backbone's embedding layer plus a
-  rotation (``init_ordering``) and the classifiers from speaker centroids, so
-  training starts from the backbone's accuracy, and the initial head is
-  validated before the first epoch. ``unfreeze_epoch`` trains the backbone
-  from that epoch on at ``lr * backbone_lr_factor``.
+* ``train_backbone: False`` (``mrl_b0.yaml``, ``mrl_b2.yaml``, ``mrl_b6.yaml``,
+  ``mrl_M.yaml``, ``demo_mrl.yaml``): a pretrained ReDimNet is frozen (no
+  gradient, not in the optimiser, kept in ``eval()``); the head starts from
+  the backbone's embedding layer plus a rotation (``init_ordering``) and the
+  classifiers from speaker centroids, so training starts from the backbone's
+  accuracy, and the initial head is validated before the first epoch.
+  ``unfreeze_epoch`` trains the backbone from that epoch on at
+  ``lr * backbone_lr_factor``.
 * ``train_backbone: True`` (``scratch_redimnet.yaml``, ``demo_scratch.yaml``):
-  the whole network trains from scratch, with or without a Matryoshka head.
+  the whole network trains from scratch, with or without a Matryoshka head, and
+  can be exported as an official-format checkpoint (``export_backbone``) for
+  a frozen stage.
+
+``n_classes: null`` takes the number of speakers of the training manifest; a
+number given is checked against it.
 
 Validation computes the EER of every size on a trial list; the final model is
 the checkpoint with the best mean EER (``final_checkpoint: best_valid``) or the
 last epoch's (``last``). The run ends by writing ``<output_folder>/model/``
-(with thresholds calibrated on the validation trials) and ``results.json``.
+(with thresholds calibrated on the validation trials; its ``model_info.json``
+records the backbone and the prepared data) and ``results.json``.
 
 Usage::
 
-    python train.py hparams/train_mrl.yaml --data_folder /path/to/voxceleb
-    torchrun --nproc_per_node=4 train.py hparams/train_mrl.yaml --data_folder ...
+    python train.py hparams/mrl_b2.yaml --data_folder /path/to/voxceleb
+    torchrun --nproc_per_node=4 train.py hparams/mrl_b2.yaml --data_folder ...
 
 Authors
 -------
@@ -45,8 +52,9 @@ import yaml
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from speechbrain_mrl.dataio import (crop_or_tile, read_audio, read_manifest, read_trials,
-                                    resolve_trials, save_torch_atomic, write_text_atomic)
+from speechbrain_mrl.audio import crop_or_tile, read_audio
+from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.manifests import read_manifest, read_trials, resolve_trials
 from speechbrain_mrl.head_init import ORDERINGS, evaluate_trials, init_head_from_backbone, window_rows
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.metrics import id_metrics
@@ -62,7 +70,11 @@ def unwrap(module):
 
 
 class MRLBrain(sb.core.Brain):
-    """Frozen-backbone Matryoshka stage and from-scratch training: SpeechBrain hooks only."""
+    """Frozen-backbone Matryoshka stage and from-scratch training on SpeechBrain's hooks.
+
+    One private Brain method is overridden, :meth:`_wrap_distributed`;
+    ``tests/test_speechbrain_internals.py`` fails when SpeechBrain changes it.
+    """
 
     @property
     def backbone_frozen(self):
@@ -84,7 +96,15 @@ class MRLBrain(sb.core.Brain):
                 and not self.hparams.random_crop and not self.distributed_launch)
 
     def init_optimizers(self):
-        """One optimiser: head + classifiers (+ the backbone at ``lr * lr_factor`` when it trains)."""
+        """SpeechBrain's hook for several parameter groups: one ``opt_class`` optimiser.
+
+        Head + classifiers at ``lr``, plus the backbone at ``lr * lr_factor``
+        when it trains (a frozen backbone is not in the optimiser). With
+        SpeechBrain's ``--remove_vector_weight_decay``, each group's vectors
+        (biases, norms) go into a group of their own with ``weight_decay=0``.
+        ``optimizers_dict`` is set as SpeechBrain's own hook sets it (what
+        ``zero_grad``, ``freeze_optimizers`` and ``optimizers_step`` read).
+        """
         encoder = unwrap(self.modules.encoder)
         backbone = list(encoder.embedding_model.parameters())
         backbone_ids = {id(p) for p in backbone}
@@ -93,7 +113,11 @@ class MRLBrain(sb.core.Brain):
         if self.hparams.train_backbone or self.hparams.unfreeze_epoch:
             factor = 1.0 if self.hparams.train_backbone else self.hparams.backbone_lr_factor
             groups.append({"params": backbone, "lr": self.hparams.lr * factor, "lr_factor": factor})
-        self.optimizer = self.hparams.opt_class(groups)
+        if self.remove_vector_weight_decay:
+            groups = [dict(g, params=params, **({"weight_decay": 0.0} if vectors else {}))
+                      for g in groups for vectors in (True, False)
+                      if (params := [p for p in g["params"] if (p.dim() == 1) == vectors])]
+        self.optimizer = self.opt_class(groups)
         self.optimizers_dict = {"opt_class": self.optimizer}
         if self.checkpointer is not None:
             self.checkpointer.add_recoverable("optimizer", self.optimizer)
@@ -178,11 +202,7 @@ class MRLBrain(sb.core.Brain):
         self.stage_start_time = time.time()
         if stage == sb.Stage.TRAIN:
             unwrap(self.modules.loss).on_epoch_start(epoch)
-            encoder = unwrap(self.modules.encoder)
-            encoder.backbone_frozen = self.backbone_frozen
-            if not self.hparams.train_backbone:
-                for p in encoder.embedding_model.parameters():
-                    p.requires_grad_(not self.backbone_frozen)
+            unwrap(self.modules.encoder).freeze_backbone(self.backbone_frozen)
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         elapsed = time.time() - self.stage_start_time
@@ -257,8 +277,11 @@ def dataio_prep(hparams):
     train.add_dynamic_item(train_pipeline)
     train.add_dynamic_item(label_pipeline)
     train.set_output_keys(["id", "sig", "spk_id_encoded"])
-    label_encoder.load_or_create(path=os.path.join(hparams["save_folder"], "label_encoder.txt"),
-                                 from_didatasets=[train], output_key="spk_id")
+    encoder_path = os.path.join(hparams["save_folder"], "label_encoder.txt")
+    label_encoder.load_or_create(path=encoder_path, from_didatasets=[train], output_key="spk_id")
+    if set(label_encoder.lab2ind) != {row["spk_id"] for row in train.data.values()}:
+        raise ValueError(f"{encoder_path} lists other speakers than {hparams['train_annotation']} "
+                         "(written for other training data): give a new --output_folder")
 
     def eval_set(csv_paths, trials_paths):
         """One dataset of the utterances of every trial list, and the lists' trials."""
@@ -312,13 +335,18 @@ def dataio_prep(hparams):
 
 
 # --------------------------------------------------------------------- main
+def short_path(value):
+    """``value`` as the model card shows it: an absolute path cut to its last part."""
+    value = str(value)
+    return os.path.basename(value.rstrip("/")) if os.path.isabs(value) else value
+
+
 def training_command(hparams_file, overrides):
     """The command line of this run for the model card, absolute paths cut to their last part."""
     def shown(value):
         if isinstance(value, list):
             return "[" + ", ".join(shown(v) for v in value) + "]"
-        value = str(value)
-        return os.path.basename(value.rstrip("/")) if os.path.isabs(value) else value
+        return short_path(value)
 
     args = ["python", "train.py", f"hparams/{os.path.basename(hparams_file)}"]
     try:
@@ -328,6 +356,51 @@ def training_command(hparams_file, overrides):
     for key, value in pairs:
         args += [f"--{key}", shown(value)]
     return shlex.join(args)
+
+
+def backbone_source(hparams):
+    """Where the run's backbone came from, for ``model_info.json`` and the model card.
+
+    Returns
+    -------
+    dict
+        ``{"release": name}`` (an official release, downloaded),
+        ``{"file": name}`` (a local official-format checkpoint, its file name)
+        or ``{"trained_from_scratch": True}``; plus ``unfrozen_from_epoch``
+        when ``unfreeze_epoch`` trains it.
+    """
+    if hparams["train_backbone"]:
+        return {"trained_from_scratch": True}
+    source = str(hparams["pretrained_backbone"])
+    info = {"file": os.path.basename(source)} if os.path.isfile(source) else {"release": source}
+    if hparams["unfreeze_epoch"]:
+        info["unfrozen_from_epoch"] = hparams["unfreeze_epoch"]
+    return info
+
+
+def prepared_data(hparams):
+    """What the run prepared and trained on, for ``model_info.json`` and the model card.
+
+    Returns
+    -------
+    dict
+        ``preparation``: the function named by ``prepare_data`` (None when
+        the manifests were given); ``data_folder``: the folder name(s), an
+        absolute path cut to its last part; ``train`` and ``valid``: the
+        number of ``speakers`` and of ``utterances`` (audio files) in the
+        training and validation manifests.
+    """
+    prepare = hparams["prepare_data"]
+    func = getattr(prepare, "func", prepare)  # !name: with arguments is a functools.partial
+    folders = hparams["data_folder"]
+    info = {"preparation": None if prepare is None else f"{func.__module__}.{func.__qualname__}",
+            "data_folder": ([short_path(f) for f in folders] if isinstance(folders, list)
+                            else short_path(folders))}
+    for split, key in (("train", "train_annotation"), ("valid", "valid_annotation")):
+        rows = read_manifest(hparams[key]).values()
+        info[split] = {"speakers": len({r["spk_id"] for r in rows}),
+                       "utterances": len({r["wav"] for r in rows})}
+    return info
 
 
 def check_options(hparams, distributed):
@@ -356,19 +429,19 @@ def main(argv):
     if hparams["prepare_data"] is not None:  # null: the manifests are already there
         run_on_main(hparams["prepare_data"])
     datasets = dataio_prep(hparams)
-    n_classes = len(datasets["label_encoder"])
-    if n_classes != hparams["n_classes"]:
-        raise ValueError(f"hparams n_classes={hparams['n_classes']} but the training data have "
-                         f"{n_classes} speakers; pass --n_classes={n_classes}")
+    n_classes = len(datasets["label_encoder"])  # the speakers of the training manifest
+    if hparams["n_classes"] is not None and hparams["n_classes"] != n_classes:
+        raise ValueError(f"n_classes={hparams['n_classes']} but {hparams['train_annotation']} has "
+                         f"{n_classes} training speakers: pass --n_classes={n_classes}, or leave "
+                         "n_classes null to count them")
+    encoder, loss = hparams["modules"]["encoder"], hparams["modules"]["loss"]
+    loss.set_n_classes(n_classes)
     if if_main_process():
         hparams["train_logger"] = MultiLogger(hparams["train_logger"], extra_logger(
             hparams["extra_logger"], hparams["extra_logger_folder"],
             os.path.basename(os.path.normpath(hparams["output_folder"]))))
-    encoder, loss = hparams["modules"]["encoder"], hparams["modules"]["loss"]
     if not hparams["train_backbone"]:
-        encoder.backbone_frozen = True
-        for p in encoder.embedding_model.parameters():
-            p.requires_grad_(False)
+        encoder.freeze_backbone()
     if hparams["lr_schedule"] is not None:
         steps = math.ceil(len(datasets["train"]) / hparams["batch_size"] / world)
         hparams["lr_schedule"] = hparams["lr_schedule"](total_steps=steps * hparams["number_of_epochs"])
@@ -421,7 +494,9 @@ def main(argv):
                                validation={name: {d: m["EER"] for d, m in results[name].items()}
                                            for name in datasets["valid_trials"]},
                                extra_info={"n_train_speakers": n_classes,
-                                           "datasets": list(hparams.get("datasets") or []),
+                                           "datasets": list(hparams["datasets"]),
+                                           "backbone": backbone_source(hparams),
+                                           "training_data": prepared_data(hparams),
                                            "command": command,
                                            "frozen_backbone": not hparams["train_backbone"]})
         # written last: its presence marks a finished run (run_demo.py relies on it)
