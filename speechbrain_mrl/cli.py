@@ -285,7 +285,7 @@ def _package_parser(sub):
 BUILDERS = {"extract": _extract_parser, "enrol": _enrol_parser, "identify": _identify_parser,
             "verify": _verify_parser, "evaluate": _evaluate_parser,
             "calibrate": _calibrate_parser, "cascade": _cascade_parser,
-            "export": _export_parser}
+            "export": _export_parser, "package": _package_parser}
 
 
 def build_parser():

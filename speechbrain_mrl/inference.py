@@ -7,7 +7,7 @@ a ``target_dim``: one forward pass gives the nested embedding, and the first
 the sizes in ``mrl_dims`` are the trained ones).
 
 It loads a folder written by :func:`speechbrain_mrl.packaging.write_model_folder`
-(or a HuggingFace Hub repository made from one by ``hub_upload/``)::
+(or a HuggingFace Hub repository made from one by ``speechbrain-mrl package``)::
 
     from speechbrain_mrl.inference import MRLEncoderClassifier
     model = MRLEncoderClassifier.from_hparams(source="results/mrl_b2/model",

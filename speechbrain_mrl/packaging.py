@@ -2,7 +2,7 @@
 
 :func:`write_model_folder` turns the weights of a trained model into a folder
 that :class:`speechbrain_mrl.inference.MRLEncoderClassifier` loads with
-``from_hparams(source=folder)`` (and that ``hub_upload/package_model.py`` turns
+``from_hparams(source=folder)`` (and that ``speechbrain-mrl package`` turns
 into a HuggingFace Hub repository):
 
 * ``hyperparams.yaml``: HyperPyYAML building the front end
@@ -254,7 +254,7 @@ def model_fingerprint(folder):
     """SHA-256 of a model folder (``hyperparams.yaml``, ``embedding_model.ckpt``, ``mrl_head.ckpt``).
 
     The scoring script records it with its results, so that results can be
-    matched to the model they were computed with (``hub_upload`` checks it).
+    matched to the model they were computed with (``speechbrain-mrl package`` checks it).
 
     Arguments
     ---------

@@ -1,5 +1,4 @@
-"""Tests of hub_upload/package_model.py, the foreign_class path and hub-id loading."""
-import importlib.util
+"""Tests of speechbrain_mrl.hub (speechbrain-mrl package), the foreign_class path and hub-id loading."""
 import json
 import pathlib
 import shutil
@@ -15,14 +14,7 @@ from speechbrain_mrl.inference import MRLEncoderClassifier
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-pkg = _load("package_model", ROOT / "hub_upload" / "package_model.py")
+from speechbrain_mrl import hub as pkg
 
 
 def _fake_results(dims, norms=True):
@@ -51,7 +43,7 @@ def hub(tmp_path_factory):
     (official / "results.json").write_text(json.dumps(_fake_results([12], norms=False)))
     out = root / "hub_folder"
     files = pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(scores),
-                      "--official_scores", str(official), "--out", str(out),
+                      "--official_scores", str(official), "--output_folder", str(out),
                       "--repo_id", "someone/mrl-tiny", "--dry-run"])
     return root, out, files, lobe, head
 
@@ -80,7 +72,7 @@ def test_hub_folder_and_model_card(hub, capsys):
     assert "| valid_long | 3.00 | 1.00 | 0.90 |" in card and "Recommended size: **8**" in card
     # dry run lists and uploads nothing
     pkg.main(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
-              str(root / "scores" / "results.json"), "--out", str(root / "again"), "--dry-run"])
+              str(root / "scores" / "results.json"), "--output_folder", str(root / "again"), "--dry-run"])
     printed = capsys.readouterr().out
     assert "[dry run] would upload" in printed and "mrl_head.ckpt" in printed
 
@@ -166,7 +158,7 @@ def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, cap
     (dest / "old_run" / "save").mkdir(parents=True)
     (dest / "old_run" / "save" / "notes.txt").write_text("private\n")
     argv = ["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-            "--out", str(dest), "--repo_id", "someone/mrl-tiny", "--private"]
+            "--output_folder", str(dest), "--repo_id", "someone/mrl-tiny", "--private"]
     with pytest.raises(FileExistsError, match=r"\.env"):
         pkg.main(argv)
     assert len(calls) == 0 and not (dest / "README.md").exists()
@@ -207,13 +199,13 @@ def test_model_card_datasets_override_and_repo_id_check(hub, tmp_path):
     """Regression: every card said VoxCeleb; a malformed repo id went into the card."""
     root = hub[0]
     pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-              "--out", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry-run"])
+              "--output_folder", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry-run"])
     assert "datasets:\n- voxceleb\n" in (tmp_path / "o" / "README.md").read_text()
     from huggingface_hub.errors import HFValidationError
 
     with pytest.raises(HFValidationError):
         pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-                  "--out", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry-run"])
+                  "--output_folder", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry-run"])
     assert not (tmp_path / "o2").exists()
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Packages a trained Matryoshka ReDimNet as a HuggingFace Hub model and uploads it.
 
 Takes a finished recipe output folder (its ``model/`` written by
@@ -12,15 +11,14 @@ size, usage, training recipe, citation). Then it uploads the folder with
 
 Usage::
 
-    python hub_upload/package_model.py --recipe_output results/mrl_b2 \\
+    speechbrain-mrl package --recipe_output results/mrl_b2/1986 \\
         --scores results/scoring_b2 [--official_scores results/scoring_official] \\
-        --out hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry-run]
+        --output_folder hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry-run]
 
 Authors
 -------
  * speechbrain-mrl developers
 """
-import argparse
 import json
 import os
 import pathlib
@@ -33,7 +31,7 @@ from huggingface_hub.utils import validate_repo_id
 from speechbrain_mrl.files import write_text_atomic
 from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
 
-HERE = pathlib.Path(__file__).resolve().parent
+HERE = pathlib.Path(__file__).resolve().parent  # custom_interface.py ships with the package
 INTERFACE_FILE = "custom_interface.py"
 
 CITATIONS = """\
@@ -307,14 +305,14 @@ def check_out_folder(out, model, overwrite=False):
     """Refuses an output folder that is the model folder or holds files this script did not write."""
     out = pathlib.Path(out)
     if out.resolve() == model.resolve():
-        raise ValueError(f"--out {out} is the model folder itself; give a new folder")
+        raise ValueError(f"--output_folder {out} is the model folder itself; give a new folder")
     if not out.exists():
         return
     foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
                      if not (p.is_file() and p.parent == out and p.name in hub_files()))
     if foreign and not overwrite:
         raise FileExistsError(
-            f"--out {out} holds files this script does not write ({foreign[:5]}"
+            f"--output_folder {out} holds files this command does not write ({foreign[:5]}"
             f"{' ...' if len(foreign) > 5 else ''}); give an empty or new folder, or "
             "--overwrite to package there anyway (only the hub files are uploaded)")
 
@@ -381,30 +379,35 @@ def upload(folder, repo_id, files, private=False, token=None, commit_message=Non
         session.timeout = previous
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--recipe_output", required=True,
-                   help="train.py output folder (holding model/) or the model folder itself")
-    p.add_argument("--scores", required=True, help="scoring output folder (results.json)")
-    p.add_argument("--official_scores", help="scoring of the official embedding, for comparison")
-    p.add_argument("--out", required=True, help="hub-ready folder to write")
-    p.add_argument("--repo_id", help="user/name on the HuggingFace Hub")
-    p.add_argument("--private", action="store_true", help="create the repository as private")
-    p.add_argument("--dry-run", action="store_true", dest="dry_run",
-                   help="write the folder and list what would be uploaded, upload nothing")
-    p.add_argument("--language", default="en")
-    p.add_argument("--license", default="apache-2.0", dest="license_id")
-    p.add_argument("--datasets", nargs="+", default=None,
-                   help="training data named in the card (default: what the recipe recorded)")
-    p.add_argument("--overwrite", action="store_true",
-                   help="package into a folder that holds other files (they are not uploaded)")
-    args = p.parse_args(argv)
+def add_arguments(parser):
+    """The options of ``speechbrain-mrl package`` (see :mod:`speechbrain_mrl.cli`)."""
+    parser.add_argument("--recipe_output", required=True,
+                        help="train.py output folder (holding model/) or the model folder itself")
+    parser.add_argument("--scores", required=True, help="scoring output folder (results.json)")
+    parser.add_argument("--official_scores", default=None,
+                        help="scoring of the official embedding, for a side-by-side table")
+    parser.add_argument("--output_folder", required=True, help="hub-ready folder to write")
+    parser.add_argument("--repo_id", default=None, help="user/name on the HuggingFace Hub")
+    parser.add_argument("--private", action="store_true", help="create the repository as private")
+    parser.add_argument("--dry-run", action="store_true", dest="dry_run",
+                        help="write the folder and list what would be uploaded, upload nothing")
+    parser.add_argument("--language", default="en", help="language in the model card")
+    parser.add_argument("--license", default="apache-2.0", dest="license_id",
+                        help="licence in the model card")
+    parser.add_argument("--datasets", nargs="+", default=None,
+                        help="training data named in the card (default: what the recipe recorded)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="package into a folder that holds other files (they are not uploaded)")
+
+
+def run_package(args):
+    """The ``speechbrain-mrl package`` job: the hub folder, then the upload (unless a dry run)."""
     if args.repo_id:
         validate_repo_id(args.repo_id)
-    files = build_hub_folder(args.recipe_output, args.scores, args.out, args.repo_id,
+    files = build_hub_folder(args.recipe_output, args.scores, args.output_folder, args.repo_id,
                              args.official_scores, args.language, args.license_id,
                              args.datasets, args.overwrite)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.output_folder)
     target = args.repo_id or "<--repo_id not given>"
     vis = "private" if args.private else "public"
     if args.dry_run or not args.repo_id:
@@ -419,5 +422,14 @@ def main(argv=None):
     return files
 
 
-if __name__ == "__main__":
-    sys.exit(0 if main() is not None else 1)
+def main(argv=None):
+    """``python -m speechbrain_mrl.hub ...``: the same as ``speechbrain-mrl package ...``."""
+    from speechbrain_mrl.cli import main as cli_main
+
+    return cli_main(["package", *(argv if argv is not None else sys.argv[1:])])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    from speechbrain_mrl.cli import run
+
+    run(["package", *sys.argv[1:]])
