@@ -45,7 +45,9 @@ import warnings
 import torch
 from torch import nn
 
+from speechbrain_mrl import options
 from speechbrain_mrl.files import atomic_output
+from speechbrain_mrl.options import Command, positive_int
 
 logger = logging.getLogger(__name__)
 
@@ -406,14 +408,30 @@ def run_export(args):
     return out
 
 
+def _arguments(parser):
+    parser.add_argument("--model_folder", required=True, help="model folder written by the recipe")
+    parser.add_argument("--onnx", required=True, help="ONNX file to write")
+    parser.add_argument("--torchscript", default=None, help="also write a TorchScript file here")
+    parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
+    parser.add_argument("--int8", default=None,
+                        help="also write an int8 ONNX model here (static with --calibration_csv, "
+                             "else dynamic)")
+    parser.add_argument("--calibration_csv", default=None,
+                        help="manifest of real speech for static int8 scales")
+    parser.add_argument("--calibration_clips", type=positive_int, default=64,
+                        help="clips of --calibration_csv used")
+    parser.add_argument("--check", action="store_true",
+                        help="compare ONNX Runtime with PyTorch on random audio (max abs difference)")
+
+
+COMMANDS = {"export": Command("export the model to ONNX (and TorchScript, int8 ONNX)", _arguments,
+                              run_export)}
+
+
 def main(argv=None):
     """``python -m speechbrain_mrl.export ...``: the same as ``speechbrain-mrl export ...``."""
-    from speechbrain_mrl.cli import main as cli_main
-
-    return cli_main(["export", *(argv if argv is not None else sys.argv[1:])])
+    return options.main(COMMANDS, ["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from speechbrain_mrl.cli import run
-
-    run(["export", *sys.argv[1:]])
+    options.run(COMMANDS, ["export", *sys.argv[1:]])

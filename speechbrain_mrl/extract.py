@@ -47,7 +47,9 @@ from tqdm import tqdm
 
 from speechbrain_mrl.files import atomic_output, write_text_atomic
 from speechbrain_mrl.manifests import write_manifest
+from speechbrain_mrl import options
 from speechbrain_mrl.embeddings import PRECISIONS, embed_manifest
+from speechbrain_mrl.options import Command, add_sources, model_options, positive_int
 from speechbrain_mrl.sources import read_sources
 
 __all__ = ["extract", "load_embeddings", "run_extract"]
@@ -229,14 +231,24 @@ def run_extract(args):
                    args.num_workers, args.device, args.precision, args.dtype)
 
 
+def _arguments(parser):
+    add_sources(parser)
+    parser.add_argument("--output_folder", required=True,
+                        help="output folder (a rerun resumes it)")
+    parser.add_argument("--shard_size", type=positive_int, default=10000,
+                        help="utterances per shard")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16"],
+                        help="storage of the embeddings")
+
+
+COMMANDS = {"extract": Command("embed audio into resumable shards (every size from one pass)",
+                               _arguments, run_extract, (model_options,))}
+
+
 def main(argv=None):
     """``python -m speechbrain_mrl.extract ...``: the same as ``speechbrain-mrl extract ...``."""
-    from speechbrain_mrl.cli import main as cli_main
-
-    return cli_main(["extract", *(argv if argv is not None else sys.argv[1:])])
+    return options.main(COMMANDS, ["extract", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from speechbrain_mrl.cli import run
-
-    run(["extract", *sys.argv[1:]])
+    options.run(COMMANDS, ["extract", *sys.argv[1:]])

@@ -28,7 +28,9 @@ import sys
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.utils import validate_repo_id
 
+from speechbrain_mrl import options
 from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.options import Command
 from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
 
 HERE = pathlib.Path(__file__).resolve().parent  # custom_interface.py ships with the package
@@ -379,8 +381,7 @@ def upload(folder, repo_id, files, private=False, token=None, commit_message=Non
         session.timeout = previous
 
 
-def add_arguments(parser):
-    """The options of ``speechbrain-mrl package`` (see :mod:`speechbrain_mrl.cli`)."""
+def _arguments(parser):
     parser.add_argument("--recipe_output", required=True,
                         help="train.py output folder (holding model/) or the model folder itself")
     parser.add_argument("--scores", required=True, help="scoring output folder (results.json)")
@@ -422,14 +423,14 @@ def run_package(args):
     return files
 
 
+COMMANDS = {"package": Command("package a trained model for the HuggingFace Hub (and upload it)",
+                               _arguments, run_package)}
+
+
 def main(argv=None):
     """``python -m speechbrain_mrl.hub ...``: the same as ``speechbrain-mrl package ...``."""
-    from speechbrain_mrl.cli import main as cli_main
-
-    return cli_main(["package", *(argv if argv is not None else sys.argv[1:])])
+    return options.main(COMMANDS, ["package", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover
-    from speechbrain_mrl.cli import run
-
-    run(["package", *sys.argv[1:]])
+    options.run(COMMANDS, ["package", *sys.argv[1:]])

@@ -19,17 +19,22 @@ Authors
 import json
 import logging
 import pathlib
+import sys
 
 import numpy as np
 
 from speechbrain_mrl.files import write_text_atomic
 from speechbrain_mrl.manifests import check_audio_files, read_trial_list
+from speechbrain_mrl import options
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.search import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
                                     cascade_verify, open_set_rates)
+from speechbrain_mrl.options import (Command, add_sources, finite_float, index_options,
+                                     model_options, positive_int, rate, report_option, size_list,
+                                     threshold_or_index)
 from speechbrain_mrl.sources import read_sources
 
-__all__ = ["enrol", "calibrate", "identify", "evaluate", "cascade", "verify"]
+__all__ = ["COMMANDS", "enrol", "calibrate", "identify", "evaluate", "cascade", "verify"]
 
 logger = logging.getLogger(__name__)
 
@@ -255,7 +260,106 @@ def cascade(args):
     return report
 
 
-if __name__ == "__main__":  # pragma: no cover
-    from speechbrain_mrl.cli import run
+# ------------------------------------------------------------------ options
+def _enrol_arguments(p):
+    add_sources(p)
+    p.add_argument("--replace", action="store_true",
+                   help="re-enrol speakers that are already in the index")
+    p.add_argument("--first_stage", choices=["flat", "hnsw", "ivf"], default=None,
+                   help="FAISS first stage of a new index (default flat); on an existing index "
+                        "it must match unless --rebuild")
+    p.add_argument("--dtype", choices=["float32", "float16"], default=None,
+                   help="vector storage of a new index (default float32); on an existing index "
+                        "it must match unless --rebuild")
+    p.add_argument("--rebuild", action="store_true",
+                   help="change an existing index's --first_stage/--dtype")
 
-    run()
+
+def _search_options(p):
+    p.add_argument("--stages", type=positive_int, nargs="*", default=None,
+                   help="funnel prefix sizes before the final size, e.g. 64 or 32 128 (none "
+                        "given: exact search; default: 64, or the smallest size)")
+    p.add_argument("--shortlist", type=positive_int, default=100,
+                   help="candidates kept after each funnel stage")
+
+
+def _identify_arguments(p):
+    add_sources(p)
+    p.add_argument("--k", type=positive_int, default=5, help="speakers returned per recording")
+    _search_options(p)
+    p.add_argument("--final_dim", type=positive_int, default=None,
+                   help="size of the last ranking and the scores (default: full size)")
+    p.add_argument("--threshold", type=threshold_or_index, default=None,
+                   help="open set: a cosine threshold, or 'index' (the index's threshold for "
+                        "--final_dim); matches under it are dropped")
+
+
+def _verify_arguments(p):
+    p.add_argument("enrol_file", help="first recording")
+    p.add_argument("test_file", help="second recording")
+    p.add_argument("--target_dim", type=positive_int, default=None,
+                   help="embedding size (default: full size)")
+    p.add_argument("--threshold", type=finite_float, default=None,
+                   help="cosine threshold (default: the model's calibrated one for --target_dim)")
+
+
+def _evaluate_arguments(p):
+    add_sources(p, ("csv", "folder"))
+    _search_options(p)
+    p.add_argument("--funnels", type=size_list, nargs="*", default=[],
+                   help="funnels besides exact search, e.g. 64 32,128")
+    p.add_argument("--far", type=rate(), default=0.01,
+                   help="false-alarm rate of the open-set evaluation (queries of speakers who "
+                        "are not enrolled)")
+
+
+def _calibrate_arguments(p):
+    p.add_argument("--csv", nargs="+", required=True,
+                   help="manifests of the trial list's utterances")
+    p.add_argument("--trials", required=True, help="trial list (<1|0> <enrol ID> <test ID>)")
+    p.add_argument("--false_alarm", type=rate(), default=None,
+                   help="threshold at this false-alarm rate of the different-speaker trials "
+                        "(default: the equal error rate)")
+
+
+def _cascade_arguments(p):
+    p.add_argument("--csv", nargs="+", required=True,
+                   help="manifests of the evaluated trials' utterances (e.g. enrol and test)")
+    p.add_argument("--trials", required=True, help="evaluated trial list")
+    p.add_argument("--calibration_csv", nargs="+", required=True,
+                   help="manifests of the calibration trials' utterances")
+    p.add_argument("--calibration_trials", required=True,
+                   help="trial list the margin is calibrated on")
+    p.add_argument("--small_dim", type=positive_int, default=64, help="size of the first decision")
+    p.add_argument("--agreement", type=rate(high_open=False), nargs="+", default=[0.999],
+                   help="share of calibration trials that must get the full-size decision")
+
+
+def _locked_index():
+    return index_options(lock=True)
+
+
+COMMANDS = {
+    "enrol": Command("enrol speakers into a speaker index (created if absent)", _enrol_arguments,
+                     enrol, (model_options, _locked_index)),
+    "identify": Command("top-k enrolled speakers of each recording", _identify_arguments,
+                        identify, (model_options, index_options, report_option)),
+    "verify": Command("are two recordings of the same speaker?", _verify_arguments, verify,
+                      (model_options, report_option)),
+    "evaluate": Command("identification accuracy of a labelled list, per funnel",
+                        _evaluate_arguments, evaluate,
+                        (model_options, index_options, report_option)),
+    "calibrate": Command("fit the index's open-set thresholds on a trial list",
+                         _calibrate_arguments, calibrate, (model_options, _locked_index)),
+    "cascade": Command("cascade verification: a small prefix, the full size near its threshold",
+                       _cascade_arguments, cascade, (model_options, report_option)),
+}
+
+
+def main(argv=None):
+    """``python -m speechbrain_mrl.search_cli <command> ...`` (as ``speechbrain-mrl``)."""
+    return options.main(COMMANDS, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    options.run(COMMANDS, sys.argv[1:])

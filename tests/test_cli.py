@@ -182,3 +182,28 @@ def test_identify_prints_in_input_order(model_and_voices, tmp_path, capsys):
     printed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert printed == files and list(out) == files
     assert list(json.loads((tmp_path / "id.json").read_text())) == files
+
+
+def test_documented_command_lines_use_real_options():
+    """Every `speechbrain-mrl <command> --option` in the README and docs/ names a real option."""
+    import pathlib
+    import re
+    import shlex
+
+    root = pathlib.Path(__file__).resolve().parents[1]
+    commands = _subparsers(cli.build_parser())
+    seen = 0
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md"))]:
+        text = re.sub(r"\\\n\s*", " ", doc.read_text())  # join continued lines
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S):
+            for line in block.splitlines():
+                if "speechbrain-mrl " not in line or line.lstrip().startswith("#"):
+                    continue
+                words = shlex.split(line.split("speechbrain-mrl ", 1)[1].split("#")[0])
+                assert words and words[0] in commands, f"{doc.name}: unknown command in {line!r}"
+                flags = {s for a in commands[words[0]]._actions for s in a.option_strings}
+                for word in words[1:]:
+                    if word.startswith("--"):
+                        assert word.split("=")[0] in flags, f"{doc.name}: {word} in {line!r}"
+                seen += 1
+    assert seen >= 5, "the README and docs show the commands"
