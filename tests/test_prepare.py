@@ -10,6 +10,7 @@ from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 from speechbrain_mrl.audio import read_audio
 from speechbrain_mrl.manifests import read_trials
 from speechbrain_mrl.datasets import speech_commands
+from speechbrain_mrl.datasets import common
 from speechbrain_mrl.datasets import voxceleb as vp
 
 
@@ -106,7 +107,7 @@ def test_prepare_voxceleb_valid_trials(vox):
     assert len({spk[i] for _, a, b in listed for i in (a, b)}) == 2 and not set(spk.values()) & train_spks
     # the list train.py wrote before: make_trials of dev.csv's rows with the training seed
     rows = [list(r.values()) for r in dev]
-    assert listed == vp.make_trials(rows, 20, 1986)
+    assert listed == common.make_trials(rows, 20, 1986)
     text, mtime = vt.read_text(), os.path.getmtime(vt)
     out = vp.prepare_voxceleb(folders, save, trials, **kwargs)  # skipped: file kept as is
     assert "n_skipped" not in out and os.path.getmtime(vt) == mtime
@@ -133,12 +134,12 @@ def test_prepare_command_lines(vox, capsys):
 
 def test_make_trials_balanced():
     rows = [[f"s{s}_{u}", 1.0, "x", 0, 1, f"s{s}"] for s in range(5) for u in range(4)]
-    trials = vp.make_trials(rows, 40, seed=3)
+    trials = common.make_trials(rows, 40, seed=3)
     assert len(trials) == 40 and sum(t[0] for t in trials) == 20
     assert len({tuple(sorted(t[1:])) for t in trials}) == 40
     spk = {r[0]: r[5] for r in rows}
     assert all((spk[a] == spk[b]) == bool(lab) for lab, a, b in trials)
-    assert trials == vp.make_trials(rows, 40, seed=3)
+    assert trials == common.make_trials(rows, 40, seed=3)
 
 
 def test_prepare_demo(tmp_path):
@@ -211,7 +212,7 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
     assert len(test_spks) == 2
     trials = read_trials(out["test_trials"])
     assert trials and {lab for lab, _, _ in trials} == {0, 1}
-    assert all(vp.speaker_of(p) in test_spks for _, a, b in trials for p in (a, b))
+    assert all(common.speaker_of(p) in test_spks for _, a, b in trials for p in (a, b))
     assert not {r["spk_id"] for r in read_csv(out["train"])} & set(test_spks)
     # the archive is kept: a second preparation elsewhere does not download again
     monkeypatch.setattr(speech_commands, "SC_URL", (tmp_path / "gone" / archive.name).as_uri())

@@ -1,10 +1,12 @@
 """Data preparation: manifests and trial lists for speaker verification.
 
+* :mod:`speechbrain_mrl.datasets.common`: helpers every preparation shares (scanning,
+  manifest rows, trial lists, skip-when-unchanged).
 * :mod:`speechbrain_mrl.datasets.voxceleb`: VoxCeleb-style folders
   (``<spk>/<video>/<utt>.wav``), :func:`~speechbrain_mrl.datasets.voxceleb.prepare_voxceleb`.
 * :mod:`speechbrain_mrl.datasets.speech_commands`: the CPU-sized demo data
   (Speech Commands regrouped by speaker, optional LibriSpeech readers),
   :func:`~speechbrain_mrl.datasets.speech_commands.prepare_demo`.
 
-Both run as scripts too (``python -m speechbrain_mrl.datasets.voxceleb --help``).
+The two preparations run as scripts too (``python -m speechbrain_mrl.datasets.voxceleb --help``).
 """

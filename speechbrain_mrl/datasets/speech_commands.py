@@ -49,7 +49,7 @@ import tarfile
 from speechbrain_mrl.download import download
 from speechbrain_mrl.files import write_text_atomic
 from speechbrain_mrl.manifests import read_trials, write_manifest, write_trials
-from speechbrain_mrl.datasets.voxceleb import (
+from speechbrain_mrl.datasets.common import (
     AUDIO_EXTENSIONS,
     input_fingerprint,
     make_rows,
