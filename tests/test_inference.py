@@ -8,7 +8,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, TINY_CONFIG, reference_embedding, tiny_encoder,
+from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, reference_embedding, tiny_encoder,
                            tiny_modules,
                            speaker_voice, write_tiny_model)
 from speechbrain_mrl.audio import ShortAudioWarning
