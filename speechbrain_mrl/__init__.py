@@ -1,22 +1,29 @@
 """speechbrain-mrl: Matryoshka speaker embeddings on a ReDimNet backbone for SpeechBrain."""
-from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.features import ReDimNetFbank
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.losses import MatryoshkaAAMLoss
-from speechbrain_mrl.matryoshka import MatryoshkaProjection
-from speechbrain_mrl.official import load_official_redimnet, save_official_checkpoint
-from speechbrain_mrl.packaging import write_model_folder
-from speechbrain_mrl.redimnet import REDIMNET_PRESETS, ReDimNet
+import importlib
 
-__all__ = [
-    "MRLEncoder",
-    "MRLEncoderClassifier",
-    "MatryoshkaAAMLoss",
-    "MatryoshkaProjection",
-    "REDIMNET_PRESETS",
-    "ReDimNet",
-    "ReDimNetFbank",
-    "load_official_redimnet",
-    "save_official_checkpoint",
-    "write_model_folder",
-]
+#: The public names, imported on first use so that a light module (the speaker index,
+#: the command line's help) does not load torch and SpeechBrain.
+_HOME = {
+    "MRLEncoder": "encoder",
+    "MRLEncoderClassifier": "inference",
+    "MatryoshkaAAMLoss": "losses",
+    "MatryoshkaProjection": "matryoshka",
+    "REDIMNET_PRESETS": "redimnet",
+    "ReDimNet": "redimnet",
+    "ReDimNetFbank": "features",
+    "load_official_redimnet": "official",
+    "save_official_checkpoint": "official",
+    "write_model_folder": "packaging",
+}
+
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name):
+    if name not in _HOME:
+        raise AttributeError(f"module 'speechbrain_mrl' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"speechbrain_mrl.{_HOME[name]}"), name)
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_HOME))

@@ -22,7 +22,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 from torch import nn
 
 from speechbrain_mrl.features import ReDimNetFbank
-from speechbrain_mrl.matryoshka import check_target_dim
+from speechbrain_mrl.sizes import check_target_dim
 from speechbrain_mrl.redimnet import ReDimNet, redimnet_config
 
 __all__ = ["MRLEncoder"]

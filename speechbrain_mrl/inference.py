@@ -36,7 +36,7 @@ from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
 from speechbrain_mrl.audio import AudioError, check_waveforms, load_audio, warn_short
 from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.matryoshka import check_target_dim, check_thresholds
+from speechbrain_mrl.sizes import check_target_dim, check_thresholds
 
 logger = logging.getLogger(__name__)
 

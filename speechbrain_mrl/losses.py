@@ -19,7 +19,7 @@ from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from torch import nn
 
 from speechbrain_mrl.checkpoints import register_safe_hooks
-from speechbrain_mrl.matryoshka import _is_int, validate_mrl_dims
+from speechbrain_mrl.sizes import _is_int, validate_mrl_dims
 
 __all__ = ["MatryoshkaAAMLoss", "set_aam_margin", "class_centroids"]
 

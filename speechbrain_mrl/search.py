@@ -48,7 +48,7 @@ import warnings
 
 import numpy as np
 
-from speechbrain_mrl.matryoshka import check_thresholds, validate_mrl_dims
+from speechbrain_mrl.sizes import check_thresholds, validate_mrl_dims
 from speechbrain_mrl.files import swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",

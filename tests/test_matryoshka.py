@@ -5,8 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from speechbrain_mrl.matryoshka import (MatryoshkaProjection, discriminant_rotation, pca_rotation,
-                                        validate_mrl_dims)
+from speechbrain_mrl.matryoshka import (MatryoshkaProjection, discriminant_rotation, pca_rotation)
+from speechbrain_mrl.sizes import validate_mrl_dims
 
 
 def _cos(a):
