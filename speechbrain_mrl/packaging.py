@@ -29,7 +29,7 @@ import math
 import pathlib
 
 from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
-from speechbrain_mrl.matryoshka import check_thresholds
+from speechbrain_mrl.sizes import check_thresholds
 from speechbrain_mrl.redimnet import plain_config
 
 __all__ = [
