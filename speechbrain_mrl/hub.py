@@ -20,6 +20,7 @@ Authors
  * speechbrain-mrl developers
 """
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -29,9 +30,9 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from huggingface_hub.utils import validate_repo_id
 
 from speechbrain_mrl import options
-from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.files import atomic_output, write_text_atomic
 from speechbrain_mrl.options import Command
-from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint
+from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint, shorten_paths
 
 HERE = pathlib.Path(__file__).resolve().parent  # custom_interface.py ships with the package
 INTERFACE_FILE = "custom_interface.py"
@@ -77,8 +78,17 @@ def find_model_folder(recipe_output):
     )
 
 
+#: The metrics of a size in ``results.json`` that the model card shows.
+CARD_METRICS = ("EER", "minDCF@0.01", "minDCF@0.05")
+
+
 def read_results(scores):
-    """``results.json`` of a scoring run (folder or file) -> dict."""
+    """``results.json`` of a scoring run (folder or file) -> (results, scoring info).
+
+    Every metric the card shows (:data:`CARD_METRICS`, plain and s-norm /
+    as-norm) must be a finite number where given: a NaN EER is refused, not
+    published as "nan".
+    """
     path = pathlib.Path(scores)
     if path.is_dir():
         path = path / "results.json"
@@ -88,8 +98,19 @@ def read_results(scores):
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected {{'<dim>': {{'EER': ..}}}}")
     for dim, res in data.items():
-        if not str(dim).isdigit() or "EER" not in res:
+        if not str(dim).isdigit() or not isinstance(res, dict) or "EER" not in res:
             raise ValueError(f"{path}: entry {dim!r} is not a per-size result with an EER")
+        for kind in ("cosine", "s-norm", "as-norm"):
+            metrics = res if kind == "cosine" else res.get(kind, {})
+            if not isinstance(metrics, dict):
+                raise ValueError(f"{path}: {kind} of size {dim} is not a mapping of metrics")
+            for name in CARD_METRICS:
+                value = metrics.get(name)
+                if value is not None and not (isinstance(value, (int, float))
+                                              and not isinstance(value, bool)
+                                              and math.isfinite(value)):
+                    raise ValueError(f"{path}: {name} ({kind}) of size {dim} is {value!r}, not a "
+                                     "finite number; score the model again")
     info_path = path.parent / "scoring_info.json"
     info = json.loads(info_path.read_text()) if info_path.is_file() else {}
     return data, info
@@ -207,6 +228,7 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
     recorded = extra.pop("datasets", None)
     datasets = list(datasets or recorded or [])
     command = extra.pop("command", None)
+    command = None if command is None else shorten_paths(command)
     provenance = provenance_lines(extra.pop("backbone", None), extra.pop("training_data", None),
                                   extra.get("frozen_backbone"))
     trained_on = f"Trained on {', '.join(datasets)} with" if datasets else "Trained with"
@@ -304,14 +326,16 @@ def hub_files():
 
 
 def check_out_folder(out, model, overwrite=False):
-    """Refuses an output folder that is the model folder or holds files this script did not write."""
+    """Refuses an output folder that is the model folder or holds files this script did not write
+    (a symlink, even at a hub file's name, is not one of them)."""
     out = pathlib.Path(out)
     if out.resolve() == model.resolve():
         raise ValueError(f"--output_folder {out} is the model folder itself; give a new folder")
     if not out.exists():
         return
     foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
-                     if not (p.is_file() and p.parent == out and p.name in hub_files()))
+                     if not (p.is_file() and not p.is_symlink() and p.parent == out
+                             and p.name in hub_files()))
     if foreign and not overwrite:
         raise FileExistsError(
             f"--output_folder {out} holds files this command does not write ({foreign[:5]}"
@@ -330,9 +354,25 @@ def check_scores_match(model, scoring_info, scores):
                          "differs); score this model folder before packaging it")
 
 
+def copy_file(src, dst):
+    """Copies the contents of ``src`` to ``dst`` through :func:`~speechbrain_mrl.files.atomic_output`.
+
+    A file or symlink at ``dst`` is replaced, never written through (``shutil.copy2``
+    would overwrite the target of a link planted there).
+    """
+    with atomic_output(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return pathlib.Path(dst)
+
+
 def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=None,
                      language="en", license_id="apache-2.0", datasets=None, overwrite=False):
-    """Writes the hub-ready folder; returns the list of the files it wrote (and uploads)."""
+    """Writes the hub-ready folder; returns the list of the files it wrote (and uploads).
+
+    Every file is written through :func:`~speechbrain_mrl.files.atomic_output`
+    (a symlink in ``out`` is replaced, its target untouched); the recorded
+    training command is published with its absolute paths cut to their last part.
+    """
     model = find_model_folder(recipe_output)
     results, scoring_info = read_results(scores)
     check_scores_match(model, scoring_info, scores)
@@ -346,8 +386,13 @@ def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=N
     out = pathlib.Path(out)
     out.mkdir(parents=True, exist_ok=True)
     for name in MODEL_FILES:
-        shutil.copy2(model / name, out / name)
-    shutil.copy2(HERE / INTERFACE_FILE, out / INTERFACE_FILE)
+        if name != "model_info.json":
+            copy_file(model / name, out / name)
+    extra = info.get("extra_info") or {}
+    if extra.get("command") is not None:
+        info["extra_info"] = dict(extra, command=shorten_paths(extra["command"]))
+    write_text_atomic(out / "model_info.json", json.dumps(info, indent=2) + "\n")
+    copy_file(HERE / INTERFACE_FILE, out / INTERFACE_FILE)
     write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
     write_text_atomic(out / "README.md", model_card(info, calibration, results, scoring_info,
                                                     repo_id, official, language, license_id,

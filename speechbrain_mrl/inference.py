@@ -23,9 +23,11 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import difflib
 import logging
 import math
 import numbers
+import os
 import pathlib
 
 import torch
@@ -116,6 +118,14 @@ class MRLEncoderClassifier(EncoderClassifier):
         gives the default thresholds (it takes precedence over the copy in
         ``hyperparams.yaml``).
 
+        A ``source`` that is no local folder but reads as a hub id
+        (``user/name``) is fetched from the HuggingFace Hub, from its cache only
+        when ``HF_HUB_OFFLINE`` is set (even if set after ``huggingface_hub``
+        was imported). If that fails, the error names both possibilities (no
+        local folder, hub unreachable or no such repo); when a local model
+        folder's name differs from it by a typo in the first part, the hub is
+        not asked and the error names that folder.
+
         Arguments
         ---------
         source : str or os.PathLike
@@ -138,7 +148,16 @@ class MRLEncoderClassifier(EncoderClassifier):
         Returns
         -------
         MRLEncoderClassifier
+
+        Raises
+        ------
+        FileNotFoundError
+            No such local folder (or no ``hparams_file`` in it), and for a hub
+            id, no such repository, or the hub cannot be reached.
         """
+        from huggingface_hub import constants as hf_constants
+        from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, HFValidationError
+
         source = str(source) if isinstance(source, pathlib.Path) else source
         if isinstance(source, str) and source.startswith("~"):
             source = str(pathlib.Path(source).expanduser())
@@ -156,11 +175,33 @@ class MRLEncoderClassifier(EncoderClassifier):
                 savedir = None
             if fetch_config is None and savedir is not None:
                 fetch_config = FetchConfig(overwrite=True)
+        hub_id = (isinstance(source, str) and not _looks_like_a_path(source)
+                  and not source.startswith(("http://", "https://")))
+        offline = hf_constants.HF_HUB_OFFLINE or os.environ.get(
+            "HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        if hub_id:
+            similar = _similar_model_folder(source, hparams_file)
+            if similar is not None:
+                raise FileNotFoundError(f"no local folder {source!r} (did you mean {similar!r}?); "
+                                        "not fetched from the HuggingFace Hub")
+            if fetch_config is None and offline:
+                fetch_config = FetchConfig(allow_network=False)
         if fetch_config is None:
             fetch_config = FetchConfig()
-        model = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir,
-                                     local_strategy=local_strategy, fetch_config=fetch_config,
-                                     **kwargs)
+        try:
+            model = super().from_hparams(source, hparams_file=hparams_file, savedir=savedir,
+                                         local_strategy=local_strategy,
+                                         fetch_config=fetch_config, **kwargs)
+        except (EntryNotFoundError, HfHubHTTPError, HFValidationError, ConnectionError,
+                TimeoutError) as err:
+            if not hub_id:
+                raise
+            hub = ("is offline (HF_HUB_OFFLINE) and its cache holds no" if offline
+                   else "could not be reached or has no")
+            raise FileNotFoundError(
+                f"no local folder {source!r} in {os.getcwd()}, and the HuggingFace Hub {hub} "
+                f"repository {source!r} ({type(err).__name__}: {str(err).splitlines()[0]})"
+            ) from err
         model.check_weights(source)
         local = isinstance(source, str) and pathlib.Path(source).is_dir()
         if local and not (pathlib.Path(source) / "calibration.json").is_file():
@@ -473,6 +514,23 @@ def _looks_like_a_path(source):
     path = pathlib.Path(source).expanduser()
     return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1
             or path.exists() or path.parent.is_dir())
+
+
+def _similar_model_folder(source, hparams_file="hyperparams.yaml"):
+    """A local model folder ``source`` may be a typo of (``models/m1`` for ``modles/m1``), or None.
+
+    Only the first part of ``source`` may differ (close match among the folders
+    of the working directory); the folder must hold ``hparams_file``.
+    """
+    first, _, rest = source.partition("/")
+    try:
+        names = [p.name for p in pathlib.Path.cwd().iterdir() if p.is_dir()]
+    except OSError:
+        return None
+    for name in difflib.get_close_matches(first, names, n=3, cutoff=0.8):
+        if (pathlib.Path(name) / rest / hparams_file).is_file():
+            return f"{name}/{rest}"
+    return None
 
 
 def _check_threshold(threshold):

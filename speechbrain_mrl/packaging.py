@@ -18,17 +18,26 @@ into a HuggingFace Hub repository):
   loaders which only read the YAML (``foreign_class``) get the same defaults;
 * ``model_info.json``: sizes, model config and free-form ``extra_info``.
 
+The folder is written whole or not at all: the files go to a hidden sibling
+folder that replaces the previous folder only once complete, so a failure
+(a full disk, a kill) never leaves a new backbone beside an old head.
+
 Authors
 -------
  * speechbrain-mrl developers
 """
+import glob
 import hashlib
 import importlib.resources
 import json
 import math
+import os
 import pathlib
+import re
+import shutil
+import tempfile
 
-from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.files import save_torch_atomic, swap_folder, write_text_atomic
 from speechbrain_mrl.sizes import check_thresholds
 from speechbrain_mrl.redimnet import plain_config
 
@@ -37,6 +46,7 @@ __all__ = [
     "model_fingerprint",
     "render_hyperparams",
     "read_calibration",
+    "shorten_paths",
     "HYPERPARAMS_TEMPLATE",
     "MODEL_FILES",
 ]
@@ -49,6 +59,13 @@ MODEL_FILES = (
     "calibration.json",
     "model_info.json",
 )
+
+#: Files :func:`model_fingerprint` covers: all that decide embeddings and decisions.
+FINGERPRINT_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt",
+                     "calibration.json")
+
+#: An absolute path in a command line (at its start or after a space, bracket, comma or quote).
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s\[{(,'\"])/[^\s\]}),'\"]*")
 
 #: Template of the inference ``hyperparams.yaml`` (``{name}`` fields are filled
 #: by :func:`render_hyperparams`), shipped as package data.
@@ -170,12 +187,16 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     The folder's names are the encoder's own: ``embedding_model.ckpt`` and
     ``mrl_head.ckpt`` hold the state dicts of ``encoder.embedding_model`` and
     ``encoder.mrl_head``, and ``hyperparams.yaml`` builds ``compute_features``,
-    ``embedding_model`` and ``mrl_head``. Each file is written atomically.
+    ``embedding_model`` and ``mrl_head``. The files are written into a hidden
+    sibling folder (``.<name>.partial-*``) that replaces ``folder`` only once
+    complete (:func:`~speechbrain_mrl.files.swap_folder`): a failure leaves
+    the previous model folder as it was, never a mix of old and new files.
 
     Arguments
     ---------
     folder : str or os.PathLike
-        Output folder (created; existing model files are replaced).
+        Output folder: new, or a model folder (replaced as a whole). A folder
+        holding other files is refused; a symlink to a folder is followed.
     encoder : MRLEncoder
         The trained encoder, with its Matryoshka head.
     thresholds : dict of int to float, optional
@@ -194,6 +215,13 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     -------
     pathlib.Path
         The folder.
+
+    Raises
+    ------
+    FileExistsError
+        ``folder`` holds files other than the model files (nothing written).
+    NotADirectoryError
+        ``folder`` is a file.
 
     Example
     -------
@@ -238,23 +266,48 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
         "score": "cosine",
         "note": "default decision threshold per embedding size (score > threshold: same speaker)",
     }
-    folder = pathlib.Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_torch_atomic(_cpu_state(encoder.embedding_model), folder / "embedding_model.ckpt")
-    save_torch_atomic(_cpu_state(encoder.mrl_head), folder / "mrl_head.ckpt")
-    write_text_atomic(folder / "hyperparams.yaml", render_hyperparams(
-        encoder.model_config, encoder.pool_dim, encoder.embed_dim, mrl_dims, thr,
-        sample_rate=info["sample_rate"], recommended_dim=recommended))
-    write_text_atomic(folder / "calibration.json", json.dumps(calibration, indent=2) + "\n")
-    write_text_atomic(folder / "model_info.json", info_text)
-    return folder
+    given = pathlib.Path(folder)
+    folder = pathlib.Path(os.path.realpath(os.path.expanduser(given)))
+    aside = folder.parent / f".{folder.name}.old"
+    if aside.is_dir() and not folder.exists():  # a write killed between its two renames
+        os.replace(aside, folder)
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is not a folder: give a folder for the model")
+    foreign = sorted(p.name for p in folder.glob("*") if p.name not in MODEL_FILES)
+    if foreign:
+        raise FileExistsError(f"{folder} holds files that are not a model's ({foreign[:5]}); "
+                              "write the model to a new folder or over a model folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.partial-*"):  # killed writes
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # as a new folder, not mkdtemp's 0o700
+        save_torch_atomic(_cpu_state(encoder.embedding_model), staging / "embedding_model.ckpt")
+        save_torch_atomic(_cpu_state(encoder.mrl_head), staging / "mrl_head.ckpt")
+        write_text_atomic(staging / "hyperparams.yaml", render_hyperparams(
+            encoder.model_config, encoder.pool_dim, encoder.embed_dim, mrl_dims, thr,
+            sample_rate=info["sample_rate"], recommended_dim=recommended))
+        write_text_atomic(staging / "calibration.json", json.dumps(calibration, indent=2) + "\n")
+        write_text_atomic(staging / "model_info.json", info_text)
+        swap_folder(staging, folder, aside)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return given
 
 
 def model_fingerprint(folder):
-    """SHA-256 of a model folder (``hyperparams.yaml``, ``embedding_model.ckpt``, ``mrl_head.ckpt``).
+    """SHA-256 of a model folder: the files that decide its embeddings and decisions.
 
-    The scoring script records it with its results, so that results can be
-    matched to the model they were computed with (``speechbrain-mrl package`` checks it).
+    Covers :data:`FINGERPRINT_FILES` (``hyperparams.yaml``, both checkpoints and
+    ``calibration.json``, each with its name and size), so that edited weights
+    or thresholds are another model. The scoring script records it with its
+    results (``speechbrain-mrl package`` checks it), and speaker indexes and
+    extracted embeddings record the model they were built with. Fingerprints
+    recorded before ``calibration.json`` was covered differ: score, enrol or
+    extract again.
 
     Arguments
     ---------
@@ -265,16 +318,59 @@ def model_fingerprint(folder):
     -------
     str
         Hex digest.
+
+    Raises
+    ------
+    FileNotFoundError
+        A covered file is missing.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> from speechbrain_mrl.encoder import MRLEncoder
+    >>> from speechbrain_mrl.matryoshka import MatryoshkaProjection
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, embed_dim=8, mrl_dims=[4, 8])
+    >>> out = write_model_folder(tempfile.mkdtemp(), enc, thresholds={4: 0.3, 8: 0.4})
+    >>> before = model_fingerprint(out)
+    >>> _ = write_model_folder(out, enc, thresholds={4: 0.3, 8: -1.0})
+    >>> model_fingerprint(out) == before
+    False
     """
     digest = hashlib.sha256()
-    for name in ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt"):
+    for name in FINGERPRINT_FILES:
         path = pathlib.Path(folder) / name
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a model folder: {name} is missing")
+        digest.update(f"{name}\0{path.stat().st_size}\0".encode())
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
     return digest.hexdigest()
+
+
+def shorten_paths(text):
+    """``text`` (a command line) with every absolute path cut to its last part.
+
+    For a training command shown in ``model_info.json`` and on a model card,
+    which should not publish the trainer's folders.
+
+    Arguments
+    ---------
+    text : str
+        The command line.
+
+    Returns
+    -------
+    str
+
+    Example
+    -------
+    >>> shorten_paths("python train.py x.yaml noise: !ref /home/alice/noise lists: [/d/a.csv, b]")
+    'python train.py x.yaml noise: !ref noise lists: [a.csv, b]'
+    """
+    return _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(text))
 
 
 def read_calibration(path, mrl_dims):

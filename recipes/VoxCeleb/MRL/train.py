@@ -59,7 +59,7 @@ from speechbrain_mrl.head_init import ORDERINGS, evaluate_trials, init_head_from
 from speechbrain_mrl.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.metrics import id_metrics
 from speechbrain_mrl.official import save_official_checkpoint
-from speechbrain_mrl.packaging import write_model_folder
+from speechbrain_mrl.packaging import shorten_paths, write_model_folder
 
 logger = logging.getLogger(__name__)
 
@@ -351,8 +351,8 @@ def training_command(hparams_file, overrides):
     args = ["python", "train.py", f"hparams/{os.path.basename(hparams_file)}"]
     try:
         pairs = (yaml.safe_load(overrides) or {}).items() if overrides else ()
-    except yaml.YAMLError:  # HyperPyYAML tags: recorded as given, paths included
-        return shlex.join(args) + " " + " ".join(str(overrides).split())
+    except yaml.YAMLError:  # HyperPyYAML tags: recorded as given, absolute paths cut
+        return shlex.join(args) + " " + shorten_paths(" ".join(str(overrides).split()))
     for key, value in pairs:
         args += [f"--{key}", shown(value)]
     return shlex.join(args)
