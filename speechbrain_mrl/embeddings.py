@@ -12,7 +12,10 @@ batch) and reads them with DataLoader workers.
 
 Bad audio (unreadable, empty, silent, NaN/Inf, too short) is handled by the
 caller's choice: raised as :class:`~speechbrain_mrl.audio.AudioError` naming
-the utterance and its file, or skipped and listed with the reason.
+the utterance and its file, or skipped and listed with the reason. Audio the
+model embeds but shorter than its ``short_duration`` gets one
+:class:`~speechbrain_mrl.audio.ShortAudioWarning` per call, as from
+``encode_file``.
 
 Authors
 -------
@@ -23,7 +26,7 @@ import torch
 from speechbrain.utils.data_utils import batch_pad_right
 from tqdm import tqdm
 
-from speechbrain_mrl.audio import AudioError, read_row_audio, signal_problem
+from speechbrain_mrl.audio import AudioError, read_row_audio, signal_problem, warn_short
 
 __all__ = ["embed_manifest", "PRECISIONS"]
 
@@ -74,7 +77,8 @@ def _collate(items):
 
 def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=16000,
                    min_duration=0.0, long_audio_seconds=60.0, window_seconds=30.0,
-                   device="cpu", precision="fp32", skipped=None, desc="embeddings", progress=True):
+                   device="cpu", precision="fp32", skipped=None, desc="embeddings", progress=True,
+                   short_duration=0.0):
     """Embeds every manifest row once, in length-bucketed padded batches.
 
     Arguments
@@ -109,6 +113,10 @@ def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=1600
         Progress-bar label.
     progress : bool
         Show a progress bar.
+    short_duration : float
+        Audio shorter than this (seconds) is embedded with one
+        :class:`~speechbrain_mrl.audio.ShortAudioWarning` for the call, naming
+        the first such utterances (0: never warn).
 
     Returns
     -------
@@ -156,7 +164,8 @@ def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=1600
         num_workers=int(num_workers), collate_fn=_collate)
     device = torch.device(device)
     autocast = PRECISIONS[precision]
-    done = {}
+    short_samples = int(round(float(short_duration) * sample_rate))
+    done, short = {}, {}  # short: ID -> samples of the embedded audio under short_samples
     was_training = encoder.training
     encoder.eval()
     try:
@@ -172,6 +181,8 @@ def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=1600
                                          f"{item['problem']}")
                     else:
                         skipped.append((item["id"], rows[item["id"]]["wav"], item["problem"]))
+                short.update((item["id"], item["sig"].numel()) for item in good
+                             if item["sig"].numel() < short_samples)
                 if good:
                     wavs, lens = batch_pad_right([item["sig"] for item in good])
                     with torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
@@ -189,6 +200,11 @@ def embed_manifest(encoder, rows, batch_size=16, num_workers=0, sample_rate=1600
                 bar.update(len(items))
     finally:
         encoder.train(was_training)
+    short = {u: short[u] for u in uids if u in short and u in done}  # input order
+    if short:
+        longest = max(short.values())
+        warn_short(torch.tensor(list(short.values())) / longest, longest, short_samples,
+                   sample_rate, names=list(short))
     ids = [u for u in uids if u in done]
     if not ids:
         return [], torch.zeros(0, int(encoder.embed_dim))

@@ -4,7 +4,8 @@
 created temporary file beside the target (a symlink planted at its name is
 never followed), with the permissions the umask gives a new file, renamed over
 the target only once complete (a file or link at the target is replaced, not
-written through). :func:`swap_folder` does the same for whole folders.
+written through). :func:`staging_folder` and :func:`swap_folder` do the same
+for whole folders.
 
 Authors
 -------
@@ -16,7 +17,27 @@ import pathlib
 import shutil
 import tempfile
 
-__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "swap_folder"]
+__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "staging_folder",
+           "swap_folder", "current_umask"]
+
+
+def current_umask():
+    """The process's umask, read without changing it where the system tells it.
+
+    Example
+    -------
+    >>> old = os.umask(0o027)
+    >>> oct(current_umask())
+    '0o27'
+    >>> _ = os.umask(old)
+    """
+    with contextlib.suppress(OSError, ValueError, StopIteration):
+        status = pathlib.Path("/proc/self/status").read_text()
+        return int(next(line for line in status.splitlines() if line.startswith("Umask:"))
+                   .split()[1], 8)
+    umask = os.umask(0)  # no /proc: set and restore it
+    os.umask(umask)
+    return umask
 
 
 @contextlib.contextmanager
@@ -52,9 +73,7 @@ def atomic_output(path):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.",
                                suffix=f".tmp{path.suffix}")
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)
+        os.fchmod(fd, 0o666 & ~current_umask())
     finally:
         os.close(fd)
     try:
@@ -94,10 +113,43 @@ def save_torch_atomic(obj, path):
     return path
 
 
+def staging_folder(final):
+    """A new empty hidden folder ``.<name>.<8 random characters>`` beside the folder ``final``,
+    with the permissions the umask gives a new folder (not :func:`tempfile.mkdtemp`'s 0o700).
+
+    Fill it, then move it into place with :func:`swap_folder`.
+
+    Example
+    -------
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> old = os.umask(0o022)
+    >>> staged = staging_folder(root / "index")
+    >>> _ = os.umask(old)
+    >>> staged.name.startswith(".index."), oct(staged.stat().st_mode & 0o777)
+    (True, '0o755')
+    >>> shutil.rmtree(root)
+    """
+    final = pathlib.Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    os.chmod(staged, 0o777 & ~current_umask())
+    return staged
+
+
 def swap_folder(staged, final, aside):
     """Moves the complete folder ``staged`` to ``final``; an existing ``final`` waits at
-    ``aside`` until the new one is in place, so a kill never leaves neither of them."""
+    ``aside`` until the new one is in place, so a kill never leaves neither of them.
+
+    Raises
+    ------
+    NotADirectoryError
+        ``final`` or ``aside`` is a file or a link, not a folder (nothing is moved).
+    """
     staged, final, aside = pathlib.Path(staged), pathlib.Path(final), pathlib.Path(aside)
+    for path in (final, aside):
+        if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
+            raise NotADirectoryError(f"{path} is a file or link, not a folder: nothing was "
+                                     f"written over it (move it away to write {final})")
     if not final.exists():
         os.replace(staged, final)
         return final

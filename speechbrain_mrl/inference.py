@@ -347,12 +347,14 @@ class MRLEncoderClassifier(EncoderClassifier):
         Returns
         -------
         dict
-            ``sample_rate``, ``min_duration``, ``long_audio_seconds``,
-            ``window_seconds`` and ``device``, so that
+            ``sample_rate``, ``min_duration``, ``short_duration``,
+            ``long_audio_seconds``, ``window_seconds`` and ``device``, so that
             ``embed_manifest(model.encoder, rows, **model.embedding_options())``
-            embeds each file exactly as :meth:`encode_file` does.
+            embeds each file exactly as :meth:`encode_file` does (short audio
+            warned about alike).
         """
         return {"sample_rate": self.sample_rate, "min_duration": self.min_duration,
+                "short_duration": self.short_duration,
                 "long_audio_seconds": self.long_audio_seconds,
                 "window_seconds": self.window_seconds, "device": self.device}
 

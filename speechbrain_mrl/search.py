@@ -8,10 +8,11 @@ prefix (exact inner product, or HNSW or IVF for large enrolments), and each
 later stage re-ranks the shortlist with a larger prefix, the last with the
 full embedding (or ``final_dim``). Open-set identification rejects a best match
 that scores under the index's threshold for the size that gave the score
-(copied from the model's calibration, or fitted on a trial list with
-:func:`calibrate_thresholds`). The extraction cost does not depend on the
-prefix size (one pass gives every size); the funnel saves search time and
-first-stage memory.
+(copied from the model's 1:1 verification calibration, or fitted for
+identification on a trial list with :func:`calibrate_thresholds`; the index
+records which, and warns when 1:1 thresholds are used for 1:N search). The
+extraction cost does not depend on the prefix size (one pass gives every
+size); the funnel saves search time and first-stage memory.
 
 An index is stored as a folder:
 
@@ -21,13 +22,17 @@ An index is stored as a folder:
   ``d``-prefixes (``faiss.write_index``; read memory-mapped, never rebuilt
   unless missing or inconsistent with the vectors);
 * ``index.json``: sizes, the model fingerprint, the first-stage settings, the
-  thresholds, the stage files with their ``ntotal``, and a ``generation``
-  (a new random ID on every save).
+  thresholds and what they were calibrated for (``thresholds_for``; absent:
+  ``verification``), the stage files with their ``ntotal``, and a
+  ``generation`` (a new random ID on every save).
 
-A save writes a hidden folder that replaces the old one only once complete,
-under an exclusive lock (``fcntl.flock`` on ``.<name>.lock`` beside the
-folder, see :meth:`SpeakerIndex.writing`), and refuses to overwrite an index
-that another writer saved after this one was loaded (:class:`IndexChangedError`).
+A save writes a hidden folder ``.<name>.<8 characters>`` (with the permissions
+the umask gives a new folder) that replaces the old one only once complete,
+under an exclusive lock (``fcntl.flock`` on ``.<name>.lock`` beside the folder,
+see :meth:`SpeakerIndex.writing`); the next save removes such folders left by
+killed writers. A save refuses a path that is a file, and refuses to overwrite
+an index that another writer saved after this one was loaded
+(:class:`IndexChangedError`).
 
 Authors
 -------
@@ -35,12 +40,13 @@ Authors
 """
 import collections
 import contextlib
+import glob
 import json
 import os
 import pathlib
 import random
+import re
 import shutil
-import tempfile
 import threading
 import time
 import uuid
@@ -49,12 +55,16 @@ import warnings
 import numpy as np
 
 from speechbrain_mrl.sizes import check_thresholds, validate_mrl_dims
-from speechbrain_mrl.files import swap_folder
+from speechbrain_mrl.files import staging_folder, swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
            "calibrate_thresholds", "cascade_verify", "calibrate_margin", "open_set_rates"]
 
 FIRST_STAGES = ("flat", "hnsw", "ivf")
+
+#: What open-set thresholds were calibrated for: 1:N identification (a false-alarm rate
+#: chosen for it), or 1:1 verification (an equal-error-rate threshold such as the model's).
+THRESHOLD_PURPOSES = ("identification", "verification")
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: no stage files, no generation
@@ -97,6 +107,21 @@ def _aside(folder):
 
 def _lock_file(folder):
     return folder.parent / f".{folder.name}.lock"
+
+
+def _remove_stale_staging(folder):
+    """Removes the staging folders of ``folder`` that killed saves left behind.
+
+    Call it holding the folder's write lock: every writer stages under that
+    lock, so no staging folder present then belongs to a live writer. A
+    staging folder is named as :func:`~speechbrain_mrl.files.staging_folder`
+    names it (``.<name>.`` and 8 characters of :func:`tempfile.mkdtemp`); the
+    lock file and the previous index waiting at ``.<name>.old`` are not.
+    """
+    name = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}")
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        if name.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _stat_token(path):
@@ -217,6 +242,10 @@ class SpeakerIndex:
     hnsw_ef : int
         Candidate list size of an HNSW search (at least the shortlist is used):
         larger is slower and finds more of the true shortlist.
+    thresholds_for : str
+        What ``thresholds`` were calibrated for (:data:`THRESHOLD_PURPOSES`):
+        ``identification`` (1:N, at a chosen false-alarm rate) or
+        ``verification`` (1:1, such as the model's; :meth:`identify` then warns).
 
     Example
     -------
@@ -233,7 +262,8 @@ class SpeakerIndex:
     """
 
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
-                 dtype="float32", ivf_nprobe=128, thresholds=None, hnsw_ef=256):
+                 dtype="float32", ivf_nprobe=128, thresholds=None, hnsw_ef=256,
+                 thresholds_for="identification"):
         mrl_dims = validate_mrl_dims(mrl_dims, embed_dim)
         _check_first_stage(first_stage)
         _check_dtype(dtype)
@@ -241,8 +271,8 @@ class SpeakerIndex:
         self.model_sha256, self.first_stage, self.hnsw_m, self.dtype = (
             model_sha256, first_stage, int(hnsw_m), dtype)
         self.ivf_nprobe, self.hnsw_ef = int(ivf_nprobe), int(hnsw_ef)
-        self.thresholds = {}
-        self.set_thresholds(thresholds or {})
+        self.thresholds, self.thresholds_for = {}, "identification"
+        self.set_thresholds(thresholds or {}, thresholds_for)
         self.speakers, self.counts = [], []
         self._vectors = np.zeros((0, self.embed_dim), dtype=dtype)
         self._stage_indexes = {}  # (d, kind) -> FAISS index of the normalised d-prefixes
@@ -268,9 +298,49 @@ class SpeakerIndex:
         """
         return None if self._origin is None else self._origin[1]
 
-    def set_thresholds(self, thresholds):
-        """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``)."""
+    def set_thresholds(self, thresholds, thresholds_for="identification"):
+        """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``).
+
+        Arguments
+        ---------
+        thresholds : dict
+            ``{size: cosine}``.
+        thresholds_for : str
+            ``identification``: fitted for 1:N search (e.g. by
+            :func:`calibrate_thresholds` with ``false_alarm``); ``verification``:
+            1:1 thresholds (an equal error rate), which :meth:`identify` warns about.
+        """
+        if thresholds_for not in THRESHOLD_PURPOSES:
+            raise ValueError(f"thresholds_for must be one of {THRESHOLD_PURPOSES}, got "
+                             f"{thresholds_for!r}")
         self.thresholds = check_thresholds(thresholds, self.mrl_dims, "open-set thresholds")
+        self.thresholds_for = thresholds_for
+
+    def thresholds_caveat(self):
+        """Why the open-set thresholds are unfit for 1:N search, and how to calibrate ones
+        that are (None: they were calibrated for identification).
+
+        Example
+        -------
+        >>> index = SpeakerIndex(8, [4, 8], thresholds={8: 0.3}, thresholds_for="verification")
+        >>> index.thresholds_caveat().split(" (an")[0]
+        'the speaker index (in memory) holds 1:1 verification thresholds'
+        >>> index.set_thresholds({8: 0.6})
+        >>> index.thresholds_caveat() is None
+        True
+        """
+        if self.thresholds_for == "identification":
+            return None
+        where = str(self._origin[0]) if self._origin else "(in memory)"
+        folder = where if self._origin else "FOLDER"
+        n = max(len(self), 1)
+        return (f"the speaker index {where} holds 1:1 verification thresholds (an equal error "
+                f"rate), not thresholds for 1:N search: each query meets all {len(self)} "
+                "enrolled speakers, so far more unknown speakers are accepted; calibrate "
+                "identification thresholds on a trial list with speechbrain-mrl calibrate "
+                f"--index {folder} --false_alarm RATE (RATE: the share of unknown speakers to "
+                f"accept divided by {n}, e.g. {0.01 / n:.2g} for 1%), or with "
+                "calibrate_thresholds(..., false_alarm=RATE) and set_thresholds")
 
     # ------------------------------------------------------------ settings
     def check_settings(self, first_stage=None, dtype=None, hnsw_m=None):
@@ -446,13 +516,16 @@ class SpeakerIndex:
 
         ``model_folder`` (the folder the model was loaded from) records its
         fingerprint, which :meth:`load` then checks; the model's calibrated
-        thresholds become the open-set thresholds; ``kwargs`` go to the
-        constructor (``first_stage``, ``dtype``, ...).
+        (1:1 verification) thresholds become the open-set thresholds, unless
+        ``thresholds`` is given; ``kwargs`` go to the constructor
+        (``first_stage``, ``dtype``, ...).
         """
         from speechbrain_mrl.packaging import model_fingerprint
 
         sha = model_fingerprint(model_folder) if model_folder is not None else None
-        kwargs.setdefault("thresholds", getattr(model, "thresholds", None))
+        if "thresholds" not in kwargs:
+            kwargs.update(thresholds=getattr(model, "thresholds", None),
+                          thresholds_for="verification")
         return cls(model.embed_dim, model.mrl_dims, model_sha256=sha, **kwargs)
 
     def embed_audio(self, model, files, batch_size=16):
@@ -629,7 +702,8 @@ class SpeakerIndex:
             As for :meth:`search`.
         threshold : float, optional
             Cosine threshold (a finite number); default: the index's threshold
-            for ``final_dim``.
+            for ``final_dim`` (:meth:`open_set_threshold`; a warning when it is a
+            1:1 verification threshold, see :meth:`thresholds_caveat`).
 
         Returns
         -------
@@ -639,12 +713,9 @@ class SpeakerIndex:
         """
         final_dim = self.embed_dim if final_dim is None else int(final_dim)
         if threshold is None:
-            if final_dim not in self.thresholds:
-                raise ValueError(
-                    f"no open-set threshold for size {final_dim} (the index has "
-                    f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
-                    "set_thresholds) or pass threshold=")
-            threshold = self.thresholds[final_dim]
+            threshold, caveat = self.open_set_threshold(final_dim), self.thresholds_caveat()
+            if caveat:
+                warnings.warn(caveat, UserWarning, stacklevel=2)
         try:
             threshold = float(threshold)
         except (TypeError, ValueError):
@@ -654,6 +725,22 @@ class SpeakerIndex:
         ids, scores = self.search(queries, k, stages, shortlist, final_dim)
         return [[(s, float(c)) for s, c in zip(row, sc) if s is not None and c >= threshold]
                 for row, sc in zip(ids, scores)]
+
+    def open_set_threshold(self, final_dim=None):
+        """The index's open-set threshold for size ``final_dim`` (default: full size).
+
+        Raises
+        ------
+        ValueError
+            The index has no threshold for that size.
+        """
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if final_dim not in self.thresholds:
+            raise ValueError(
+                f"no open-set threshold for size {final_dim} (the index has "
+                f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
+                "set_thresholds) or pass threshold=")
+        return self.thresholds[final_dim]
 
     def _rescore(self, q, candidates, d):
         """Cosine at size ``d`` of each query with its candidates (``-1`` marks none)."""
@@ -695,6 +782,7 @@ class SpeakerIndex:
 
         Example
         -------
+        >>> import tempfile
         >>> root = pathlib.Path(tempfile.mkdtemp())
         >>> with SpeakerIndex.writing(root / "idx", timeout=10):
         ...     index = SpeakerIndex(8, [4, 8])
@@ -712,8 +800,7 @@ class SpeakerIndex:
 
     def _check_target(self, target, overwrite):
         """Refuses a save that would lose another writer's update (nothing written yet)."""
-        if target.exists() and not target.is_dir():
-            raise ValueError(f"{target} exists and is not a folder: the index is not saved there")
+        _check_folder(target)
         present = target if target.exists() else _aside(target)
         exists = present.is_dir() and any(present.iterdir())
         if exists and overwrite and not (present / "index.json").exists():
@@ -784,12 +871,13 @@ class SpeakerIndex:
 
         given = pathlib.Path(folder)
         target = _resolved(given)
+        _check_folder(target)  # before the lock file is made beside it
         self._ensure_default_stage()  # before the lock: a large HNSW takes minutes to build
         with self.writing(target, timeout=lock_timeout):
             self._check_target(target, overwrite)
+            _remove_stale_staging(target)
             generation = uuid.uuid4().hex
-            target.parent.mkdir(parents=True, exist_ok=True)
-            staging = pathlib.Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+            staging = staging_folder(target)
             try:
                 np.save(staging / "vectors.npy", np.asarray(self._vectors))
                 (staging / "speakers.json").write_text(json.dumps(
@@ -808,7 +896,8 @@ class SpeakerIndex:
                     "model_sha256": self.model_sha256, "first_stage": self.first_stage,
                     "hnsw_m": self.hnsw_m, "dtype": self.dtype, "ivf_nprobe": self.ivf_nprobe,
                     "hnsw_ef": self.hnsw_ef, "speakers": len(self), "stages": stages,
-                    "thresholds": {str(d): t for d, t in self.thresholds.items()}}, indent=1))
+                    "thresholds": {str(d): t for d, t in self.thresholds.items()},
+                    "thresholds_for": self.thresholds_for}, indent=1))
                 swap_folder(staging, target, _aside(target))
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -860,6 +949,7 @@ class SpeakerIndex:
             A missing or bad file (named), or an index of another model.
         """
         target = _resolved(folder)
+        _check_folder(target)
 
         def where():  # the previous index waits beside the folder while a save swaps them
             return target if target.exists() or not _aside(target).is_dir() else _aside(target)
@@ -912,7 +1002,7 @@ class SpeakerIndex:
             index = cls(meta["embed_dim"], meta["mrl_dims"], meta.get("model_sha256"),
                         meta["first_stage"], meta.get("hnsw_m", 32), meta["dtype"],
                         meta.get("ivf_nprobe", 128), meta.get("thresholds"),
-                        meta.get("hnsw_ef", 256))
+                        meta.get("hnsw_ef", 256), meta.get("thresholds_for", "verification"))
         except (TypeError, ValueError, AttributeError) as err:
             raise ValueError(f"{where}: {err}") from err
         index._origin = (folder, generation)
@@ -1030,6 +1120,13 @@ class SpeakerIndex:
         return None
 
 
+def _check_folder(folder):
+    """Refuses an index path that is a file (or anything else but a folder), naming it."""
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"{folder} is a file, not a speaker index folder: give a folder path "
+                         "(the file is left as it is)")
+
+
 def _check_first_stage(first_stage):
     if first_stage not in FIRST_STAGES:
         raise ValueError(f"first_stage must be one of {FIRST_STAGES}, got {first_stage!r}")
@@ -1078,6 +1175,27 @@ def _check_rate(value, name, allow_one=False):
     return rate
 
 
+def _trial_sides(enrol, test):
+    """The two sides of a trial list as float32 ``[T, D]`` arrays; refuses NaN/Inf rows."""
+    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
+    if enrol.shape != test.shape or enrol.ndim != 2:
+        raise ValueError(f"enrol and test must be [T, D] alike, got {enrol.shape} and {test.shape}")
+    for side, x in (("enrol", enrol), ("test", test)):
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{side} embeddings: trials {np.flatnonzero(bad)[:5].tolist()} hold "
+                             "NaN/Inf")
+    return enrol, test
+
+
+def _check_size(d, embed_dim, name):
+    """``d`` as an int in ``[1, embed_dim]``; anything else is refused."""
+    if not (_is_int(d) or isinstance(d, np.integer)) or not 1 <= d <= embed_dim:
+        raise ValueError(f"{name} must be an integer in [1, {embed_dim}] (the embedding size), "
+                         f"got {d!r}")
+    return int(d)
+
+
 def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
     """Cosine threshold per prefix size from a verification trial list.
 
@@ -1088,7 +1206,7 @@ def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
     labels : array-like of bool
         ``[T]``, True for same-speaker trials.
     dims : list of int
-        Prefix sizes to calibrate.
+        Prefix sizes to calibrate, each in ``[1, D]``.
     false_alarm : float, optional
         None: the equal-error-rate threshold. Otherwise the lowest threshold
         at which at most this fraction of the different-speaker trials score
@@ -1099,6 +1217,12 @@ def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
     -------
     dict
         ``{size: threshold}`` (score > threshold: accepted).
+
+    Raises
+    ------
+    ValueError
+        Mismatched shapes, NaN/Inf embeddings (naming the trials), a size
+        outside ``[1, D]``, or trials of one label only.
 
     Example
     -------
@@ -1118,22 +1242,23 @@ def calibrate_thresholds(enrol, test, labels, dims, false_alarm=None):
 
     if false_alarm is not None:
         false_alarm = _check_rate(false_alarm, "false_alarm")
-    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
+    enrol, test = _trial_sides(enrol, test)
     labels = np.asarray(labels, dtype=bool)
-    if enrol.shape != test.shape or enrol.ndim != 2 or labels.shape != (len(enrol),):
-        raise ValueError(f"enrol, test and labels must be [T, D], [T, D] and [T], got "
-                         f"{enrol.shape}, {test.shape} and {labels.shape}")
+    if labels.shape != (len(enrol),):
+        raise ValueError(f"labels must be [T] = [{len(enrol)}] (one per trial), got "
+                         f"{list(labels.shape)}")
+    dims = [_check_size(d, enrol.shape[1], "each size of dims") for d in dims]
     if labels.all() or not labels.any():
         raise ValueError("calibration needs same-speaker and different-speaker trials")
     out = {}
     for d in dims:
-        scores = _prefix_cosine(enrol, test, int(d))
+        scores = _prefix_cosine(enrol, test, d)
         if false_alarm is None:
-            out[int(d)] = error_rates(torch.from_numpy(scores[labels]),
-                                      torch.from_numpy(scores[~labels]))["EER_threshold"]
+            out[d] = error_rates(torch.from_numpy(scores[labels]),
+                                 torch.from_numpy(scores[~labels]))["EER_threshold"]
         else:
             highest = _score_at_rate(scores[~labels], false_alarm)
-            out[int(d)] = -1.0 if highest is None else highest
+            out[d] = -1.0 if highest is None else highest
     return out
 
 
@@ -1145,7 +1270,7 @@ def cascade_verify(enrol, test, small_dim, small_threshold, full_threshold, marg
     enrol, test : array-like
         ``[T, embed_dim]`` full-size embeddings of each trial's two sides.
     small_dim : int
-        Prefix size of the first decision.
+        Prefix size of the first decision, in ``[1, D]``.
     small_threshold, full_threshold : float
         Cosine thresholds at ``small_dim`` and at full size.
     margin : float
@@ -1166,10 +1291,8 @@ def cascade_verify(enrol, test, small_dim, small_threshold, full_threshold, marg
     >>> cascade_verify(a, b, 2, 0.5, 0.5, margin=0.1)
     (array([ True, False]), array([False, False]))
     """
-    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
-    if enrol.shape != test.shape or enrol.ndim != 2:
-        raise ValueError(f"enrol and test must be [T, D] alike, got {enrol.shape} and {test.shape}")
-    small = _prefix_cosine(enrol, test, small_dim)
+    enrol, test = _trial_sides(enrol, test)
+    small = _prefix_cosine(enrol, test, _check_size(small_dim, enrol.shape[1], "small_dim"))
     escalated = np.abs(small - small_threshold) < margin
     decisions = small > small_threshold
     if escalated.any():
@@ -1198,8 +1321,8 @@ def calibrate_margin(enrol, test, small_dim, small_threshold, full_threshold, ag
     True
     """
     agreement = _check_rate(agreement, "agreement", allow_one=True)
-    enrol, test = np.asarray(enrol, np.float32), np.asarray(test, np.float32)
-    small = _prefix_cosine(enrol, test, small_dim)
+    enrol, test = _trial_sides(enrol, test)
+    small = _prefix_cosine(enrol, test, _check_size(small_dim, enrol.shape[1], "small_dim"))
     full = _prefix_cosine(enrol, test, enrol.shape[1]) > full_threshold
     distance = np.abs(small - small_threshold)
     wrong = np.sort(distance[(small > small_threshold) != full])[::-1]

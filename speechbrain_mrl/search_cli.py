@@ -127,7 +127,8 @@ def _trial_embeddings(args, model, manifests, trials):
 
 def calibrate(args):
     """Sets the index's open-set thresholds per size from a trial list (``--false_alarm``:
-    the threshold at that false-alarm rate over the different-speaker trials; default: EER)."""
+    the threshold at that false-alarm rate over the different-speaker trials, recorded as
+    calibrated for identification; default: EER, recorded as 1:1 verification thresholds)."""
     sha = fingerprint(args)
     index = _existing_index(args, sha)
     model = load_model(args)
@@ -135,7 +136,8 @@ def calibrate(args):
     thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, index.mrl_dims, args.false_alarm)
     with SpeakerIndex.writing(args.index, timeout=args.lock_timeout):
         index = SpeakerIndex.load(args.index, sha)
-        index.set_thresholds(thresholds)
+        index.set_thresholds(thresholds, "verification" if args.false_alarm is None
+                             else "identification")
         index.save(args.index)
     print(f"open-set thresholds from {len(labels)} trials: "
           + ", ".join(f"{d}: {t:.4f}" for d, t in thresholds.items()))
@@ -144,7 +146,12 @@ def calibrate(args):
 
 def identify(args):
     """Top-k speakers of each file, in the order the audio was given; with ``--threshold``,
-    only those scoring at least the threshold (an empty list: an unknown speaker)."""
+    only those scoring at least the threshold (an empty list: an unknown speaker).
+
+    Without ``--threshold`` the search is closed-set (every file gets its nearest
+    speakers); ``--threshold index`` on 1:1 verification thresholds (the model's, copied
+    by ``enrol``) logs a warning saying how to calibrate identification thresholds.
+    """
     rows = _audio_rows(args)
     index = _existing_index(args, fingerprint(args))
     model = load_model(args)
@@ -154,7 +161,12 @@ def identify(args):
         found, scores = index.search(emb, k, args.stages, args.shortlist, args.final_dim)
         matches = [[(s, c) for s, c in zip(f, sc) if s is not None] for f, sc in zip(found, scores)]
     else:  # open set: a best score under the threshold is an unknown speaker
-        threshold = None if args.threshold == "index" else args.threshold
+        threshold = args.threshold
+        if threshold == "index":
+            threshold = index.open_set_threshold(args.final_dim)
+            caveat = index.thresholds_caveat()
+            if caveat:
+                logger.warning(caveat)
         matches = index.identify(emb, k, args.stages, args.shortlist, args.final_dim, threshold)
     out = {u: [{"speaker": s, "score": float(c)} for s, c in m] for u, m in zip(ids, matches)}
     _write_report(args, out)
@@ -291,7 +303,9 @@ def _identify_arguments(p):
                    help="size of the last ranking and the scores (default: full size)")
     p.add_argument("--threshold", type=threshold_or_index, default=None,
                    help="open set: a cosine threshold, or 'index' (the index's threshold for "
-                        "--final_dim); matches under it are dropped")
+                        "--final_dim: calibrate it for identification with 'calibrate "
+                        "--false_alarm'); matches under it are dropped (default: closed set, "
+                        "every recording gets its k nearest speakers)")
 
 
 def _verify_arguments(p):
@@ -318,8 +332,10 @@ def _calibrate_arguments(p):
                    help="manifests of the trial list's utterances")
     p.add_argument("--trials", required=True, help="trial list (<1|0> <enrol ID> <test ID>)")
     p.add_argument("--false_alarm", type=rate(), default=None,
-                   help="threshold at this false-alarm rate of the different-speaker trials "
-                        "(default: the equal error rate)")
+                   help="threshold at this false-alarm rate of the different-speaker trials, "
+                        "for identification: about the share of unknown speakers to accept "
+                        "divided by the number enrolled (default: the equal error rate, a 1:1 "
+                        "verification threshold)")
 
 
 def _cascade_arguments(p):
