@@ -299,7 +299,7 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
     ValueError
         No rows, a clip with NaN/Inf samples (naming its row), or only silent clips.
     """
-    from speechbrain_mrl.audio import read_row_audio
+    from speechbrain_mrl.audio import read_row_audio, signal_problem
     from speechbrain_mrl.manifests import read_manifest
 
     rows = read_manifest(manifest)
@@ -313,15 +313,15 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
         if not torch.isfinite(wav).all():
             raise ValueError(f"{manifest}: calibration clip {uid} ({rows[uid]['wav']}) has NaN/Inf "
                              "samples")
-        if wav.any():
+        if signal_problem(wav) is None:
             clips.append(wav)
         else:
             silent.append(uid)
     if not clips:
-        raise ValueError(f"{manifest}: all {len(picked)} calibration clips are silent (all zeros); "
+        raise ValueError(f"{manifest}: all {len(picked)} calibration clips are silent; "
                          "static int8 scales need real speech")
     if silent:
-        warnings.warn(f"{manifest}: {len(silent)} silent (all-zero) calibration clips left out, "
+        warnings.warn(f"{manifest}: {len(silent)} silent calibration clips left out, "
                       f"e.g. {silent[:3]}")
     return clips
 

@@ -211,11 +211,45 @@ def read_trial_list(manifests, trials_path, data_folder=None):
         ``(labels, enrol_ids, test_ids)`` (see :func:`resolve_trials`).
     names : tuple
         The trial list's own ``(enrol, test)`` names.
+
+    Raises
+    ------
+    ValueError
+        When two manifests give one ID to different audio (another file or
+        sample range), naming the ID and both; the same row in both is fine.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp()
+    >>> for name, wav in (("enrol", "a.wav"), ("test", "b.wav")):
+    ...     _ = write_manifest(os.path.join(d, f"{name}.csv"), [["u1", 1.0, wav, "", "", "s"]])
+    >>> read_trial_list([os.path.join(d, "enrol.csv"), os.path.join(d, "test.csv")], "t.txt")
+    Traceback (most recent call last):
+     ...
+    ValueError: ID 'u1' names different audio in two manifests: a.wav in .../enrol.csv and b.wav in .../test.csv; give each recording its own ID
     """
-    rows = {}
+    rows, source = {}, {}
     for path in manifests:
-        rows.update(read_manifest(path, data_folder))
+        for uid, row in read_manifest(path, data_folder).items():
+            if uid in rows and _audio_of(rows[uid]) != _audio_of(row):
+                raise ValueError(f"ID {uid!r} names different audio in two manifests: "
+                                 f"{_describe(rows[uid])} in {source[uid]} and {_describe(row)} "
+                                 f"in {path}; give each recording its own ID")
+            rows[uid], source[uid] = row, path
     labels, enrol, test, names = resolve_trials(read_trials(trials_path), rows,
                                                 source=str(trials_path))
     used = set(enrol) | set(test)
     return {k: v for k, v in rows.items() if k in used}, (labels, enrol, test), names
+
+
+def _audio_of(row):
+    """The audio a manifest row points at: ``(real path, start, stop)``."""
+    stop = row.get("stop")
+    return os.path.realpath(row["wav"]), int(row.get("start") or 0), int(stop) if stop else None
+
+
+def _describe(row):
+    """A manifest row's file, with its sample range when one is given."""
+    start, stop = row.get("start") or "", row.get("stop") or ""
+    return row["wav"] + (f" [{start}:{stop}]" if start or stop else "")

@@ -99,8 +99,9 @@ def make_rows(spk_id, rel, path, min_duration, seg_dur=None, skipped=None):
     """Manifest rows of one file: the whole file, or ``seg_dur``-second segments.
 
     A file that cannot be read, is empty, shorter than ``min_duration``
-    seconds, all zeros or holds NaN/Inf samples gives no row; the reason is
-    appended to ``skipped``.
+    seconds, silent or holds NaN/Inf samples (its mono mix, as embedded:
+    :func:`~speechbrain_mrl.audio.signal_problem`) gives no row; the reason
+    is appended to ``skipped``.
 
     Arguments
     ---------
@@ -127,7 +128,7 @@ def make_rows(spk_id, rel, path, min_duration, seg_dur=None, skipped=None):
     -------
     >>> import tempfile, numpy as np, soundfile as sf
     >>> p = os.path.join(tempfile.mkdtemp(), "1.wav")
-    >>> sf.write(p, np.ones(20000, dtype="float32") * 0.1, 16000)
+    >>> sf.write(p, 0.1 * np.sin(np.arange(20000, dtype="float32")), 16000)
     >>> for row in make_rows("id1", "id1/v/1.wav", p, 0.2, seg_dur=0.5):
     ...     print(*row[:2], *row[3:])
     id1--v--1_0 0.500 0 8000 id1
@@ -165,7 +166,7 @@ def _check_file(path, min_duration):
         return "empty", frames, sr
     if frames / sr < min_duration:
         return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
-    return signal_problem(load_audio(path)[0]), frames, sr
+    return signal_problem(load_audio(path)[0].mean(dim=1)), frames, sr
 
 
 def speaker_of(rel):

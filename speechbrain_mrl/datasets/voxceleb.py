@@ -219,8 +219,8 @@ def prepare_voxceleb(
         When a data folder does not exist.
     ValueError
         For a bad ``dev_split``, a ``test`` split without
-        ``verification_pairs_file``, ``valid_trials`` without ``dev`` split or
-        a malformed trial list.
+        ``verification_pairs_file``, ``valid_trials`` without ``dev`` split, a
+        malformed trial list, or fewer than 2 training speakers.
     """
     if skip_prep:
         if valid_trials is not None:  # the manifests are the user's; the list may still be missing
@@ -281,6 +281,10 @@ def _prepare(save_folder, data_folder, verification_pairs_file, splits, split_ra
         if not speakers:
             raise ValueError(f"no training speaker folders with {list(extensions)} files under "
                              f"{data_folder} (trial-list speakers excluded)")
+        if len(speakers) < 2:
+            raise ValueError(f"only 1 training speaker ({next(iter(speakers))}) under "
+                             f"{data_folder} (trial-list speakers excluded): training and "
+                             "validation need at least 2 speakers; give more speaker folders")
         train_rows, dev_rows = _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
                                                max_files_per_speaker, seed, skipped)
         for split, rows in (("train", train_rows), ("dev", dev_rows)):
