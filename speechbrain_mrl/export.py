@@ -58,6 +58,7 @@ __all__ = [
     "export_onnx",
     "quantize_onnx",
     "onnx_parity",
+    "OnnxEncoder",
     "run_export",
 ]
 
@@ -324,6 +325,53 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
         warnings.warn(f"{manifest}: {len(silent)} silent calibration clips left out, "
                       f"e.g. {silent[:3]}")
     return clips
+
+
+class OnnxEncoder:
+    """An exported model run by ONNX Runtime, its inputs checked as the PyTorch interface does.
+
+    The ONNX graph does not check its inputs: relative lengths of 0, NaN, -1 or
+    1.5, silent or NaN audio give meaningless embeddings. This wrapper checks
+    them first with :func:`speechbrain_mrl.audio.check_waveforms` (the check of
+    ``MRLEncoderClassifier``), so bad input raises
+    :class:`~speechbrain_mrl.audio.AudioError` naming the utterance.
+
+    Arguments
+    ---------
+    onnx_path : str or os.PathLike
+        A model written by :func:`export_onnx` (or its int8 version).
+    sample_rate : int
+        The model's rate.
+    min_samples : int
+        Shortest waveform the front end takes (``MRLEncoder.min_samples``).
+    providers : sequence of str
+        ONNX Runtime execution providers.
+
+    Example
+    -------
+    >>> encoder = OnnxEncoder("mrl.onnx")                     # doctest: +SKIP
+    >>> encoder(wavs, wav_lens)["embedding_64"].shape          # doctest: +SKIP
+    (2, 64)
+    """
+
+    def __init__(self, onnx_path, sample_rate=16000, min_samples=257,
+                 providers=("CPUExecutionProvider",)):
+        require_export_extra("onnxruntime")
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(str(onnx_path), providers=list(providers))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
+
+    def __call__(self, wavs, wav_lens=None):
+        """``{output name: [B, d] array}`` of a zero-padded batch ``[B, T]`` (+ relative lengths)."""
+        from speechbrain_mrl.audio import check_waveforms
+
+        wavs, wav_lens = check_waveforms(torch.as_tensor(wavs), wav_lens, self.min_samples,
+                                         self.sample_rate)
+        outs = self.session.run(None, {"wavs": wavs.float().numpy(),
+                                       "wav_lens": wav_lens.float().numpy()})
+        return dict(zip(self.output_names, outs))
 
 
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):

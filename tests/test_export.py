@@ -289,3 +289,27 @@ def test_static_int8_calibration_refuses_nan_and_silent_clips(exported, tmp_path
     with pytest.raises(ValueError, match="calibration waveform 0: all zeros"):
         ex.quantize_onnx(exported[2], tmp_path / "q.onnx", calibration=[torch.zeros(16000)])
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_onnx_encoder_checks_the_inputs_the_graph_accepts(exported):
+    """Regression: the graph embedded wav_lens of 0, NaN, -1 or 1.5 and silent or NaN audio."""
+    import onnxruntime as ort
+
+    from speechbrain_mrl.audio import AudioError
+
+    _, _, onnx_path, _ = exported
+    wavs, lens = _mixed([speaker_voice(3, 0, 1.2), speaker_voice(4, 1, 0.8)])
+    raw = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    expected = raw.run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})
+    got = ex.OnnxEncoder(onnx_path)(wavs, lens)
+    assert list(got) == [f"embedding_{d}" for d in MRL_DIMS]
+    for e, g in zip(expected, got.values()):
+        np.testing.assert_allclose(g, e, atol=1e-6)
+    encoder = ex.OnnxEncoder(onnx_path)
+    for bad in (0.0, float("nan"), -1.0, 1.5):
+        with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
+            encoder(wavs, torch.tensor([1.0, bad]))
+    with pytest.raises(AudioError, match="utterance 0: .*silence"):
+        encoder(torch.zeros(1, 16000))
+    with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
+        encoder(torch.full((1, 16000), float("nan")))

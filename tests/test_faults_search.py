@@ -281,3 +281,32 @@ def test_sizes_outside_the_embedding_are_refused(size):
     with pytest.raises(ValueError, match=r"small_dim must be an integer in \[1, 16\]"):
         calibrate_margin(a, b, size, 0.3, 0.3)
     assert set(calibrate_thresholds(a, b, same, [1, np.int64(16)])) == {1, 16}
+
+
+def test_identify_checks_the_index_before_running_the_models_hyperparams(tmp_path):
+    """Regression: a hyperparams.yaml with !apply ran before the index's fingerprint check."""
+    from mrl_testutils import write_tiny_model, write_voice_corpus
+    from speechbrain_mrl import cli
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    corpus = write_voice_corpus(tmp_path / "speakers", n_spk=2, n_utt=2)
+    cli.main(["enrol", "--model_folder", str(folder), "--folder", str(tmp_path / "speakers"),
+              "--index", str(tmp_path / "idx")])
+    other, _, _ = write_tiny_model(tmp_path / "other", seed=1)
+    marker = tmp_path / "ran"
+    hparams = other / "hyperparams.yaml"
+    hparams.write_text(hparams.read_text() + f"\nside_effect: !apply:os.makedirs ['{marker}']\n")
+    query = str(next(iter(corpus.values()))[1])
+    with pytest.raises(ValueError, match="built with another model"):
+        cli.main(["identify", "--model_folder", str(other), "--index", str(tmp_path / "idx"),
+                  "--files", query])
+    assert not marker.exists()
+
+
+def test_a_manifest_without_a_wav_column_is_named(tmp_path):
+    """Regression: a CSV without a wav column gave KeyError: 'wav'."""
+    from speechbrain_mrl.sources import read_sources
+
+    (tmp_path / "m.csv").write_text("ID,path\nu1,a.wav\n")
+    with pytest.raises(ValueError, match=r"m\.csv: a manifest needs the columns ID and wav"):
+        read_sources(csv=tmp_path / "m.csv")
