@@ -12,12 +12,14 @@ Authors
  * speechbrain-mrl developers
 """
 import contextlib
+import glob
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 
-__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "staging_folder",
+__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "staging_folder", "remove_stale_staging",
            "swap_folder", "current_umask"]
 
 
@@ -134,6 +136,30 @@ def staging_folder(final):
     staged = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
     os.chmod(staged, 0o777 & ~current_umask())
     return staged
+
+
+def remove_stale_staging(folder):
+    """Removes the staging folders of ``folder`` that killed writers left behind.
+
+    Call it where no live writer can be staging ``folder`` (e.g. holding its
+    write lock). A staging folder is named as :func:`staging_folder` names it
+    (``.<name>.`` and 8 characters of :func:`tempfile.mkdtemp`); a lock file
+    and a previous folder waiting at ``.<name>.old`` are not.
+
+    Example
+    -------
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> stale, aside = staging_folder(root / "m"), root / ".m.old"
+    >>> aside.mkdir()
+    >>> remove_stale_staging(root / "m")
+    >>> stale.exists(), aside.exists()
+    (False, True)
+    >>> shutil.rmtree(root)
+    """
+    name = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}")
+    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
+        if name.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def swap_folder(staged, final, aside):

@@ -26,7 +26,6 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import glob
 import hashlib
 import importlib.resources
 import json
@@ -35,9 +34,9 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 
-from speechbrain_mrl.files import save_torch_atomic, swap_folder, write_text_atomic
+from speechbrain_mrl.files import (remove_stale_staging, save_torch_atomic, staging_folder,
+                                   swap_folder, write_text_atomic)
 from speechbrain_mrl.sizes import check_thresholds
 from speechbrain_mrl.redimnet import plain_config
 
@@ -188,7 +187,7 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     ``mrl_head.ckpt`` hold the state dicts of ``encoder.embedding_model`` and
     ``encoder.mrl_head``, and ``hyperparams.yaml`` builds ``compute_features``,
     ``embedding_model`` and ``mrl_head``. The files are written into a hidden
-    sibling folder (``.<name>.partial-*``) that replaces ``folder`` only once
+    sibling folder (:func:`~speechbrain_mrl.files.staging_folder`) that replaces ``folder`` only once
     complete (:func:`~speechbrain_mrl.files.swap_folder`): a failure leaves
     the previous model folder as it was, never a mix of old and new files.
 
@@ -278,13 +277,9 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
         raise FileExistsError(f"{folder} holds files that are not a model's ({foreign[:5]}); "
                               "write the model to a new folder or over a model folder")
     folder.parent.mkdir(parents=True, exist_ok=True)
-    for stale in folder.parent.glob(f".{glob.escape(folder.name)}.partial-*"):  # killed writes
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = pathlib.Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.partial-"))
+    remove_stale_staging(folder)  # left by killed writes
+    staging = staging_folder(folder)
     try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o777 & ~umask)  # as a new folder, not mkdtemp's 0o700
         save_torch_atomic(_cpu_state(encoder.embedding_model), staging / "embedding_model.ckpt")
         save_torch_atomic(_cpu_state(encoder.mrl_head), staging / "mrl_head.ckpt")
         write_text_atomic(staging / "hyperparams.yaml", render_hyperparams(

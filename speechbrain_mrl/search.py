@@ -40,12 +40,10 @@ Authors
 """
 import collections
 import contextlib
-import glob
 import json
 import os
 import pathlib
 import random
-import re
 import shutil
 import threading
 import time
@@ -55,7 +53,7 @@ import warnings
 import numpy as np
 
 from speechbrain_mrl.sizes import check_thresholds, validate_mrl_dims
-from speechbrain_mrl.files import staging_folder, swap_folder
+from speechbrain_mrl.files import remove_stale_staging, staging_folder, swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
            "calibrate_thresholds", "cascade_verify", "calibrate_margin", "open_set_rates"]
@@ -107,21 +105,6 @@ def _aside(folder):
 
 def _lock_file(folder):
     return folder.parent / f".{folder.name}.lock"
-
-
-def _remove_stale_staging(folder):
-    """Removes the staging folders of ``folder`` that killed saves left behind.
-
-    Call it holding the folder's write lock: every writer stages under that
-    lock, so no staging folder present then belongs to a live writer. A
-    staging folder is named as :func:`~speechbrain_mrl.files.staging_folder`
-    names it (``.<name>.`` and 8 characters of :func:`tempfile.mkdtemp`); the
-    lock file and the previous index waiting at ``.<name>.old`` are not.
-    """
-    name = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}")
-    for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
-        if name.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
 
 
 def _stat_token(path):
@@ -875,7 +858,7 @@ class SpeakerIndex:
         self._ensure_default_stage()  # before the lock: a large HNSW takes minutes to build
         with self.writing(target, timeout=lock_timeout):
             self._check_target(target, overwrite)
-            _remove_stale_staging(target)
+            remove_stale_staging(target)
             generation = uuid.uuid4().hex
             staging = staging_folder(target)
             try:

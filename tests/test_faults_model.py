@@ -102,7 +102,7 @@ def test_model_write_after_a_kill_between_renames(tiny, tmp_path):
     next write cleans it up; a folder holding other files is never replaced."""
     folder = tmp_path / "model"
     shutil.copytree(tiny[0], tmp_path / ".model.old")  # moved aside, new one not yet in place
-    shutil.copytree(tiny[0], tmp_path / ".model.partial-x1")
+    shutil.copytree(tiny[0], tmp_path / ".model.x1x2x3x4")
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         MRLEncoderClassifier.from_hparams(source=str(folder))
     encoder = tiny_encoder(*tiny_modules(seed=3))
