@@ -25,8 +25,6 @@ Authors
 """
 import difflib
 import logging
-import math
-import numbers
 import os
 import pathlib
 
@@ -38,7 +36,7 @@ from speechbrain.utils.fetching import FetchConfig, LocalStrategy, fetch
 
 from speechbrain_mrl.audio import AudioError, check_waveforms, load_audio, warn_short
 from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.sizes import check_target_dim, check_thresholds
+from speechbrain_mrl.sizes import check_target_dim, check_threshold, check_thresholds
 
 logger = logging.getLogger(__name__)
 
@@ -274,7 +272,7 @@ class MRLEncoderClassifier(EncoderClassifier):
     def _threshold(self, d, threshold=None):
         """``threshold`` checked, or the calibrated one of the (already checked) size ``d``."""
         if threshold is not None:
-            return _check_threshold(threshold)
+            return check_threshold(threshold)
         if d not in self.thresholds:
             raise ValueError(
                 f"no calibrated threshold for target_dim={d} (calibrated sizes: "
@@ -533,15 +531,3 @@ def _similar_model_folder(source, hparams_file="hyperparams.yaml"):
         if (pathlib.Path(name) / rest / hparams_file).is_file():
             return f"{name}/{rest}"
     return None
-
-
-def _check_threshold(threshold):
-    """A decision threshold as a finite float (bools, NaN/Inf and non-numbers refused)."""
-    if isinstance(threshold, torch.Tensor):
-        if threshold.numel() != 1 or threshold.dtype == torch.bool:
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-        threshold = threshold.item()
-    if (isinstance(threshold, bool) or type(threshold).__name__ == "bool_"
-            or not isinstance(threshold, numbers.Real) or not math.isfinite(threshold)):
-        raise ValueError(f"threshold must be a finite number, got {threshold!r}")
-    return float(threshold)

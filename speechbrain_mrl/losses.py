@@ -19,7 +19,7 @@ from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 from torch import nn
 
 from speechbrain_mrl.checkpoints import register_safe_hooks
-from speechbrain_mrl.sizes import _is_int, validate_mrl_dims
+from speechbrain_mrl.sizes import is_int, validate_mrl_dims
 
 __all__ = ["MatryoshkaAAMLoss", "set_aam_margin", "class_centroids"]
 
@@ -97,7 +97,7 @@ def class_centroids(embeddings, targets, n_classes):
 
 
 def _check_n_classes(n_classes):
-    if not _is_int(n_classes) or n_classes < 2:
+    if not is_int(n_classes) or n_classes < 2:
         raise ValueError(f"n_classes must be an int >= 2, got {n_classes!r}")
 
 
@@ -214,7 +214,7 @@ class MatryoshkaAAMLoss(nn.Module):
             raise ValueError(f"margin must be >= 0, got {margin}")
         if scale <= 0:
             raise ValueError(f"scale must be > 0, got {scale}")
-        if not _is_int(margin_warmup_epochs) or margin_warmup_epochs < 0:
+        if not is_int(margin_warmup_epochs) or margin_warmup_epochs < 0:
             raise ValueError(
                 f"margin_warmup_epochs must be an int >= 0, got {margin_warmup_epochs!r}"
             )

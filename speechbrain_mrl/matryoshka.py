@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from speechbrain_mrl.checkpoints import register_safe_hooks
-from speechbrain_mrl.sizes import _is_int, check_target_dim, validate_mrl_dims
+from speechbrain_mrl.sizes import is_int, check_target_dim, validate_mrl_dims
 
 __all__ = [
     "MatryoshkaProjection",
@@ -195,7 +195,7 @@ class MatryoshkaProjection(nn.Module):
 
     def __init__(self, input_size, embed_dim=256, mrl_dims=None):
         super().__init__()
-        if not _is_int(input_size) or input_size <= 0:
+        if not is_int(input_size) or input_size <= 0:
             raise ValueError(f"input_size must be a positive int, got {input_size!r}")
         self.input_size = int(input_size)
         self.mrl_dims = validate_mrl_dims(mrl_dims, embed_dim)

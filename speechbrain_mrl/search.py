@@ -52,7 +52,7 @@ import warnings
 
 import numpy as np
 
-from speechbrain_mrl.sizes import check_thresholds, validate_mrl_dims
+from speechbrain_mrl.sizes import check_threshold, check_thresholds, is_int, validate_mrl_dims
 from speechbrain_mrl.files import remove_stale_staging, staging_folder, swap_folder
 
 __all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
@@ -699,12 +699,7 @@ class SpeakerIndex:
             threshold, caveat = self.open_set_threshold(final_dim), self.thresholds_caveat()
             if caveat:
                 warnings.warn(caveat, UserWarning, stacklevel=2)
-        try:
-            threshold = float(threshold)
-        except (TypeError, ValueError):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}") from None
-        if not np.isfinite(threshold):
-            raise ValueError(f"threshold must be a finite number, got {threshold!r}")
+        threshold = check_threshold(threshold)
         ids, scores = self.search(queries, k, stages, shortlist, final_dim)
         return [[(s, float(c)) for s, c in zip(row, sc) if s is not None and c >= threshold]
                 for row, sc in zip(ids, scores)]
@@ -971,8 +966,8 @@ class SpeakerIndex:
         for key in ("embed_dim", "mrl_dims", "dtype", "first_stage"):
             if key not in meta:
                 raise ValueError(f"{where} has no {key!r}: not a complete speaker index")
-        if not _is_int(meta["embed_dim"]) or not isinstance(meta["mrl_dims"], list) or not all(
-                _is_int(d) for d in meta["mrl_dims"]):
+        if not is_int(meta["embed_dim"]) or not isinstance(meta["mrl_dims"], list) or not all(
+                is_int(d) for d in meta["mrl_dims"]):
             raise ValueError(f"{where}: embed_dim {meta['embed_dim']!r} and mrl_dims "
                              f"{meta['mrl_dims']!r} must be an integer and a list of integers")
         generation = meta.get("generation")
@@ -1068,7 +1063,7 @@ class SpeakerIndex:
         if not isinstance(entry, dict):
             return f"stage entry {entry!r} is not a JSON object"
         d, kind, ntotal = entry.get("d"), entry.get("kind"), entry.get("ntotal")
-        if not _is_int(d) or d not in self.mrl_dims or kind not in FIRST_STAGES:
+        if not is_int(d) or d not in self.mrl_dims or kind not in FIRST_STAGES:
             return f"stage entry {entry!r}: size or kind unknown to this index"
         if entry.get("file") != f"stage_{d}_{kind}.faiss":
             return f"stage entry {entry!r}: unexpected file name"
@@ -1120,10 +1115,6 @@ def _check_dtype(dtype):
         raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
 
 
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
 def _read_json(path):
     """The JSON value of a file of an index folder; a ValueError naming it if unreadable."""
     try:
@@ -1173,7 +1164,7 @@ def _trial_sides(enrol, test):
 
 def _check_size(d, embed_dim, name):
     """``d`` as an int in ``[1, embed_dim]``; anything else is refused."""
-    if not (_is_int(d) or isinstance(d, np.integer)) or not 1 <= d <= embed_dim:
+    if not (is_int(d) or isinstance(d, np.integer)) or not 1 <= d <= embed_dim:
         raise ValueError(f"{name} must be an integer in [1, {embed_dim}] (the embedding size), "
                          f"got {d!r}")
     return int(d)

@@ -12,7 +12,8 @@ Authors
 import math
 import numbers
 
-__all__ = ["default_mrl_dims", "validate_mrl_dims", "check_target_dim", "check_thresholds"]
+__all__ = ["default_mrl_dims", "validate_mrl_dims", "check_target_dim", "check_threshold",
+           "check_thresholds", "is_int"]
 
 
 def default_mrl_dims(embed_dim):
@@ -70,7 +71,7 @@ def validate_mrl_dims(mrl_dims, embed_dim):
       ...
     ValueError: mrl_dims must be sorted in increasing order, got [16, 8, 32]
     """
-    if not _is_int(embed_dim) or embed_dim <= 0:
+    if not is_int(embed_dim) or embed_dim <= 0:
         raise ValueError(f"embed_dim must be a positive int, got {embed_dim!r}")
     if mrl_dims is None:
         return default_mrl_dims(int(embed_dim))
@@ -78,7 +79,7 @@ def validate_mrl_dims(mrl_dims, embed_dim):
     if len(dims) == 0:
         raise ValueError("mrl_dims must not be empty")
     for d in dims:
-        if not _is_int(d):
+        if not is_int(d):
             raise ValueError(f"mrl_dims must hold ints, got {d!r} in {dims}")
         if d <= 0:
             raise ValueError(f"mrl_dims must be positive, got {d} in {dims}")
@@ -98,7 +99,7 @@ def validate_mrl_dims(mrl_dims, embed_dim):
     return dims
 
 
-def _is_int(value):
+def is_int(value):
     """True for Python/NumPy integers and 0-d integer tensors; False for bools and floats."""
     if isinstance(value, bool):
         return False
@@ -130,12 +131,45 @@ def check_target_dim(target_dim, embed_dim):
     """
     if target_dim is None:
         return int(embed_dim)
-    if not _is_int(target_dim):
+    if not is_int(target_dim):
         raise ValueError(f"target_dim must be an int or None, got {target_dim!r}")
     target_dim = int(target_dim)
     if target_dim <= 0 or target_dim > embed_dim:
         raise ValueError(f"target_dim must be in [1, {embed_dim}] (embed_dim), got {target_dim}")
     return target_dim
+
+
+def check_threshold(value, name="threshold"):
+    """One cosine threshold as a finite float: NaN/Inf, booleans and non-numbers refused.
+
+    Arguments
+    ---------
+    value : number or 1-element tensor/array
+        The threshold.
+    name : str
+        What it is, for the message.
+
+    Returns
+    -------
+    float
+
+    Example
+    -------
+    >>> check_threshold(0.5)
+    0.5
+    >>> check_threshold(float("inf"))
+    Traceback (most recent call last):
+     ...
+    ValueError: threshold must be a finite number, got inf
+    """
+    number = value
+    if not isinstance(number, numbers.Real) and hasattr(number, "item"):  # a tensor or array
+        size = number.numel() if hasattr(number, "numel") else getattr(number, "size", 1)
+        number = number.item() if size == 1 else None
+    if (isinstance(number, bool) or type(number).__name__ == "bool_"
+            or not isinstance(number, numbers.Real) or not math.isfinite(number)):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(number)
 
 
 def check_thresholds(thresholds, mrl_dims, source="thresholds"):
@@ -183,10 +217,5 @@ def check_thresholds(thresholds, mrl_dims, source="thresholds"):
         if isinstance(size, bool) or d not in mrl_dims:
             raise ValueError(f"{source}: a threshold is given for size {size!r}, which is not one "
                              f"of the sizes {list(mrl_dims)}")
-        if not isinstance(value, numbers.Real) and hasattr(value, "item"):  # a 1-element tensor
-            value = value.item()
-        if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-            raise ValueError(f"{source}: the threshold for size {d} must be a finite number, got "
-                             f"{value!r}")
-        out[d] = float(value)
+        out[d] = check_threshold(value, f"{source}: the threshold for size {d}")
     return dict(sorted(out.items()))

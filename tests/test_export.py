@@ -235,7 +235,7 @@ def test_check_refuses_a_model_giving_nan(exported, tmp_path):
     """Regression: ``export --check`` of a NaN-producing model printed "max abs difference: nan"
     and succeeded. Here the weights are finite but a BatchNorm variance is negative."""
     folder = shutil.copytree(exported[0], tmp_path / "nan_model")
-    head = torch.load(folder / "mrl_head.ckpt")
+    head = torch.load(folder / "mrl_head.ckpt", weights_only=True)
     head["norm.running_var"][:] = -1.0
     torch.save(head, folder / "mrl_head.ckpt")
     with pytest.raises(ValueError, match=rf"model {re.escape(str(folder))}: .*difference is nan"):
