@@ -10,6 +10,7 @@
     speechbrain-mrl calibrate --model_folder M --index idx/ --csv utts.csv --trials trials.txt
     speechbrain-mrl cascade   --model_folder M --csv test.csv --trials t.txt \\
         --calibration_csv dev.csv --calibration_trials v.txt --small_dim 64
+    speechbrain-mrl copy-index idx/ qdrant://localhost:6333/speakers
     speechbrain-mrl export    --model_folder M --onnx model.onnx --check
     speechbrain-mrl package   --recipe_output results/mrl_b2/1986 --scores scores/ \\
         --output_folder hub/ --dry-run
@@ -17,8 +18,8 @@
 The same option means the same thing in every sub-command: ``--model_folder``
 (a model folder or hub id), ``--csv``/``--folder``/``--files``/``--file_list``
 (the audio, :mod:`speechbrain_mrl.sources`), ``--index`` (a speaker-index
-folder), ``--output_folder`` (a folder the command writes), ``--report`` (a
-JSON file of the printed results), ``--device``, ``--batch_size``,
+folder or a Qdrant collection), ``--output_folder`` (a folder the command
+writes), ``--report`` (a JSON file of the printed results), ``--device``, ``--batch_size``,
 ``--num_workers``, ``--precision``. Results are printed in the order the
 audio was given. An error prints one line naming the problem and exits with
 status 1 (``--debug``: the traceback); third-party log messages are shown
@@ -37,7 +38,8 @@ __all__ = ["COMMANDS", "build_parser", "main", "run"]
 #: Every sub-command, in the order ``--help`` lists them.
 COMMANDS = {**extract.COMMANDS,
             **{name: search_cli.COMMANDS[name]
-               for name in ("enrol", "identify", "verify", "evaluate", "calibrate", "cascade")},
+               for name in ("enrol", "identify", "verify", "evaluate", "calibrate", "cascade",
+                            "copy-index")},
             **export.COMMANDS, **hub.COMMANDS}
 
 

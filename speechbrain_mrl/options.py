@@ -128,7 +128,9 @@ def report_option():
 
 def index_options(lock=False):
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--index", required=True, help="speaker-index folder")
+    p.add_argument("--index", required=True,
+                   help="speaker index: a folder (FAISS), qdrant://HOST:PORT/COLLECTION (a "
+                        "Qdrant server) or qdrant+local:DIR/COLLECTION (Qdrant local mode)")
     if lock:
         p.add_argument("--lock_timeout", type=finite_float, default=60.0,
                        help="seconds to wait for another process writing the index")

@@ -12,7 +12,10 @@ that scores under the index's threshold for the size that gave the score
 identification on a trial list with :func:`calibrate_thresholds`; the index
 records which, and warns when 1:1 thresholds are used for 1:N search). The
 extraction cost does not depend on the prefix size (one pass gives every
-size); the funnel saves search time and first-stage memory.
+size); the funnel saves search time and first-stage memory. The same interface
+on a Qdrant collection (a server, or local mode) is
+:class:`speechbrain_mrl.qdrant_index.QdrantSpeakerIndex`; both derive from
+:class:`SpeakerIndexBase`, and :func:`speechbrain_mrl.indexes.open_index` opens either.
 
 An index is stored as a folder:
 
@@ -55,8 +58,9 @@ import numpy as np
 from speechbrain_mrl.sizes import check_threshold, check_thresholds, is_int, validate_mrl_dims
 from speechbrain_mrl.files import remove_stale_staging, staging_folder, swap_folder
 
-__all__ = ["SpeakerIndex", "IndexLockedError", "IndexChangedError", "IndexExistsError",
-           "calibrate_thresholds", "cascade_verify", "calibrate_margin", "open_set_rates"]
+__all__ = ["SpeakerIndex", "SpeakerIndexBase", "IndexLockedError", "IndexChangedError",
+           "IndexExistsError", "calibrate_thresholds", "cascade_verify", "calibrate_margin",
+           "open_set_rates"]
 
 FIRST_STAGES = ("flat", "hnsw", "ivf")
 
@@ -196,7 +200,250 @@ def _write_lock(folder, timeout):
         turn.release()
 
 
-class SpeakerIndex:
+class SpeakerIndexBase:
+    """What every speaker index shares, whatever stores its vectors.
+
+    The sizes and the model fingerprint, the open-set thresholds, the checks of
+    embeddings and of funnel settings, speaker means, open-set identification
+    and the audio helpers. :class:`SpeakerIndex` (FAISS, a folder) and
+    :class:`speechbrain_mrl.qdrant_index.QdrantSpeakerIndex` (a Qdrant collection)
+    add the storage and the search itself: ``__len__``, ``enrol``, ``remove``,
+    ``search``, ``_location``. An index is a context manager that :meth:`close`
+    ends (a no-op for an index folder; the client of a Qdrant collection).
+    """
+
+    def _init_common(self, embed_dim, mrl_dims, model_sha256, thresholds, thresholds_for):
+        self.embed_dim, self.mrl_dims = int(embed_dim), validate_mrl_dims(mrl_dims, embed_dim)
+        self.model_sha256 = model_sha256
+        self.thresholds, self.thresholds_for = {}, "identification"
+        self.set_thresholds(thresholds or {}, thresholds_for)
+
+    def _location(self):
+        """Where the index is stored, as a user would name it (None: in memory only)."""
+        return None
+
+    def close(self):
+        """Releases what the index holds open (nothing for an index folder)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @staticmethod
+    def _refuse_other_model(where, recorded, wanted):
+        """Raises unless ``wanted`` (None: any) is the recorded model fingerprint."""
+        if wanted is not None and recorded != wanted:
+            raise ValueError(f"{where} was built with another model (model_sha256 "
+                             f"{recorded!r}); embed with that model or enrol again")
+
+    def set_thresholds(self, thresholds, thresholds_for="identification"):
+        """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``).
+
+        Arguments
+        ---------
+        thresholds : dict
+            ``{size: cosine}``.
+        thresholds_for : str
+            ``identification``: fitted for 1:N search (e.g. by
+            :func:`calibrate_thresholds` with ``false_alarm``); ``verification``:
+            1:1 thresholds (an equal error rate), which :meth:`identify` warns about.
+        """
+        if thresholds_for not in THRESHOLD_PURPOSES:
+            raise ValueError(f"thresholds_for must be one of {THRESHOLD_PURPOSES}, got "
+                             f"{thresholds_for!r}")
+        self.thresholds = check_thresholds(thresholds, self.mrl_dims, "open-set thresholds")
+        self.thresholds_for = thresholds_for
+
+    def thresholds_caveat(self):
+        """Why the open-set thresholds are unfit for 1:N search, and how to calibrate ones
+        that are (None: they were calibrated for identification).
+
+        Example
+        -------
+        >>> index = SpeakerIndex(8, [4, 8], thresholds={8: 0.3}, thresholds_for="verification")
+        >>> index.thresholds_caveat().split(" (an")[0]
+        'the speaker index (in memory) holds 1:1 verification thresholds'
+        >>> index.set_thresholds({8: 0.6})
+        >>> index.thresholds_caveat() is None
+        True
+        """
+        if self.thresholds_for == "identification":
+            return None
+        location = self._location()
+        where, folder = (location, location) if location else ("(in memory)", "FOLDER")
+        n = max(len(self), 1)
+        return (f"the speaker index {where} holds 1:1 verification thresholds (an equal error "
+                f"rate), not thresholds for 1:N search: each query meets all {len(self)} "
+                "enrolled speakers, so far more unknown speakers are accepted; calibrate "
+                "identification thresholds on a trial list with speechbrain-mrl calibrate "
+                f"--index {folder} --false_alarm RATE (RATE: the share of unknown speakers to "
+                f"accept divided by {n}, e.g. {0.01 / n:.2g} for 1%), or with "
+                "calibrate_thresholds(..., false_alarm=RATE) and set_thresholds")
+
+    def _check_embeddings(self, embeddings, what="embeddings"):
+        x = np.asarray(embeddings, dtype=np.float32)
+        if x.ndim != 2 or x.shape[1] != self.embed_dim:
+            raise ValueError(f"{what} must be [N, {self.embed_dim}], got {list(x.shape)}")
+        bad = ~np.isfinite(x).all(axis=1)
+        if bad.any():
+            raise ValueError(f"{what}: rows {np.flatnonzero(bad)[:5].tolist()} hold NaN/Inf")
+        zero = ~x.any(axis=1)
+        if zero.any():
+            raise ValueError(f"{what}: rows {np.flatnonzero(zero)[:5].tolist()} are all zeros")
+        return x
+
+    def _checked_enrolment(self, speaker_ids, embeddings):
+        """``(ids, embeddings float32 [N, D])`` of an enrolment, checked."""
+        x = self._check_embeddings(embeddings)
+        ids = [str(s) for s in speaker_ids]
+        if len(ids) != x.shape[0]:
+            raise ValueError(f"{len(ids)} speaker IDs for {x.shape[0]} embeddings")
+        return ids, x
+
+    def _speaker_means(self, ids, x):
+        """``(speakers in first-seen order, utterance counts, float64 means of the
+        L2-normalised rows)`` of an enrolment."""
+        new = list(dict.fromkeys(ids))
+        rows = {s: i for i, s in enumerate(new)}
+        sums = np.zeros((len(new), self.embed_dim))
+        counts = np.zeros(len(new), dtype=np.int64)
+        np.add.at(sums, [rows[s] for s in ids], _normalised(x.astype(np.float64)))
+        np.add.at(counts, [rows[s] for s in ids], 1)
+        return new, counts.tolist(), sums / counts[:, None]
+
+    def _funnel_plan(self, queries, k, stages, shortlist, final_dim, n_speakers):
+        """Checks a search's settings: ``(queries float32, k, stages, shortlist size per
+        stage, final_dim)``; ``stages`` ``[]`` is exact search at ``final_dim``."""
+        if not n_speakers:
+            raise ValueError("the index is empty: enrol speakers first")
+        q = self._check_embeddings(queries, "queries")
+        k = int(k)
+        if not 1 <= k <= n_speakers:
+            raise ValueError(f"k must be in [1, {n_speakers}] (enrolled speakers), got {k}")
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if final_dim not in self.mrl_dims:
+            raise ValueError(f"final_dim must be one of the sizes {self.mrl_dims}, got {final_dim}")
+        smaller = [d for d in self.mrl_dims if d < final_dim]
+        if stages is None:
+            stages = [64] if 64 in smaller else smaller[:1]
+        stages = [int(d) for d in stages]
+        if stages != sorted(set(stages)) or any(d not in smaller for d in stages):
+            raise ValueError(f"stages must be increasing sizes of {smaller} (below the final "
+                             f"size {final_dim}), got {stages}")
+        sizes = list(shortlist) if isinstance(shortlist, (list, tuple)) else [shortlist] * len(stages)
+        if len(sizes) != len(stages):
+            raise ValueError(f"one shortlist size per stage: {len(stages)} stages, {sizes}")
+        sizes = [min(max(int(s), k), n_speakers) for s in sizes]
+        return q, k, stages, sizes, final_dim
+
+    @classmethod
+    def for_model(cls, model, model_folder=None, **kwargs):
+        """An empty index for the sizes of an ``MRLEncoderClassifier``.
+
+        ``model_folder`` (the folder the model was loaded from) records its
+        fingerprint, which opening the index then checks; the model's calibrated
+        (1:1 verification) thresholds become the open-set thresholds, unless
+        ``thresholds`` is given; ``kwargs`` go to the constructor
+        (``first_stage``, ``dtype``, ``location``, ...).
+        """
+        from speechbrain_mrl.packaging import model_fingerprint
+
+        sha = model_fingerprint(model_folder) if model_folder is not None else None
+        if "thresholds" not in kwargs:
+            kwargs.update(thresholds=getattr(model, "thresholds", None),
+                          thresholds_for="verification")
+        return cls(model.embed_dim, model.mrl_dims, model_sha256=sha, **kwargs)
+
+    def embed_audio(self, model, files, batch_size=16):
+        """Full-size embeddings ``[N, embed_dim]`` of audio files, in their order.
+
+        Arguments
+        ---------
+        model : MRLEncoderClassifier
+            A model of this index's sizes.
+        files : list of str or os.PathLike
+            Audio files (any rate or channel count the model's reader takes).
+        batch_size : int
+            Files per batch (padded and bucketed by length).
+
+        Returns
+        -------
+        numpy.ndarray
+        """
+        from speechbrain_mrl.manifests import check_audio_files
+        from speechbrain_mrl.embeddings import embed_manifest
+        from speechbrain_mrl.sources import read_sources
+
+        if int(model.embed_dim) != self.embed_dim or list(model.mrl_dims) != self.mrl_dims:
+            raise ValueError(f"the model gives sizes {list(model.mrl_dims)}, the index holds "
+                             f"{self.mrl_dims}: use the model the index was built with")
+        if not files:
+            raise ValueError("no audio files given")
+        rows = {str(i): next(iter(read_sources(files=[path]).values()))
+                for i, path in enumerate(files)}
+        check_audio_files(rows, "files")
+        _, emb = embed_manifest(model.encoder, rows, batch_size=batch_size, progress=False,
+                                **model.embedding_options())
+        return emb.numpy()
+
+    def enrol_audio(self, model, speaker_ids, files, replace=False, batch_size=16):
+        """:meth:`enrol` from audio files: one speaker ID per file (several files per speaker)."""
+        if len(speaker_ids) != len(files):
+            raise ValueError(f"{len(speaker_ids)} speaker IDs for {len(files)} files")
+        self.enrol(speaker_ids, self.embed_audio(model, files, batch_size), replace=replace)
+
+    def search_audio(self, model, files, k=1, stages=None, shortlist=100, batch_size=16):
+        """:meth:`search` with audio files as queries."""
+        return self.search(self.embed_audio(model, files, batch_size), k, stages, shortlist)
+
+    def identify(self, queries, k=1, stages=None, shortlist=100, final_dim=None, threshold=None):
+        """Open-set :meth:`search`: matches scoring under the threshold are dropped.
+
+        Arguments
+        ---------
+        queries, k, stages, shortlist, final_dim
+            As for :meth:`search`.
+        threshold : float, optional
+            Cosine threshold (a finite number); default: the index's threshold
+            for ``final_dim`` (:meth:`open_set_threshold`; a warning when it is a
+            1:1 verification threshold, see :meth:`thresholds_caveat`).
+
+        Returns
+        -------
+        list of list of tuple
+            ``[Q]`` lists of ``(speaker, score)``, best first; an empty list is
+            an unknown speaker. Places the first stage left empty are dropped.
+        """
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if threshold is None:
+            threshold, caveat = self.open_set_threshold(final_dim), self.thresholds_caveat()
+            if caveat:
+                warnings.warn(caveat, UserWarning, stacklevel=2)
+        threshold = check_threshold(threshold)
+        ids, scores = self.search(queries, k, stages, shortlist, final_dim)
+        return [[(s, float(c)) for s, c in zip(row, sc) if s is not None and c >= threshold]
+                for row, sc in zip(ids, scores)]
+
+    def open_set_threshold(self, final_dim=None):
+        """The index's open-set threshold for size ``final_dim`` (default: full size).
+
+        Raises
+        ------
+        ValueError
+            The index has no threshold for that size.
+        """
+        final_dim = self.embed_dim if final_dim is None else int(final_dim)
+        if final_dim not in self.thresholds:
+            raise ValueError(
+                f"no open-set threshold for size {final_dim} (the index has "
+                f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
+                "set_thresholds) or pass threshold=")
+        return self.thresholds[final_dim]
+
+
+class SpeakerIndex(SpeakerIndexBase):
     """Enrolled speakers, searched with a Matryoshka funnel.
 
     Arguments
@@ -247,15 +494,11 @@ class SpeakerIndex:
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, first_stage="flat", hnsw_m=32,
                  dtype="float32", ivf_nprobe=128, thresholds=None, hnsw_ef=256,
                  thresholds_for="identification"):
-        mrl_dims = validate_mrl_dims(mrl_dims, embed_dim)
         _check_first_stage(first_stage)
         _check_dtype(dtype)
-        self.embed_dim, self.mrl_dims = int(embed_dim), mrl_dims
-        self.model_sha256, self.first_stage, self.hnsw_m, self.dtype = (
-            model_sha256, first_stage, int(hnsw_m), dtype)
+        self._init_common(embed_dim, mrl_dims, model_sha256, thresholds, thresholds_for)
+        self.first_stage, self.hnsw_m, self.dtype = first_stage, int(hnsw_m), dtype
         self.ivf_nprobe, self.hnsw_ef = int(ivf_nprobe), int(hnsw_ef)
-        self.thresholds, self.thresholds_for = {}, "identification"
-        self.set_thresholds(thresholds or {}, thresholds_for)
         self.speakers, self.counts = [], []
         self._vectors = np.zeros((0, self.embed_dim), dtype=dtype)
         self._stage_indexes = {}  # (d, kind) -> FAISS index of the normalised d-prefixes
@@ -266,6 +509,9 @@ class SpeakerIndex:
 
     def __len__(self):
         return len(self.speakers)
+
+    def _location(self):
+        return str(self._origin[0]) if self._origin else None
 
     @property
     def generation(self):
@@ -280,50 +526,6 @@ class SpeakerIndex:
         True
         """
         return None if self._origin is None else self._origin[1]
-
-    def set_thresholds(self, thresholds, thresholds_for="identification"):
-        """Sets the open-set thresholds ``{size: cosine}`` (sizes of ``mrl_dims``).
-
-        Arguments
-        ---------
-        thresholds : dict
-            ``{size: cosine}``.
-        thresholds_for : str
-            ``identification``: fitted for 1:N search (e.g. by
-            :func:`calibrate_thresholds` with ``false_alarm``); ``verification``:
-            1:1 thresholds (an equal error rate), which :meth:`identify` warns about.
-        """
-        if thresholds_for not in THRESHOLD_PURPOSES:
-            raise ValueError(f"thresholds_for must be one of {THRESHOLD_PURPOSES}, got "
-                             f"{thresholds_for!r}")
-        self.thresholds = check_thresholds(thresholds, self.mrl_dims, "open-set thresholds")
-        self.thresholds_for = thresholds_for
-
-    def thresholds_caveat(self):
-        """Why the open-set thresholds are unfit for 1:N search, and how to calibrate ones
-        that are (None: they were calibrated for identification).
-
-        Example
-        -------
-        >>> index = SpeakerIndex(8, [4, 8], thresholds={8: 0.3}, thresholds_for="verification")
-        >>> index.thresholds_caveat().split(" (an")[0]
-        'the speaker index (in memory) holds 1:1 verification thresholds'
-        >>> index.set_thresholds({8: 0.6})
-        >>> index.thresholds_caveat() is None
-        True
-        """
-        if self.thresholds_for == "identification":
-            return None
-        where = str(self._origin[0]) if self._origin else "(in memory)"
-        folder = where if self._origin else "FOLDER"
-        n = max(len(self), 1)
-        return (f"the speaker index {where} holds 1:1 verification thresholds (an equal error "
-                f"rate), not thresholds for 1:N search: each query meets all {len(self)} "
-                "enrolled speakers, so far more unknown speakers are accepted; calibrate "
-                "identification thresholds on a trial list with speechbrain-mrl calibrate "
-                f"--index {folder} --false_alarm RATE (RATE: the share of unknown speakers to "
-                f"accept divided by {n}, e.g. {0.01 / n:.2g} for 1%), or with "
-                "calibrate_thresholds(..., false_alarm=RATE) and set_thresholds")
 
     # ------------------------------------------------------------ settings
     def check_settings(self, first_stage=None, dtype=None, hnsw_m=None):
@@ -421,18 +623,6 @@ class SpeakerIndex:
         self._stage_indexes, self._mapped, self._stage_files = {}, set(), {}
 
     # ------------------------------------------------------------ enrolment
-    def _check_embeddings(self, embeddings, what="embeddings"):
-        x = np.asarray(embeddings, dtype=np.float32)
-        if x.ndim != 2 or x.shape[1] != self.embed_dim:
-            raise ValueError(f"{what} must be [N, {self.embed_dim}], got {list(x.shape)}")
-        bad = ~np.isfinite(x).all(axis=1)
-        if bad.any():
-            raise ValueError(f"{what}: rows {np.flatnonzero(bad)[:5].tolist()} hold NaN/Inf")
-        zero = ~x.any(axis=1)
-        if zero.any():
-            raise ValueError(f"{what}: rows {np.flatnonzero(zero)[:5].tolist()} are all zeros")
-        return x
-
     def enrol(self, speaker_ids, embeddings, replace=False):
         """Adds speakers from their utterances' full-size embeddings.
 
@@ -451,28 +641,27 @@ class SpeakerIndex:
             Re-enrol speakers that are already in the index (their old
             utterances are dropped); without it, an enrolled ID is an error.
         """
-        x = self._check_embeddings(embeddings)
-        ids = [str(s) for s in speaker_ids]
-        if len(ids) != x.shape[0]:
-            raise ValueError(f"{len(ids)} speaker IDs for {x.shape[0]} embeddings")
+        ids, x = self._checked_enrolment(speaker_ids, embeddings)
         known = set(self.speakers) & set(ids)
         if known and not replace:
             raise ValueError(f"speakers already enrolled: {sorted(known)[:5]} (replace=True to "
                              "re-enrol them)")
         if known:
             self.remove(sorted(known))
-        new = list(dict.fromkeys(ids))
-        rows = {s: i for i, s in enumerate(new)}
-        sums = np.zeros((len(new), self.embed_dim))
-        counts = np.zeros(len(new), dtype=np.int64)
-        np.add.at(sums, [rows[s] for s in ids], _normalised(x.astype(np.float64)))
-        np.add.at(counts, [rows[s] for s in ids], 1)
-        means = (sums / counts[:, None]).astype(self.dtype)
+        self._put(*self._speaker_means(ids, x))
+
+    def _put(self, speakers, counts, means):
+        """Appends speakers that are not enrolled, with their counts and mean vectors."""
+        means = np.asarray(means).astype(self.dtype)
         before = len(self)
-        self.speakers += new
-        self.counts += counts.tolist()
+        self.speakers += list(speakers)
+        self.counts += [int(c) for c in counts]
         self._vectors = np.concatenate([np.asarray(self._vectors), means])
         self._add_to_stages(means, before)
+
+    def _export(self):
+        """``(speakers, counts, mean vectors float32 [N, D])`` in enrolment order."""
+        return list(self.speakers), list(self.counts), np.asarray(self._vectors, np.float32)
 
     def _add_to_stages(self, rows, before):
         """Adds ``rows`` (stored dtype) to each built first stage that holds the ``before``
@@ -492,66 +681,6 @@ class SpeakerIndex:
                 self._mapped.discard(key)
             stage.add(np.ascontiguousarray(_normalised(np.asarray(rows[:, :d], dtype=np.float32))))
             self._stage_indexes[key] = stage
-
-    @classmethod
-    def for_model(cls, model, model_folder=None, **kwargs):
-        """An empty index for the sizes of an ``MRLEncoderClassifier``.
-
-        ``model_folder`` (the folder the model was loaded from) records its
-        fingerprint, which :meth:`load` then checks; the model's calibrated
-        (1:1 verification) thresholds become the open-set thresholds, unless
-        ``thresholds`` is given; ``kwargs`` go to the constructor
-        (``first_stage``, ``dtype``, ...).
-        """
-        from speechbrain_mrl.packaging import model_fingerprint
-
-        sha = model_fingerprint(model_folder) if model_folder is not None else None
-        if "thresholds" not in kwargs:
-            kwargs.update(thresholds=getattr(model, "thresholds", None),
-                          thresholds_for="verification")
-        return cls(model.embed_dim, model.mrl_dims, model_sha256=sha, **kwargs)
-
-    def embed_audio(self, model, files, batch_size=16):
-        """Full-size embeddings ``[N, embed_dim]`` of audio files, in their order.
-
-        Arguments
-        ---------
-        model : MRLEncoderClassifier
-            A model of this index's sizes.
-        files : list of str or os.PathLike
-            Audio files (any rate or channel count the model's reader takes).
-        batch_size : int
-            Files per batch (padded and bucketed by length).
-
-        Returns
-        -------
-        numpy.ndarray
-        """
-        from speechbrain_mrl.manifests import check_audio_files
-        from speechbrain_mrl.embeddings import embed_manifest
-        from speechbrain_mrl.sources import read_sources
-
-        if int(model.embed_dim) != self.embed_dim or list(model.mrl_dims) != self.mrl_dims:
-            raise ValueError(f"the model gives sizes {list(model.mrl_dims)}, the index holds "
-                             f"{self.mrl_dims}: use the model the index was built with")
-        if not files:
-            raise ValueError("no audio files given")
-        rows = {str(i): next(iter(read_sources(files=[path]).values()))
-                for i, path in enumerate(files)}
-        check_audio_files(rows, "files")
-        _, emb = embed_manifest(model.encoder, rows, batch_size=batch_size, progress=False,
-                                **model.embedding_options())
-        return emb.numpy()
-
-    def enrol_audio(self, model, speaker_ids, files, replace=False, batch_size=16):
-        """:meth:`enrol` from audio files: one speaker ID per file (several files per speaker)."""
-        if len(speaker_ids) != len(files):
-            raise ValueError(f"{len(speaker_ids)} speaker IDs for {len(files)} files")
-        self.enrol(speaker_ids, self.embed_audio(model, files, batch_size), replace=replace)
-
-    def search_audio(self, model, files, k=1, stages=None, shortlist=100, batch_size=16):
-        """:meth:`search` with audio files as queries."""
-        return self.search(self.embed_audio(model, files, batch_size), k, stages, shortlist)
 
     def remove(self, speaker_ids):
         """Removes enrolled speakers (an unknown ID is an error, and nothing is removed).
@@ -637,26 +766,8 @@ class SpeakerIndex:
         scores : numpy.ndarray
             ``[Q, k]`` cosine scores at ``final_dim``.
         """
-        if not self.speakers:
-            raise ValueError("the index is empty: enrol speakers first")
-        q = self._check_embeddings(queries, "queries")
-        k = int(k)
-        if not 1 <= k <= len(self):
-            raise ValueError(f"k must be in [1, {len(self)}] (enrolled speakers), got {k}")
-        final_dim = self.embed_dim if final_dim is None else int(final_dim)
-        if final_dim not in self.mrl_dims:
-            raise ValueError(f"final_dim must be one of the sizes {self.mrl_dims}, got {final_dim}")
-        smaller = [d for d in self.mrl_dims if d < final_dim]
-        if stages is None:
-            stages = [64] if 64 in smaller else smaller[:1]
-        stages = [int(d) for d in stages]
-        if stages != sorted(set(stages)) or any(d not in smaller for d in stages):
-            raise ValueError(f"stages must be increasing sizes of {smaller} (below the final "
-                             f"size {final_dim}), got {stages}")
-        sizes = list(shortlist) if isinstance(shortlist, (list, tuple)) else [shortlist] * len(stages)
-        if len(sizes) != len(stages):
-            raise ValueError(f"one shortlist size per stage: {len(stages)} stages, {sizes}")
-        sizes = [min(max(int(s), k), len(self)) for s in sizes]
+        q, k, stages, sizes, final_dim = self._funnel_plan(queries, k, stages, shortlist,
+                                                           final_dim, len(self))
         if stages:
             first, first_kind, later = stages[0], self.first_stage, stages[1:] + [final_dim]
         else:  # exact search at the final size
@@ -675,50 +786,6 @@ class SpeakerIndex:
         scores = self._rescore(q, candidates, final_dim)
         # FAISS marks "no result" with -1: never let it index the last speaker
         return [[self.speakers[i] if i >= 0 else None for i in row] for row in candidates], scores
-
-    def identify(self, queries, k=1, stages=None, shortlist=100, final_dim=None, threshold=None):
-        """Open-set :meth:`search`: matches scoring under the threshold are dropped.
-
-        Arguments
-        ---------
-        queries, k, stages, shortlist, final_dim
-            As for :meth:`search`.
-        threshold : float, optional
-            Cosine threshold (a finite number); default: the index's threshold
-            for ``final_dim`` (:meth:`open_set_threshold`; a warning when it is a
-            1:1 verification threshold, see :meth:`thresholds_caveat`).
-
-        Returns
-        -------
-        list of list of tuple
-            ``[Q]`` lists of ``(speaker, score)``, best first; an empty list is
-            an unknown speaker. Places the first stage left empty are dropped.
-        """
-        final_dim = self.embed_dim if final_dim is None else int(final_dim)
-        if threshold is None:
-            threshold, caveat = self.open_set_threshold(final_dim), self.thresholds_caveat()
-            if caveat:
-                warnings.warn(caveat, UserWarning, stacklevel=2)
-        threshold = check_threshold(threshold)
-        ids, scores = self.search(queries, k, stages, shortlist, final_dim)
-        return [[(s, float(c)) for s, c in zip(row, sc) if s is not None and c >= threshold]
-                for row, sc in zip(ids, scores)]
-
-    def open_set_threshold(self, final_dim=None):
-        """The index's open-set threshold for size ``final_dim`` (default: full size).
-
-        Raises
-        ------
-        ValueError
-            The index has no threshold for that size.
-        """
-        final_dim = self.embed_dim if final_dim is None else int(final_dim)
-        if final_dim not in self.thresholds:
-            raise ValueError(
-                f"no open-set threshold for size {final_dim} (the index has "
-                f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
-                "set_thresholds) or pass threshold=")
-        return self.thresholds[final_dim]
 
     def _rescore(self, q, candidates, d):
         """Cosine at size ``d`` of each query with its candidates (``-1`` marks none)."""
@@ -973,9 +1040,7 @@ class SpeakerIndex:
         generation = meta.get("generation")
         if generation is not None and not isinstance(generation, str):
             raise ValueError(f"{where}: generation must be a string, got {generation!r}")
-        if model_sha256 is not None and meta.get("model_sha256") != model_sha256:
-            raise ValueError(f"{folder} was built with another model (model_sha256 "
-                             f"{meta.get('model_sha256')!r}); embed with that model or enrol again")
+        cls._refuse_other_model(folder, meta.get("model_sha256"), model_sha256)
         try:
             index = cls(meta["embed_dim"], meta["mrl_dims"], meta.get("model_sha256"),
                         meta["first_stage"], meta.get("hnsw_m", 32), meta["dtype"],

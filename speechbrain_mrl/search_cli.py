@@ -1,13 +1,15 @@
 """The jobs behind the speaker-search and verification sub-commands of ``speechbrain-mrl``.
 
-``enrol``, ``calibrate``, ``identify``, ``evaluate``, ``cascade`` and ``verify``
-each take the parsed command line (:mod:`speechbrain_mrl.cli` defines it) and
-return what they print, for tests and scripts. Audio is read by
+``enrol``, ``calibrate``, ``identify``, ``evaluate``, ``cascade``, ``verify`` and
+``copy-index`` each take the parsed command line (:mod:`speechbrain_mrl.cli`
+defines it) and return what they print, for tests and scripts. ``--index`` is
+an index folder (FAISS) or a Qdrant collection (``qdrant://HOST:PORT/NAME``,
+``qdrant+local:DIR/NAME``; :mod:`speechbrain_mrl.indexes`). Audio is read by
 :func:`speechbrain_mrl.sources.read_sources` and embedded by
 :func:`speechbrain_mrl.embeddings.embed_manifest` with the model's own settings,
 so a file gets the same embedding here as from ``encode_file`` or ``extract``.
 An existing index is opened and checked (model fingerprint, settings) before
-any audio is embedded, and written under its lock.
+any audio is embedded, and an index folder is written under its lock.
 
 ``python -m speechbrain_mrl.search_cli <command> ...`` is the same as
 ``speechbrain-mrl <command> ...``.
@@ -27,14 +29,17 @@ from speechbrain_mrl.files import write_text_atomic
 from speechbrain_mrl.manifests import check_audio_files, read_trial_list
 from speechbrain_mrl import options
 from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.search import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
-                                    cascade_verify, open_set_rates)
+from speechbrain_mrl.indexes import (copy_index, index_exists, index_for_model, open_index,
+                                     writing_index)
+from speechbrain_mrl.search import (calibrate_margin, calibrate_thresholds, cascade_verify,
+                                    open_set_rates)
 from speechbrain_mrl.options import (Command, add_sources, finite_float, index_options,
                                      model_options, positive_int, rate, report_option, size_list,
                                      threshold_or_index)
 from speechbrain_mrl.sources import read_sources
 
-__all__ = ["COMMANDS", "enrol", "calibrate", "identify", "evaluate", "cascade", "verify"]
+__all__ = ["COMMANDS", "enrol", "calibrate", "identify", "evaluate", "cascade", "verify",
+           "copy"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +76,7 @@ def _audio_rows(args, need_speakers=False):
 
 def _existing_index(args, sha):
     """The index at ``--index`` (checked against the model), or an error when there is none."""
-    if not pathlib.Path(args.index).exists():
-        raise FileNotFoundError(f"speaker index not found: {args.index} (create it with "
-                                "'speechbrain-mrl enrol')")
-    return SpeakerIndex.load(args.index, sha)
+    return open_index(args.index, sha)
 
 
 def _write_report(args, report):
@@ -86,31 +88,28 @@ def enrol(args):
     """Embeds the audio and enrols its speakers (``spk_id`` column or sub-folder names)."""
     rows = _audio_rows(args, need_speakers=True)
     sha = fingerprint(args)
-    if pathlib.Path(args.index).exists():  # checked before any audio is embedded
-        index = SpeakerIndex.load(args.index, sha)
-        if not args.rebuild:
-            index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
-        known = sorted(set(index.speakers) & {r["spk_id"] for r in rows.values()})
+    if index_exists(args.index):  # checked before any audio is embedded
+        with open_index(args.index, sha) as index:
+            if not args.rebuild:
+                index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
+            known = sorted(set(index.speakers) & {r["spk_id"] for r in rows.values()})
         if known and not args.replace:
             raise ValueError(f"speakers already enrolled in {args.index}: {known[:5]} (--replace "
                              "re-enrols them)")
     model = load_model(args)
     ids, emb = embed(model, rows, args, desc="enrol")
-    with SpeakerIndex.writing(args.index, timeout=args.lock_timeout):
-        if pathlib.Path(args.index).exists():
-            index = SpeakerIndex.load(args.index, sha)
-            if args.rebuild:
-                index.rebuild(first_stage=args.first_stage, dtype=args.dtype)
-            else:
-                index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
+    settings = {k: v for k, v in (("first_stage", args.first_stage), ("dtype", args.dtype)) if v}
+    with writing_index(args.index, sha, lambda: index_for_model(args.index, model,
+                                                                args.model_folder, **settings),
+                       args.lock_timeout) as index:
+        if args.rebuild:
+            index.rebuild(first_stage=args.first_stage, dtype=args.dtype)
         else:
-            index = SpeakerIndex.for_model(model, args.model_folder,
-                                           first_stage=args.first_stage or "flat",
-                                           dtype=args.dtype or "float32")
+            index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
         index.enrol([rows[u]["spk_id"] for u in ids], emb, replace=args.replace)
-        index.save(args.index)
+        size = len(index)
     n_speakers = len({rows[u]["spk_id"] for u in ids})
-    print(f"enrolled {n_speakers} speakers from {len(ids)} files; the index holds {len(index)}: "
+    print(f"enrolled {n_speakers} speakers from {len(ids)} files; the index holds {size}: "
           f"{args.index}")
     return index
 
@@ -130,15 +129,14 @@ def calibrate(args):
     the threshold at that false-alarm rate over the different-speaker trials, recorded as
     calibrated for identification; default: EER, recorded as 1:1 verification thresholds)."""
     sha = fingerprint(args)
-    index = _existing_index(args, sha)
+    with _existing_index(args, sha) as index:
+        mrl_dims = index.mrl_dims
     model = load_model(args)
     enrol_emb, test_emb, labels = _trial_embeddings(args, model, args.csv, args.trials)
-    thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, index.mrl_dims, args.false_alarm)
-    with SpeakerIndex.writing(args.index, timeout=args.lock_timeout):
-        index = SpeakerIndex.load(args.index, sha)
+    thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, mrl_dims, args.false_alarm)
+    with writing_index(args.index, sha, lock_timeout=args.lock_timeout) as index:
         index.set_thresholds(thresholds, "verification" if args.false_alarm is None
                              else "identification")
-        index.save(args.index)
     print(f"open-set thresholds from {len(labels)} trials: "
           + ", ".join(f"{d}: {t:.4f}" for d, t in thresholds.items()))
     return thresholds
@@ -153,9 +151,13 @@ def identify(args):
     by ``enrol``) logs a warning saying how to calibrate identification thresholds.
     """
     rows = _audio_rows(args)
-    index = _existing_index(args, fingerprint(args))
-    model = load_model(args)
-    ids, emb = embed(model, rows, args, desc="identify")
+    with _existing_index(args, fingerprint(args)) as index:
+        model = load_model(args)
+        ids, emb = embed(model, rows, args, desc="identify")
+        return _identify(args, index, ids, emb)
+
+
+def _identify(args, index, ids, emb):
     k = min(args.k, len(index))
     if args.threshold is None:
         found, scores = index.search(emb, k, args.stages, args.shortlist, args.final_dim)
@@ -207,9 +209,13 @@ def evaluate(args):
     identification rate at the false-alarm rate ``--far`` (:func:`open_set_rates`).
     """
     rows = _audio_rows(args, need_speakers=True)
-    index = _existing_index(args, fingerprint(args))
-    model = load_model(args)
-    ids, emb = embed(model, rows, args, desc="evaluate")
+    with _existing_index(args, fingerprint(args)) as index:
+        model = load_model(args)
+        ids, emb = embed(model, rows, args, desc="evaluate")
+        return _evaluate(args, index, rows, ids, emb)
+
+
+def _evaluate(args, index, rows, ids, emb):
     truth = np.array([rows[u]["spk_id"] for u in ids])
     enrolled = np.isin(truth, index.speakers)
     if not enrolled.any():
@@ -270,6 +276,17 @@ def cascade(args):
               f"{r['escalated']:.1%} | {r['agreement']:.2%} | {r['error_rate']:.2%} / "
               f"{report['full_size_error_rate']:.2%} |")
     return report
+
+
+def copy(args):
+    """Copies a speaker index between an index folder and a Qdrant collection (either
+    way), then reads the copy back and checks it equals the source."""
+    result = copy_index(args.source, args.dest, overwrite=args.overwrite,
+                        lock_timeout=args.lock_timeout)
+    print(f"copied {result['speakers']} speakers from {args.source} to {args.dest}; checked "
+          f"equal: speaker IDs, counts, sizes, fingerprint, thresholds, vectors (max abs "
+          f"difference {result['max_abs_difference']:.2g})")
+    return result
 
 
 # ------------------------------------------------------------------ options
@@ -355,6 +372,16 @@ def _locked_index():
     return index_options(lock=True)
 
 
+def _copy_arguments(p):
+    p.add_argument("source", help="the index to copy: a folder, qdrant://HOST:PORT/COLLECTION "
+                                  "or qdrant+local:DIR/COLLECTION")
+    p.add_argument("dest", help="where the copy goes (same forms)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an index that is already at dest")
+    p.add_argument("--lock_timeout", type=finite_float, default=60.0,
+                   help="seconds to wait for another process writing a destination folder")
+
+
 COMMANDS = {
     "enrol": Command("enrol speakers into a speaker index (created if absent)", _enrol_arguments,
                      enrol, (model_options, _locked_index)),
@@ -369,6 +396,8 @@ COMMANDS = {
                          _calibrate_arguments, calibrate, (model_options, _locked_index)),
     "cascade": Command("cascade verification: a small prefix, the full size near its threshold",
                        _cascade_arguments, cascade, (model_options, report_option)),
+    "copy-index": Command("copy a speaker index between a folder (FAISS) and a Qdrant "
+                          "collection, checked equal", _copy_arguments, copy),
 }
 
 

@@ -27,7 +27,7 @@ def _subparsers(parser):
 def test_every_option_of_every_command_has_help_and_a_default_shown():
     commands = _subparsers(cli.build_parser())
     assert set(commands) == {"extract", "enrol", "identify", "verify", "evaluate", "calibrate",
-                             "cascade", "export", "package"}
+                             "cascade", "copy-index", "export", "package"}
     for name, parser in commands.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
