@@ -35,8 +35,9 @@ import uuid
 
 import numpy as np
 
-from speechbrain_mrl.search import (IndexLockedError, SpeakerIndexBase, _check_dtype,
-                                    _normalised)
+from speechbrain_mrl.cosine import _normalised
+from speechbrain_mrl.index_store import IndexLockedError
+from speechbrain_mrl.search import SpeakerIndexBase, _check_dtype
 
 __all__ = ["QdrantSpeakerIndex", "QdrantLocation", "parse_qdrant_location", "EXTRA_HINT"]
 

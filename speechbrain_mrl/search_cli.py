@@ -31,12 +31,12 @@ from speechbrain_mrl import options
 from speechbrain_mrl.embeddings import embed_manifest
 from speechbrain_mrl.indexes import (copy_index, index_exists, index_for_model, open_index,
                                      writing_index)
-from speechbrain_mrl.search import (calibrate_margin, calibrate_thresholds, cascade_verify,
-                                    open_set_rates)
 from speechbrain_mrl.options import (Command, add_sources, finite_float, index_options,
                                      model_options, positive_int, rate, report_option, size_list,
                                      threshold_or_index)
 from speechbrain_mrl.sources import read_sources
+from speechbrain_mrl.thresholds import (calibrate_margin, calibrate_thresholds, cascade_verify,
+                                        open_set_rates)
 
 __all__ = ["COMMANDS", "enrol", "calibrate", "identify", "evaluate", "cascade", "verify",
            "copy"]
