@@ -10,7 +10,17 @@ the official model is built from the same config, loaded with identical
 weights, checked to give the same embeddings, and timed side by side.
 
 With ``--onnx-dir`` the ONNX Runtime fp32 export and its static int8
-quantisation are timed beside them (same weights).
+quantisation, and OpenVINO on the same file in fp32 and bf16, are timed beside
+them (same weights; each through its package wrapper, input checks included).
+``--model-folder`` adds a trained model folder (row name ``model``).
+
+Reproducibility: every measurement is ``--rounds`` rounds of interleaved
+calls; each path's figure is the median over the rounds of its median call,
+and the spread is the range of the per-round medians. ONNX Runtime runs with
+``session.intra_op.allow_spinning=0``: its threads otherwise keep spinning
+after a call and slow the call that follows (PyTorch, in the rotation),
+which once made our b2 batch-1 time read 0.95x the official one where it is
+about 0.55x.
 
 Example::
 
@@ -64,6 +74,18 @@ def official_model(repo, encoder):
     return model.eval()
 
 
+def time_rounds(fns, wav, rounds, min_time, min_reps, max_time=60.0):
+    """:func:`time_calls` ``rounds`` times: per function ``(wall, cpu, wall_low, wall_high)``,
+    the medians over the rounds and the range of the rounds' wall medians."""
+    runs = [time_calls(fns, wav, min_time, min_reps, max_time) for _ in range(rounds)]
+    out = []
+    for i in range(len(fns)):
+        walls = [r[i][0] for r in runs]
+        out.append((statistics.median(walls), statistics.median(r[i][1] for r in runs),
+                    min(walls), max(walls)))
+    return out
+
+
 def time_calls(fns, wav, min_time, min_reps, max_time=60.0, max_warmup_samples=16000 * 60):
     """Median wall and CPU seconds per call of each function, calls interleaved.
 
@@ -99,10 +121,8 @@ def time_calls(fns, wav, min_time, min_reps, max_time=60.0, max_warmup_samples=1
     return [(statistics.median(w), statistics.median(c)) for w, c in zip(walls, cpus)]
 
 
-def onnx_paths(encoder, variant, folder, calibration, threads):
-    """``{name: fn(wav)}`` running ONNX Runtime fp32 and static int8 exports of ``encoder``."""
-    import onnxruntime as ort
-
+def onnx_paths(encoder, variant, folder, calibration, threads, openvino=True):
+    """``{name: fn(wav)}``: ONNX Runtime fp32 and static int8, OpenVINO fp32 and bf16."""
     from speechbrain_mrl import export as ex
 
     folder = pathlib.Path(folder)
@@ -112,13 +132,14 @@ def onnx_paths(encoder, variant, folder, calibration, threads):
         ex.export_onnx(encoder, fp32)
     if not int8.is_file():
         ex.quantize_onnx(fp32, int8, calibration)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
     paths = {}
     for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        paths[name] = (lambda wav, sess=sess: sess.run(
-            None, {"wavs": wav.numpy(), "wav_lens": torch.ones(wav.shape[0]).numpy()}))
+        paths[name] = ex.OnnxEncoder(path, threads=threads)
+    if openvino:
+        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+
+        for precision in ("fp32", "bf16"):
+            paths[f"openvino_{precision}"] = OpenVinoEncoder(fp32, precision, threads=threads)
     return paths
 
 
@@ -137,7 +158,15 @@ def main(argv=None):
     parser.add_argument("--official-repo", default=None,
                         help="path of a checkout of IDRnD/ReDimNet to compare with")
     parser.add_argument("--onnx-dir", default=None,
-                        help="also time ONNX Runtime fp32 and static int8 exports (written here)")
+                        help="also time ONNX Runtime fp32 and static int8 exports (written here) "
+                             "and OpenVINO fp32/bf16 on the fp32 export")
+    parser.add_argument("--no-openvino", action="store_true",
+                        help="with --onnx-dir, leave OpenVINO out")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of interleaved calls per measurement (spread reported)")
+    parser.add_argument("--model-folder", default=None,
+                        help="also time this trained model folder (row name 'model'; no "
+                             "official counterpart)")
     parser.add_argument("--calibration-csv", default=None,
                         help="real speech for the static int8 scales (default: noise)")
     parser.add_argument("--output", default=None, help="JSON report, rewritten after each row")
@@ -156,23 +185,31 @@ def main(argv=None):
     report = {"torch": torch.__version__, "threads": args.threads,
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "rows": []}
-    for variant in args.variants:
-        ours = random_encoder(variant)
+    variants = list(args.variants) + (["model"] if args.model_folder else [])
+    for variant in variants:
+        if variant == "model":
+            from speechbrain_mrl.export import load_encoder
+
+            ours = load_encoder(args.model_folder)
+        else:
+            ours = random_encoder(variant)
         paths = {"pytorch": ours}
-        if args.official_repo:
+        if args.official_repo and variant != "model":
             paths["official"] = official_model(args.official_repo, ours)
         if args.onnx_dir:
-            paths.update(onnx_paths(ours, variant, args.onnx_dir, calibration, args.threads))
+            paths.update(onnx_paths(ours, variant, args.onnx_dir, calibration, args.threads,
+                                    not args.no_openvino))
         for batch in args.batch_sizes:
             for dur in args.durations:
                 gen = torch.Generator().manual_seed(1)
                 wav = torch.randn(batch, int(round(dur * 16000)), generator=gen) * 0.1
-                timings = time_calls(list(paths.values()), wav, args.min_time, args.min_reps,
-                                     args.max_time)
-                row = {"variant": variant, "batch": batch, "seconds": dur}
-                for name, (wall, cpu) in zip(paths, timings):
+                timings = time_rounds(list(paths.values()), wav, args.rounds, args.min_time,
+                                      args.min_reps, args.max_time)
+                row = {"variant": variant, "batch": batch, "seconds": dur, "rounds": args.rounds}
+                for name, (wall, cpu, low, high) in zip(paths, timings):
                     row[name] = {"utt_per_s": batch / wall, "rtf": wall / (batch * dur),
-                                 "cpu_rtf": cpu / (batch * dur)}
+                                 "cpu_rtf": cpu / (batch * dur),
+                                 "spread": [batch / high, batch / low]}
                 if "official" in paths:
                     with torch.inference_mode():
                         row["max_abs_diff"] = float((ours(wav[:2]) - paths["official"](wav[:2]))
@@ -180,6 +217,10 @@ def main(argv=None):
                     for name in paths:
                         row[name]["time_vs_official"] = (row["official"]["utt_per_s"]
                                                          / row[name]["utt_per_s"])
+                if "onnx_fp32" in paths:
+                    for name in paths:
+                        row[name]["speed_vs_onnx_fp32"] = (row[name]["utt_per_s"]
+                                                           / row["onnx_fp32"]["utt_per_s"])
                 report["rows"].append(row)
                 print(json.dumps(row), flush=True)
                 if args.output:
@@ -190,16 +231,22 @@ def main(argv=None):
 
 def print_table(report):
     """The report as a markdown table: utterances/s, and time relative to the official code."""
-    names = [n for n in ("official", "pytorch", "onnx_fp32", "onnx_int8")
-             if report["rows"] and n in report["rows"][0]]
+    names = [n for n in ("official", "pytorch", "onnx_fp32", "onnx_int8", "openvino_fp32",
+                         "openvino_bf16") if any(n in r for r in report["rows"])]
     print("| variant | batch | audio (s) | " + " | ".join(f"{n} utt/s" for n in names) + " |")
     print("|---|---:|---:|" + "---:|" * len(names))
     for r in report["rows"]:
         cells = []
         for n in names:
-            cell = f"{r[n]['utt_per_s']:.2f}"
+            if n not in r:
+                cells.append("")
+                continue
+            low, high = r[n]["spread"]
+            cell = f"{r[n]['utt_per_s']:.2f} ({low:.3g}-{high:.3g})"
             if "time_vs_official" in r[n] and n != "official":
-                cell += f" ({r[n]['time_vs_official']:.2f}x)"
+                cell += f", {r[n]['time_vs_official']:.2f}x official time"
+            if "speed_vs_onnx_fp32" in r[n] and n.startswith("openvino"):
+                cell += f", {r[n]['speed_vs_onnx_fp32']:.2f}x ORT fp32 speed"
             cells.append(cell)
         print(f"| {r['variant']} | {r['batch']} | {r['seconds']:g} | " + " | ".join(cells) + " |")
 

@@ -7,6 +7,10 @@
    measurement in a fresh process (its peak resident memory, ``ru_maxrss``).
    One-pass runs stop at ``--max_one_pass`` seconds. ``--preset b2`` times a
    full-size ReDimNet (random weights) instead of the model folder.
+   ``--openvino_model`` measures that export (ONNX or IR) run by
+   :class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder` (bf16 where the
+   CPU has it) instead: one pass, or ``--window`` s windows merged as the
+   PyTorch model merges them.
 2. Cosine between the windowed and the one-pass full-size embedding: of the
    LibriSpeech utterances (1.6-17 s) with short windows, and of the joined
    recordings with the default window.
@@ -55,14 +59,27 @@ def reading(folder, seconds, sample_rate=16000):
     return torch.cat(pieces)[:need]
 
 
-def measure(model_folder, librispeech, seconds, window, threads, preset=None):
+def measure(model_folder, librispeech, seconds, window, threads, preset=None, openvino=None):
     """In this process: time and peak memory of one embedding (window None: one pass)."""
     torch.set_num_threads(threads)
-    encoder = MRLEncoder.from_config(preset).eval() if preset else load_encoder(model_folder)
+    if openvino:
+        import openvino as ov
+
+        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder, cpu_has_bf16
+
+        precision = "bf16" if cpu_has_bf16(ov.Core()) else "fp32"
+        span = 1e6 if window is None else window  # one pass: never windowed
+        encoder = OpenVinoEncoder(openvino, precision, threads=threads, long_seconds=span,
+                                  window_seconds=span)
+    else:
+        encoder = MRLEncoder.from_config(preset).eval() if preset else load_encoder(model_folder)
     wav = reading(librispeech, seconds)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.perf_counter()
-    embed(encoder, wav, window)
+    if openvino:
+        encoder(wav[None])
+    else:
+        embed(encoder, wav, window)
     wall = time.perf_counter() - t
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return {"seconds": seconds, "window_s": window, "wall_s": wall,
@@ -94,12 +111,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--preset", help="time and memory only, of this ReDimNet preset (random "
                                     "weights, e.g. b2) instead of the model folder")
+    p.add_argument("--openvino_model", help="time and memory only, of this export run by "
+                                            "OpenVINO (ONNX or IR)")
     p.add_argument("--measure", nargs=2, metavar=("SECONDS", "WINDOW"), help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.measure:  # child process of part 1
         window = None if a.measure[1] == "none" else float(a.measure[1])
         print(json.dumps(measure(a.model_folder, a.librispeech, float(a.measure[0]), window,
-                                 a.threads, a.preset)))
+                                 a.threads, a.preset, a.openvino_model)))
         return None
     torch.set_num_threads(a.threads)
     out = pathlib.Path(a.output)
@@ -113,14 +132,16 @@ def main(argv=None):
         for window in ([None] if seconds <= a.max_one_pass else []) + [a.window]:
             cmd = [sys.executable, __file__, "--model_folder", a.model_folder, "--librispeech",
                    a.librispeech, "--output", str(out), "--threads", str(a.threads),
-                   *(["--preset", a.preset] if a.preset else []), "--measure",
+                   *(["--preset", a.preset] if a.preset else []),
+                   *(["--openvino_model", a.openvino_model] if a.openvino_model else []),
+                   "--measure",
                    str(seconds), "none" if window is None else str(window)]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True,
                                             text=True).stdout.strip().splitlines()[-1])
             report["time_memory"].append(row)
             print(json.dumps(row), flush=True)
             save()
-    if a.preset:
+    if a.preset or a.openvino_model:
         return report
 
     encoder = load_encoder(a.model_folder)

@@ -1,12 +1,15 @@
 #!/usr/bin/env python3
-"""PyTorch vs ONNX Runtime fp32 vs int8: EER per Matryoshka size and throughput, side by side.
+"""PyTorch vs ONNX Runtime fp32/int8 vs OpenVINO fp32/bf16: EER per size and throughput, side by side.
 
 Exports the model folder to ONNX (fp32; int8 dynamic, and int8 static with
 scales calibrated on ``--calibration_csv``, e.g. the training list),
 scores a trial list at every size through the three paths (utterances
 batched with their lengths), and times batches of ``--seconds`` of audio
 (batch 1 and ``--batch``), alternating the paths so that they share the
-machine's state. Writes a JSON report.
+machine's state. ONNX Runtime and OpenVINO run through the package's wrappers
+(:class:`~speechbrain_mrl.export.OnnxEncoder`,
+:class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder`; OpenVINO on the
+fp32 ONNX file, ``--no-openvino`` leaves it out). Writes a JSON report.
 
     python benchmarks/onnx_int8.py --model_folder results/demo/mrl/model \\
         --manifests results/demo/data/enrol.csv results/demo/data/test.csv \\
@@ -57,8 +60,8 @@ def main(argv=None):
     p.add_argument("--seconds", type=float, default=3.0)
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--no-openvino", action="store_true")
     a = p.parse_args(argv)
-    import onnxruntime as ort
 
     torch.set_num_threads(a.threads)
     out = pathlib.Path(a.output)
@@ -67,18 +70,22 @@ def main(argv=None):
     int8 = {"onnx_int8_dynamic": ex.quantize_onnx(fp32, out.with_suffix(".int8_dynamic.onnx")),
             "onnx_int8_static": ex.quantize_onnx(fp32, out.with_suffix(".int8_static.onnx"),
                                                  ex.calibration_waveforms(a.calibration_csv))}
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = a.threads, 1
-    sessions = {name: ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    runtimes = {name: ex.OnnxEncoder(path, threads=a.threads)
                 for name, path in (("onnx_fp32", fp32), *int8.items())}
+    if not a.no_openvino:
+        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+
+        for precision in ("fp32", "bf16"):
+            runtimes[f"openvino_{precision}"] = OpenVinoEncoder(fp32, precision, threads=a.threads)
+    full = f"embedding_{encoder.mrl_dims[-1]}"
 
     def run(name, wavs, lens):
         if name == "pytorch_fp32":
             with torch.no_grad():
                 return encoder(wavs, lens).numpy()
-        return sessions[name].run(None, {"wavs": wavs.numpy(), "wav_lens": lens.numpy()})[-1]
+        return runtimes[name](wavs, lens)[full]
 
-    names = ["pytorch_fp32", "onnx_fp32", "onnx_int8_dynamic", "onnx_int8_static"]
+    names = ["pytorch_fp32", *runtimes]
     rows, (labels, enrol, test), _ = read_trial_list(a.manifests, a.trials)
     emb = {n: {} for n in names}
     for ids, wavs, lens in batches(rows, 32, 16000):

@@ -25,7 +25,44 @@ from speechbrain_mrl.features import ReDimNetFbank
 from speechbrain_mrl.sizes import check_target_dim
 from speechbrain_mrl.redimnet import ReDimNet, redimnet_config
 
-__all__ = ["MRLEncoder"]
+__all__ = ["MRLEncoder", "merge_window_stats", "window_bounds"]
+
+
+def window_bounds(total, window):
+    """``[(start, end), ...]`` of consecutive windows over ``total`` samples.
+
+    A last piece shorter than half a window joins the one before.
+
+    Example
+    -------
+    >>> window_bounds(100, 40), window_bounds(90, 40)
+    ([(0, 40), (40, 80), (80, 100)], [(0, 40), (40, 90)])
+    """
+    total, window = int(total), int(window)
+    starts = list(range(0, total, window))
+    if len(starts) > 1 and total - starts[-1] < window // 2:
+        starts.pop()
+    return list(zip(starts, starts[1:] + [total]))
+
+
+def merge_window_stats(stats, frames):
+    """One ``[1, 2 * D]`` attentive mean and std from windows' ``[N, 2 * D]``, by frame count.
+
+    The mean of the means; the standard deviation from the pooled second moments.
+
+    Example
+    -------
+    >>> stats = torch.tensor([[0.0, 1.0], [2.0, 1.0]])
+    >>> merge_window_stats(stats, [10, 10])
+    tensor([[1.0000, 1.4142]])
+    """
+    weight = torch.tensor(frames, dtype=stats.dtype, device=stats.device)[:, None]
+    weight = weight / weight.sum()
+    mean, std = stats.chunk(2, dim=1)
+    pooled_mean = (weight * mean).sum(dim=0, keepdim=True)
+    second = (weight * (std ** 2 + mean ** 2)).sum(dim=0, keepdim=True)
+    pooled_std = torch.sqrt((second - pooled_mean ** 2).clamp(min=1e-7))
+    return torch.cat([pooled_mean, pooled_std], dim=1)
 
 
 class MRLEncoder(nn.Module):
@@ -215,25 +252,14 @@ class MRLEncoder(nn.Module):
         >>> bool(torch.allclose(enc.pool_windows(wav, 40000), enc.pool_features(wav[None])))
         True
         """
-        total, window = int(wav.shape[-1]), int(window_samples)
-        starts = list(range(0, total, window))
-        if len(starts) > 1 and total - starts[-1] < window // 2:
-            starts.pop()
-        bounds = [(a, b) for a, b in zip(starts, starts[1:] + [total])]
-        stats, frames = [], []
+        bounds = window_bounds(int(wav.shape[-1]), window_samples)
+        stats = []
         for i in range(0, len(bounds), batch_size):
             chunk = bounds[i:i + batch_size]
             wavs, lens = batch_pad_right([wav[a:b] for a, b in chunk])
             stats.append(self.pool_features(wavs, lens.to(wav.device)))
-            frames += [1 + (b - a) // self.compute_features.hop_length for a, b in chunk]
-        stats = torch.cat(stats)
-        weight = torch.tensor(frames, dtype=stats.dtype, device=stats.device)[:, None]
-        weight = weight / weight.sum()
-        mean, std = stats.chunk(2, dim=1)
-        pooled_mean = (weight * mean).sum(dim=0, keepdim=True)
-        second = (weight * (std ** 2 + mean ** 2)).sum(dim=0, keepdim=True)
-        pooled_std = torch.sqrt((second - pooled_mean ** 2).clamp(min=1e-7))
-        return torch.cat([pooled_mean, pooled_std], dim=1)
+        frames = [1 + (b - a) // self.compute_features.hop_length for a, b in bounds]
+        return merge_window_stats(torch.cat(stats), frames)
 
     def embed_pooled(self, stats, target_dim=None):
         """Pooled statistics ``[B, pool_dim]`` -> embeddings ``[B, target_dim]``."""

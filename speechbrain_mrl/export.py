@@ -1,7 +1,7 @@
 """TorchScript and ONNX export of a Matryoshka ReDimNet: waveform -> every-size embedding.
 
 The exported graph contains the whole pipeline: the log-mel front end
-(:class:`~speechbrain_mrl.features.ReDimNetFbank`, ``torch.stft`` included),
+(:class:`~speechbrain_mrl.features.ReDimNetFbank`),
 the ReDimNet lobe and the Matryoshka head. Inputs ``wavs`` ``[batch, time]``
 (16 kHz, float32, zero-padded; both axes dynamic) and ``wav_lens``
 ``[batch]`` (relative lengths in ``(0, 1]``, as in SpeechBrain), so one batch
@@ -9,18 +9,27 @@ may mix lengths; outputs ``embedding_<d>`` ``[batch, d]`` for every
 Matryoshka size ``d`` (prefixes of one projection, not normalised; the same
 as ``MRLEncoderClassifier.encode_batch`` with the same lengths).
 
-ONNX export uses the ``torch.export``-based (dynamo) exporter, which handles
-``torch.stft``; the legacy TorchScript-based exporter cannot export it.
+ONNX export uses the ``torch.export``-based (dynamo) exporter, opset 20 (GELU
+as one ``Gelu`` node). In the graph the front end's spectrogram is a strided
+convolution with windowed DFT rows instead of an ``STFT`` node (equal to
+float rounding; OpenVINO cannot read a dynamic-length ``STFT``), so ONNX
+Runtime and OpenVINO both run the file; :class:`OnnxEncoder` and
+:class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder` check the inputs.
+On x86 CPUs with AVX-512 BF16/AMX, OpenVINO in bf16 is the fast path
+(``--openvino`` writes OpenVINO IR); ONNX Runtime's int8 is not faster than
+its fp32 on this network (see ``docs/benchmarks.md``).
 
 Input lengths: the graph runs any length in one pass (ONNX Runtime does not
 enforce the time range the export traces over), but the self-attention of
 the 1-D blocks becomes plain MatMul/Softmax over all frames (100 per second),
 so memory and time grow with the square of the length: the attention scores
 take ``4 bytes x heads x frames^2`` per utterance, about 0.6 GB at 60 s and
-58 GB at 600 s with 4 heads. Feed at most about a minute per utterance and
-window longer audio outside the graph (e.g. 30-s windows, embeddings
-averaged: close to, not the same as, the PyTorch model, which combines the
-windows' pooled statistics); the export command prints this model's figures.
+58 GB at 600 s with 4 heads. Feed at most about a minute per utterance;
+:class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder` embeds longer
+utterances window by window exactly as the PyTorch model does (the graph
+split at the pooled statistics, the windows' statistics merged), in memory
+and time linear in the duration. The export command prints this model's
+figures.
 
 Every file is written to a temporary file in its folder and renamed into
 place when complete: a failed export leaves the previous file as it was.
@@ -28,12 +37,13 @@ place when complete: a failed export leaves the previous file as it was.
 Command line::
 
     speechbrain-mrl export --model_folder results/mrl_b2/1986/model --onnx mrl_b2.onnx \\
-        [--torchscript mrl_b2.pt] [--int8 mrl_b2.int8.onnx] [--check]
+        [--torchscript mrl_b2.pt] [--int8 mrl_b2.int8.onnx] [--openvino mrl_b2.xml] [--check]
 
 Authors
 -------
  * speechbrain-mrl developers
 """
+import contextlib
 import importlib
 import io
 import logging
@@ -59,6 +69,7 @@ __all__ = [
     "quantize_onnx",
     "onnx_parity",
     "OnnxEncoder",
+    "inference_session",
     "run_export",
 ]
 
@@ -144,6 +155,17 @@ def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
     return wavs, lens
 
 
+@contextlib.contextmanager
+def _graph_front_end(encoder):
+    """While exporting: the front end's spectrogram as a convolution (any runtime reads it)."""
+    fbank = encoder.compute_features
+    before, fbank.stft_as_matmul = fbank.stft_as_matmul, True
+    try:
+        yield
+    finally:
+        fbank.stft_as_matmul = before
+
+
 def export_torchscript(encoder, path, example=None):
     """Traces the encoder to TorchScript and saves it.
 
@@ -176,7 +198,7 @@ def export_torchscript(encoder, path, example=None):
 
 
 def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
-                sample_rate=16000, opset_version=18, optimize=True):
+                sample_rate=16000, opset_version=20, optimize=True):
     """Exports the encoder to ONNX with dynamic batch and time axes.
 
     Arguments
@@ -207,7 +229,7 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
     batch = torch.export.Dim("batch", min=1, max=4096)
     time = torch.export.Dim("time", min=int(min_seconds * sample_rate),
                             max=int(max_seconds * sample_rate))
-    with torch.no_grad():
+    with torch.no_grad(), _graph_front_end(encoder):
         program = torch.onnx.export(
             module, tuple(example), dynamo=True, input_names=module.input_names,
             output_names=module.output_names,
@@ -225,9 +247,13 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
 
     With ``calibration`` waveforms (real speech), static quantisation: each
     activation gets a fixed scale from its range over them (QDQ format, which
-    ONNX Runtime runs with integer convolutions; the faster one on CPU).
+    ONNX Runtime runs with integer convolutions; the faster of the two on CPU).
     Without, dynamic quantisation: activations are scaled on the fly, no data
-    needed. The front end (STFT, mel filterbank) stays in float either way.
+    needed. The front end (spectrogram, mel filterbank) stays in float either
+    way. Neither is faster than fp32 ONNX Runtime on ReDimNet (grouped
+    convolutions of 4 channels gain nothing from int8, and every boundary to
+    the float layers costs a (de)quantisation; ``docs/benchmarks.md``): the
+    int8 file keeps the EER and is a fifth smaller.
 
     Arguments
     ---------
@@ -260,10 +286,7 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
-    graph = onnx.load(str(onnx_path)).graph
-    # the mel filterbank product sees power spectra (a huge dynamic range): kept in float
-    front_end = [n.name for n in graph.node
-                 if any("compute_features" in name for name in n.input)]
+    front_end = _front_end_nodes(onnx.load(str(onnx_path)).graph)
 
     class Waveforms(CalibrationDataReader):
         def __init__(self):
@@ -287,6 +310,23 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
                             weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
                             nodes_to_exclude=front_end)
     return out_path
+
+
+def _front_end_nodes(graph):
+    """Names of the nodes of the log-mel front end: the mel product and all it depends on.
+
+    The spectrogram and mel products see power spectra (a huge dynamic range):
+    quantised, real speech fell to a cosine of 0.35 with fp32; they stay in float.
+    """
+    producer = {out: n for n in graph.node for out in n.output}
+    todo = [n for n in graph.node if any("compute_features.mel_fb" in i for i in n.input)]
+    names = set()
+    while todo:
+        node = todo.pop()
+        if node.name not in names:
+            names.add(node.name)
+            todo += [producer[i] for i in node.input if i in producer]
+    return sorted(names)
 
 
 def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
@@ -346,6 +386,12 @@ class OnnxEncoder:
         Shortest waveform the front end takes (``MRLEncoder.min_samples``).
     providers : sequence of str
         ONNX Runtime execution providers.
+    threads : int, optional
+        Intra-op threads (default: ONNX Runtime's choice, one per core).
+    spinning : bool
+        Let idle threads spin after a call (lower latency when nothing else
+        runs; off by default, as spinning threads slow whatever the process
+        does between calls, e.g. decoding audio or a PyTorch model).
 
     Example
     -------
@@ -355,11 +401,9 @@ class OnnxEncoder:
     """
 
     def __init__(self, onnx_path, sample_rate=16000, min_samples=257,
-                 providers=("CPUExecutionProvider",)):
+                 providers=("CPUExecutionProvider",), threads=None, spinning=False):
         require_export_extra("onnxruntime")
-        import onnxruntime as ort
-
-        self.session = ort.InferenceSession(str(onnx_path), providers=list(providers))
+        self.session = inference_session(onnx_path, threads, spinning, providers)
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
 
@@ -372,6 +416,25 @@ class OnnxEncoder:
         outs = self.session.run(None, {"wavs": wavs.float().numpy(),
                                        "wav_lens": wav_lens.float().numpy()})
         return dict(zip(self.output_names, outs))
+
+
+def inference_session(onnx_path, threads=None, spinning=False,
+                      providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session set for inference (all graph optimisations, one inter-op thread).
+
+    Arguments as in :class:`OnnxEncoder`.
+    """
+    require_export_extra("onnxruntime")
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(onnx_path), opts, providers=list(providers))
 
 
 def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
@@ -447,6 +510,10 @@ def run_export(args):
             raise ValueError(f"model {args.model_folder}: onnxruntime vs PyTorch max abs "
                              f"difference is {diff} (NaN/Inf embeddings); {out} is not usable")
         print(f"onnxruntime vs PyTorch max abs difference: {diff:.3g}")
+    if args.openvino:
+        from speechbrain_mrl.openvino_runtime import export_openvino
+
+        print(f"OpenVINO IR: {export_openvino(out, args.openvino)}")
     if args.int8:
         calibration = (calibration_waveforms(args.calibration_csv, args.calibration_clips,
                                              enc.compute_features.sample_rate)
@@ -460,7 +527,10 @@ def _arguments(parser):
     parser.add_argument("--model_folder", required=True, help="model folder written by the recipe")
     parser.add_argument("--onnx", required=True, help="ONNX file to write")
     parser.add_argument("--torchscript", default=None, help="also write a TorchScript file here")
-    parser.add_argument("--opset", type=positive_int, default=18, help="ONNX opset")
+    parser.add_argument("--opset", type=positive_int, default=20, help="ONNX opset")
+    parser.add_argument("--openvino", default=None,
+                        help="also write OpenVINO IR here (.xml, weights in the .bin beside it; "
+                             "run it with speechbrain_mrl.openvino_runtime.OpenVinoEncoder)")
     parser.add_argument("--int8", default=None,
                         help="also write an int8 ONNX model here (static with --calibration_csv, "
                              "else dynamic)")

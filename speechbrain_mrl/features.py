@@ -199,6 +199,10 @@ class ReDimNetFbank(nn.Module):
             mel_scale="htk",
         )
         self.register_buffer("mel_fb", fb)
+        #: Compute the spectrogram as a convolution with DFT rows instead of
+        #: ``torch.stft`` (set by the graph export; see :meth:`_power_matmul`).
+        self.stft_as_matmul = False
+        self.register_buffer("dft_basis", self._dft_basis(), persistent=False)
 
     def extra_repr(self):
         return (
@@ -221,6 +225,35 @@ class ReDimNetFbank(nn.Module):
         w_cur = self.preemph_filter[0, 0, 1]
         prev = torch.cat([x[:, 1:2], x[:, :-1]], dim=1)
         return x * w_cur + prev * w_prev
+
+    def _power_matmul(self, x):
+        """Power spectrogram ``[B, frames, n_fft // 2 + 1]`` of centre-padded ``x`` as one
+        strided convolution with windowed cosine and sine rows (a real DFT).
+
+        The same frames as ``torch.stft`` (the window centred in ``n_fft``),
+        in plain convolution and arithmetic that graph runtimes read (OpenVINO
+        cannot read an ONNX ``STFT`` of dynamic length); equal to the FFT's
+        power to float rounding (features within about 2e-4).
+        """
+        bins = self.n_fft // 2 + 1
+        offset = (self.n_fft - self.win_length) // 2
+        # trimmed by the window's zero margins: the same frame count as the STFT
+        x = x[:, offset:x.shape[1] - (self.n_fft - self.win_length - offset)].unsqueeze(1)
+        spec = F.conv1d(x, self.dft_basis.to(x.dtype), stride=self.hop_length).transpose(1, 2)
+        return spec[..., :bins].pow(2) + spec[..., bins:].pow(2)
+
+    def _dft_basis(self):
+        """``[2 * (n_fft // 2 + 1), 1, win_length]``: windowed cosine then sine rows.
+
+        Built from the Hamming window of ``__init__`` (official checkpoints
+        hold the same window); not saved in ``state_dict``.
+        """
+        offset = (self.n_fft - self.win_length) // 2
+        n = torch.arange(self.win_length, dtype=torch.float64) + offset
+        k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        phase = 2 * torch.pi * k * n / self.n_fft
+        window = self.window.double()
+        return torch.cat([torch.cos(phase) * window, torch.sin(phase) * window]).float()[:, None]
 
     def _centre_pad(self, x, samples):
         """Reflect-pads each waveform by ``n_fft // 2`` around its own valid part."""
@@ -265,19 +298,22 @@ class ReDimNetFbank(nn.Module):
         with torch.no_grad(), torch.autocast(wavs.device.type, enabled=False):
             x = self._preemphasis(wavs.float())
             x = self._centre_pad(x, samples)
-            spec = torch.stft(
-                x,
-                n_fft=self.n_fft,
-                hop_length=self.hop_length,
-                win_length=self.win_length,
-                window=self.window,
-                center=False,
-                normalized=False,
-                onesided=True,
-                return_complex=True,
-            )
-            power = spec.abs().pow(2.0)
-            feats = torch.matmul(power.transpose(1, 2), self.mel_fb)
+            if self.stft_as_matmul:
+                power = self._power_matmul(x)
+            else:
+                spec = torch.stft(
+                    x,
+                    n_fft=self.n_fft,
+                    hop_length=self.hop_length,
+                    win_length=self.win_length,
+                    window=self.window,
+                    center=False,
+                    normalized=False,
+                    onesided=True,
+                    return_complex=True,
+                )
+                power = spec.abs().pow(2.0).transpose(1, 2)
+            feats = torch.matmul(power, self.mel_fb)
             feats = torch.log(feats + 1e-6)
             if samples is None:
                 feats = feats - feats.mean(dim=1, keepdim=True)

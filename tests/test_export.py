@@ -1,6 +1,7 @@
 """Tests of speechbrain_mrl.export (TorchScript and ONNX, onnxruntime parity)."""
 import contextlib
 import copy
+import importlib.util
 import io
 import os
 import pathlib
@@ -23,8 +24,11 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
 
 
+#: Whether the OpenVINO runtime is installed (the ``openvino`` extra; the test extra has it).
+HAVE_OPENVINO = importlib.util.find_spec("openvino") is not None
 #: Output names of the ``exported`` fixture, each a symlink to a victim file before the export.
-OUTPUTS = ["tiny.onnx", "tiny.pt", "tiny.int8.onnx"]
+OUTPUTS = ["tiny.onnx", "tiny.pt", "tiny.int8.onnx"] + (["tiny.xml", "tiny.bin"] if HAVE_OPENVINO
+                                                          else [])
 #: The fixed temporary name the int8 export once wrote through (a symlink planted there).
 OLD_TMP = ".tiny.int8.onnx.tmp"
 #: What the ``exported`` fixture's command printed and warned.
@@ -55,7 +59,8 @@ def exported(tmp_path_factory):
         onnx_path = ex.main(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
                              "--torchscript", str(root / "tiny.pt"), "--int8",
                              str(root / "tiny.int8.onnx"), "--calibration_csv",
-                             str(root / "calibration.csv"), "--check"])
+                             str(root / "calibration.csv"), "--check",
+                             *(["--openvino", str(root / "tiny.xml")] if HAVE_OPENVINO else [])])
     enc = ex.load_encoder(folder)
     EXPORT_RUN.update(printed=printed.getvalue(), warnings=[str(w.message) for w in caught])
     return folder, enc, pathlib.Path(onnx_path), root / "tiny.pt"
@@ -313,3 +318,119 @@ def test_onnx_encoder_checks_the_inputs_the_graph_accepts(exported):
         encoder(torch.zeros(1, 16000))
     with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
         encoder(torch.full((1, 16000), float("nan")))
+
+
+def test_onnx_graph_has_no_stft_and_one_gelu_node_per_gelu(exported):
+    """The graph OpenVINO reads: the spectrogram as a convolution (OpenVINO refused the dynamic
+    STFT), GELU as one node (opset 20; decomposed into Erf/Mul/Add/Div it cost ONNX Runtime)."""
+    import onnx
+
+    ops = [n.op_type for n in onnx.load(str(exported[2])).graph.node]
+    assert "STFT" not in ops and "Erf" not in ops and "Gelu" in ops
+
+
+def test_front_end_stays_float_in_static_int8(exported):
+    """Regression: the spectrogram convolution with DFT rows would be quantised like any Conv."""
+    import onnx
+
+    front = set(ex._front_end_nodes(onnx.load(str(exported[2])).graph))
+    int8 = onnx.load(str(exported[2].with_name("tiny.int8.onnx"))).graph
+    fed = {i for n in int8.node if n.op_type == "DequantizeLinear" for i in n.output}
+    quantised = {n.name for n in int8.node if n.op_type in ("Conv", "MatMul")
+                 and any(i in fed for i in n.input)}
+    assert {"Conv", "MatMul"} <= {n.op_type for n in onnx.load(str(exported[2])).graph.node
+                                  if n.name in front}
+    assert quantised and not quantised & front
+
+
+def test_spectrogram_as_convolution_equals_stft():
+    from speechbrain_mrl.features import ReDimNetFbank
+
+    fbank = ReDimNetFbank(n_mels=60)
+    wavs, lens = _mixed([speaker_voice(i, i, s) for i, s in enumerate((1.3, 0.4, 0.0161))])
+    reference = fbank(wavs, lens)
+    fbank.stft_as_matmul = True
+    assert float((fbank(wavs, lens) - reference).abs().max()) < 1e-3
+    assert "dft_basis" not in fbank.state_dict()  # checkpoints unchanged
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+@pytest.mark.parametrize("model_name", ["tiny.onnx", "tiny.xml"])
+def test_openvino_encoder_equals_pytorch_on_mixed_lengths(exported, model_name):
+    """OpenVINO (fp32) on the ONNX file and on the IR the export wrote: a padded batch, its time
+    axis padded further to the compiled bucket, gives each clip's own PyTorch embeddings."""
+    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+
+    _, enc, onnx_path, _ = exported
+    encoder = OpenVinoEncoder(onnx_path.with_name(model_name), precision="fp32", threads=2)
+    clips = [speaker_voice(i, i, s) for i, s in enumerate((2.1, 0.6, 1.3))]
+    wavs, lens = _mixed(clips)
+    for batch, lengths in ((wavs, lens), (wavs[1:2, :len(clips[1])], None)):
+        got = encoder(batch, lengths)
+        assert list(got) == [f"embedding_{d}" for d in MRL_DIMS]
+        with torch.no_grad():
+            ref = enc.all_dims(batch, lengths)
+        for d, g in zip(MRL_DIMS, got.values()):
+            np.testing.assert_allclose(g, ref[d].numpy(), atol=1e-4)
+    assert len(encoder._compiled) == 2  # one compiled shape per (batch, padded length)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_openvino_encoder_bf16_keeps_the_scores(exported):
+    """bf16 (where the CPU has it) keeps the embeddings' directions."""
+    import openvino as ov
+
+    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder, cpu_has_bf16
+
+    if not cpu_has_bf16(ov.Core()):
+        with pytest.raises(RuntimeError, match="no native bf16"):
+            OpenVinoEncoder(exported[2], precision="bf16")
+        return
+    _, enc, onnx_path, _ = exported
+    wavs, lens = _mixed([speaker_voice(s, u, 1.0 + 0.2 * u) for s in range(3) for u in range(2)])
+    full = torch.from_numpy(OpenVinoEncoder(onnx_path, precision="bf16")(wavs, lens)
+                            [f"embedding_{MRL_DIMS[-1]}"])
+    with torch.no_grad():
+        ref = enc(wavs, lens)
+    assert bool((torch.nn.functional.cosine_similarity(full, ref, dim=1) > 0.99).all())
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_openvino_encoder_checks_inputs(exported):
+    """The same input checks as OnnxEncoder."""
+    from speechbrain_mrl.audio import AudioError
+    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+
+    encoder = OpenVinoEncoder(exported[2], precision="fp32")
+    wavs, _ = _mixed([speaker_voice(3, 0, 0.9), speaker_voice(4, 1, 0.5)])
+    for bad in (0.0, float("nan"), -1.0, 1.5):
+        with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
+            encoder(wavs, torch.tensor([1.0, bad]))
+    with pytest.raises(AudioError, match="utterance 0: .*silence"):
+        encoder(torch.zeros(1, 16000))
+    with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
+        encoder(torch.full((1, 16000), float("nan")))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        OpenVinoEncoder(exported[2], precision="int4")
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
+def test_openvino_encoder_windows_long_input_as_the_pytorch_model(exported):
+    """Utterances above long_seconds: windows pooled and merged as MRLEncoder.embed does (the
+    graph split at the pooled statistics); the others of the batch in one pass."""
+    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+
+    _, enc, onnx_path, _ = exported
+    encoder = OpenVinoEncoder(onnx_path, precision="fp32", long_seconds=1.0, window_seconds=0.5,
+                              window_batch=2)
+    clips = [speaker_voice(1, 0, 2.3), speaker_voice(2, 1, 0.8), speaker_voice(3, 0, 1.7)]
+    wavs, lens = _mixed(clips)
+    got = encoder(wavs, lens)
+    with torch.no_grad():
+        ref = enc.embed(wavs, lens, long_samples=16000, window_samples=8000)
+        one_pass = enc(wavs, lens)
+    full = got[f"embedding_{MRL_DIMS[-1]}"]
+    np.testing.assert_allclose(full, ref.numpy(), atol=1e-4)
+    assert float((torch.from_numpy(full[0]) - one_pass[0]).abs().max()) > 1e-3  # windowed
+    np.testing.assert_allclose(got[f"embedding_{MRL_DIMS[0]}"], ref[:, :MRL_DIMS[0]].numpy(),
+                               atol=1e-4)
