@@ -133,3 +133,28 @@ def demo_args(data, out, n_classes):
             "--scratch_epochs", "1", "--mrl_epochs", "1", "--train_test",
             "--scratch_overrides", common + f"--redimnet_config '{TINY_REDIMNET}'",
             "--mrl_overrides", common]
+
+
+def make_librispeech(root, splits=None, chapters=2, utts=2, duration=1.5):
+    """``<root>/LibriSpeech/<split>/<reader>/<chapter>/<reader>-<chapter>-<utt>.flac`` + SPEAKERS.TXT.
+
+    ``splits``: ``{split: number of readers}`` (default 4 training readers,
+    4 dev-clean and 4 test-clean readers). Reader IDs are unique across
+    splits; sexes alternate F/M. Returns ``{split: [reader, ...]}``.
+    """
+    splits = splits or {"train-clean-100": 4, "dev-clean": 4, "test-clean": 4}
+    base = pathlib.Path(root) / "LibriSpeech"
+    readers, lines, index = {}, [";ID  |SEX| SUBSET           |MINUTES| NAME\n"], 0
+    for split, n in splits.items():
+        for _ in range(n):
+            reader = str(100 + 17 * index)
+            for c in range(chapters):
+                chapter = str(1000 + 10 * index + c)
+                for u in range(utts):
+                    write_wav(base / split / reader / chapter / f"{reader}-{chapter}-{u:04d}.flac",
+                              voice(index, int(duration * SR), 31 * index + 7 * c + u))
+            lines.append(f"{reader:<5}| {'FM'[index % 2]} | {split:<16} | 25.03 | Reader {reader}\n")
+            readers.setdefault(split, []).append(reader)
+            index += 1
+    (base / "SPEAKERS.TXT").write_text("".join(lines))
+    return readers

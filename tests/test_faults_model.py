@@ -187,13 +187,13 @@ def test_tagged_override_publishes_no_absolute_path(tiny, tmp_path):
     import speechbrain as sb
 
     from recipe_data import RECIPE
-    import train  # the recipe folder, on sys.path through recipe_data
+    from speechbrain_mrl.training import training_command
 
     hparams = RECIPE / "hparams" / "mrl_b2.yaml"
     _, _, overrides = sb.parse_arguments([str(hparams), "--noise", "!ref /home/alice/noise",
                                           "--data_folder", "/home/alice/vox", "--lists",
                                           "[/home/alice/a.csv, b.csv]"])
-    command = train.training_command(str(hparams), overrides)
+    command = training_command(str(hparams), overrides)
     assert "/home/alice" not in command
     assert command == ("python train.py hparams/mrl_b2.yaml noise: !ref noise data_folder: vox "
                        "lists: [a.csv, b.csv]")

@@ -58,6 +58,7 @@ def test_prepare_voxceleb(vox, capsys):
     assert {r["ID"] for r in test} == {"id10270/vid1/00002", "id10271/vid0/00002"}
     row = train[0]
     assert int(row["stop"]) - int(row["start"]) == 19200 and float(row["duration"]) == 1.2
+    assert (save / "prepared_data.png").read_bytes()[:4] == b"\x89PNG"  # the data's chart
 
 
 def test_prepare_skip_if_prepared_and_options(vox):

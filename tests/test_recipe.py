@@ -20,6 +20,8 @@ from recipe_data import (RECIPE, TINY_REDIMNET, demo_args, make_flat_speakers, m
 import run_demo  # noqa: E402  (recipe folder on sys.path via recipe_data)
 import train  # noqa: E402
 
+from speechbrain_mrl import training
+
 N_CLASSES = 8  # 6 train speakers (2 held out for validation) + 2 LibriSpeech readers
 
 
@@ -142,6 +144,15 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
     assert "Long read speech validation list" in (out / "results.md").read_text()
     for name in ("summary.json", "results.md", "eer_vs_size.png"):
         assert (out / name).stat().st_size > 0
+    # the pictures of both trainings and of the prepared data, shown in results.md
+    text = (out / "results.md").read_text()
+    for rel in ("scratch/training_curves.png", "mrl/training_curves.png", "data/prepared_data.png",
+                "eer_vs_size.png"):
+        assert (out / rel).read_bytes()[:4] == b"\x89PNG" and f"]({rel})" in text, rel
+    history = json.loads((out / "mrl" / "train_history.json").read_text())["epochs"]
+    assert [r["epoch"] for r in history] == [0, 1]
+    assert set(history[1]["valid_EER"]) == {"valid", "valid_long"}
+    assert set(history[1]["train_loss_per_size"]) == {"4", "8", "16"}
     saved = json.loads((out / "summary.json").read_text())
     assert {"frozen_epoch_s", "finetune_epoch_s", "speedup_frozen_vs_finetune"} <= set(saved["times"])
     # the search stage: every test speaker enrolled, each funnel evaluated, the cascade table
@@ -176,7 +187,7 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
     data = make_speech_commands(tmp_path / "data")
     out = tmp_path / "out"
     argv = scratch_overrides(data, out, N_CLASSES, epochs=2, extra=["--ckpt_interval_steps", "2"])
-    orig = train.MRLBrain.fit_batch
+    orig = training.MRLBrain.fit_batch
     seen = []
 
     def interrupted(self, batch):
@@ -185,7 +196,7 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
         seen.append((self.hparams.epoch_counter.current, self.step))
         return orig(self, batch)
 
-    monkeypatch.setattr(train.MRLBrain, "fit_batch", interrupted)
+    monkeypatch.setattr(training.MRLBrain, "fit_batch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         train.main(argv)
     assert seen == [(1, 1), (1, 2)]
@@ -193,7 +204,7 @@ def test_resume_mid_epoch(tmp_path, monkeypatch):
     assert len(ckpts) == 1 and "intra" in (ckpts[0] / "CKPT.yaml").read_text().lower()
 
     seen.clear()
-    monkeypatch.setattr(train.MRLBrain, "fit_batch", lambda self, b: (
+    monkeypatch.setattr(training.MRLBrain, "fit_batch", lambda self, b: (
         seen.append((self.hparams.epoch_counter.current, self.step)), orig(self, b))[1])
     train.main(argv)
     n_batches = (len((out / "data" / "train.csv").read_text().splitlines()) - 1) // 8
@@ -213,7 +224,7 @@ def test_non_finite_model_is_never_checkpointed(tmp_path, monkeypatch):
     """
     data = make_speech_commands(tmp_path / "data")
     out = tmp_path / "out"
-    orig = train.MRLBrain.fit_batch
+    orig = training.MRLBrain.fit_batch
 
     def poisoned(self, batch):
         loss = orig(self, batch)
@@ -221,7 +232,7 @@ def test_non_finite_model_is_never_checkpointed(tmp_path, monkeypatch):
             self.modules.encoder.embedding_model.bn.running_mean.fill_(float("nan"))
         return loss
 
-    monkeypatch.setattr(train.MRLBrain, "fit_batch", poisoned)
+    monkeypatch.setattr(training.MRLBrain, "fit_batch", poisoned)
     with pytest.raises(RuntimeError, match=r"NaN/Inf .*embedding_model\.bn\.running_mean"):
         train.main(scratch_overrides(data, out, N_CLASSES, epochs=2,
                                      extra=["--ckpt_num_to_keep", "2"]))
@@ -275,7 +286,7 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     if name == "verification.yaml":
         script = (RECIPE / "speaker_verification_cosine.py").read_text()
     else:
-        script = (RECIPE / "train.py").read_text()
+        script = (RECIPE / "train.py").read_text() + pathlib.Path(training.__file__).read_text()
     run_opts = set(RunOptions().as_dict())
     unused = [k for k in keys if not k.startswith("__") and k not in run_opts
               and not re.search(rf"\b{k}\b", script) and f"<{k}" not in text]

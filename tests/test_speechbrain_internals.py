@@ -1,8 +1,8 @@
 """The parts of SpeechBrain 1.1.2 beyond its public hooks that the project relies on.
 
-``train.py``'s ``MRLBrain`` overrides ``Brain._wrap_distributed`` (SpeechBrain
-turns every BatchNorm into SyncBatchNorm, which DDP refuses on CPU, with no
-option to skip it), and ``speechbrain_mrl.checkpoints.SafeCheckpointer``
+``speechbrain_mrl.training.MRLBrain`` (every recipe's Brain) overrides
+``Brain._wrap_distributed`` (SpeechBrain turns every BatchNorm into
+SyncBatchNorm, which DDP refuses on CPU, with no option to skip it), and ``speechbrain_mrl.checkpoints.SafeCheckpointer``
 overrides ``Checkpointer``'s private folder methods and fills SpeechBrain's
 hook tables. A SpeechBrain release that renames, re-signs or stops calling any
 of them fails here, naming it, instead of silently losing the behaviour (DDP
@@ -16,10 +16,8 @@ from speechbrain.core import Brain
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from recipe_data import RECIPE  # noqa: F401  (puts the recipe folder on sys.path)
 from speechbrain_mrl.checkpoints import SafeCheckpointer
-
-import train  # noqa: E402
+from speechbrain_mrl.training import MRLBrain
 
 #: private methods overridden, and the signature they have in SpeechBrain 1.1.2
 PRIVATE_OVERRIDES = {
@@ -48,7 +46,7 @@ def test_private_methods_keep_their_signature(cls, name):
         f"{cls.__name__}.{name} changed signature: the override in the project must follow")
 
 
-@pytest.mark.parametrize("sub, base", [(train.MRLBrain, Brain),
+@pytest.mark.parametrize("sub, base", [(MRLBrain, Brain),
                                        (SafeCheckpointer, sb_checkpoints.Checkpointer)],
                          ids=["MRLBrain", "SafeCheckpointer"])
 def test_overrides_are_known_and_match_the_base(sub, base):
@@ -113,4 +111,4 @@ def test_brain_still_calls_wrap_distributed_and_reads_its_attributes(tmp_path):
     assert calls == ["wrap"] and brain.optimizer_step == 2
     for attr in ("distributed_launch", "device_type", "find_unused_parameters",
                  "remove_vector_weight_decay", "optimizers_dict"):
-        assert hasattr(brain, attr), f"Brain.{attr} is gone (read by train.py's MRLBrain)"
+        assert hasattr(brain, attr), f"Brain.{attr} is gone (read by MRLBrain)"

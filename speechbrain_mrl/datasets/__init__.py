@@ -4,9 +4,13 @@
   manifest rows, trial lists, skip-when-unchanged).
 * :mod:`speechbrain_mrl.datasets.voxceleb`: VoxCeleb-style folders
   (``<spk>/<video>/<utt>.wav``), :func:`~speechbrain_mrl.datasets.voxceleb.prepare_voxceleb`.
+* :mod:`speechbrain_mrl.datasets.librispeech`: LibriSpeech in its official layout
+  (training splits, speaker-disjoint trial lists from ``dev-*``/``test-*``, download),
+  :func:`~speechbrain_mrl.datasets.librispeech.prepare_librispeech`.
 * :mod:`speechbrain_mrl.datasets.speech_commands`: the CPU-sized demo data
   (Speech Commands regrouped by speaker, optional LibriSpeech readers),
   :func:`~speechbrain_mrl.datasets.speech_commands.prepare_demo`.
 
-The two preparations run as scripts too (``python -m speechbrain_mrl.datasets.voxceleb --help``).
+The preparations run as scripts too (``python -m speechbrain_mrl.datasets.voxceleb --help``,
+``python -m speechbrain_mrl.datasets.librispeech --help``).
 """

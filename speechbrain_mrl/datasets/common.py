@@ -221,7 +221,7 @@ def trial_rows(rel_paths, roots, skipped):
 
 
 # ----------------------------------------------------------------- trial lists
-def make_trials(rows, n_trials, seed=1234):
+def make_trials(rows, n_trials, seed=1234, session_of=None, group_of=None):
     """A balanced, seeded trial list among manifest rows (half target trials).
 
     Arguments
@@ -232,6 +232,14 @@ def make_trials(rows, n_trials, seed=1234):
         Wanted number of trials (fewer if there are not enough distinct pairs).
     seed : int
         Random seed.
+    session_of : dict of str to str, optional
+        ``{ID: recording session}`` (e.g. a LibriSpeech chapter): target
+        trials then pair rows of two different sessions of a speaker, so
+        enrolment and test never share a recording (speakers with one
+        session give no target trial).
+    group_of : dict of str to str, optional
+        ``{spk_id: group}`` (e.g. the sex): non-target trials then pair
+        speakers of the same group only.
 
     Returns
     -------
@@ -244,25 +252,48 @@ def make_trials(rows, n_trials, seed=1234):
     >>> trials = make_trials(rows, 6, seed=0)
     >>> len(trials), sum(lab for lab, _, _ in trials)
     (6, 3)
+    >>> sessions = {r[0]: r[0][-1] for r in rows}  # two sessions of each speaker, one row each
+    >>> trials = make_trials(rows, 6, seed=0, session_of=sessions, group_of={"s0": "F"})
+    >>> all(sessions[a] != sessions[b] for lab, a, b in trials if lab)
+    True
+    >>> sorted({(a[:2], b[:2]) for lab, a, b in trials if not lab})  # s1, s2: group None
+    [('s1', 's2'), ('s2', 's1')]
     """
     rng = random.Random(seed)
     by_spk = {}
     for r in rows:
         by_spk.setdefault(r[5], []).append(r[0])
-    multi = [s for s in sorted(by_spk) if len(by_spk[s]) >= 2]
     ids = [r[0] for r in rows]
     spk_of = {r[0]: r[5] for r in rows}
-    n_pos_max = sum(len(by_spk[s]) * (len(by_spk[s]) - 1) // 2 for s in multi)
+    if session_of is None:
+        multi = [s for s in sorted(by_spk) if len(by_spk[s]) >= 2]
+        n_pos_max = sum(len(by_spk[s]) * (len(by_spk[s]) - 1) // 2 for s in multi)
+    else:
+        sessions = {}
+        for s, spk_ids in by_spk.items():
+            for i in spk_ids:
+                sessions.setdefault(s, {}).setdefault(session_of[i], []).append(i)
+        multi = [s for s in sorted(sessions) if len(sessions[s]) >= 2]
+        n_pos_max = sum((len(by_spk[s]) ** 2 - sum(len(v) ** 2 for v in sessions[s].values())) // 2
+                        for s in multi)
     n_pos = min(n_trials // 2, n_pos_max)
     n_neg = min(n_trials - n_pos if n_pos < n_trials // 2 else n_trials // 2,
                 len(ids) * (len(ids) - 1) // 2 - n_pos_max)
 
     def target():
-        return rng.sample(by_spk[rng.choice(multi)], 2)
+        spk = rng.choice(multi)
+        if session_of is None:
+            return rng.sample(by_spk[spk], 2)
+        a, b = rng.sample(sorted(sessions[spk]), 2)
+        return rng.choice(sessions[spk][a]), rng.choice(sessions[spk][b])
 
     def nontarget():
         a, b = rng.sample(ids, 2)
-        return None if spk_of[a] == spk_of[b] else (a, b)
+        if spk_of[a] == spk_of[b]:
+            return None
+        if group_of is not None and group_of.get(spk_of[a]) != group_of.get(spk_of[b]):
+            return None
+        return a, b
 
     seen = set()
     max_tries = 50 * n_trials + 100
@@ -398,3 +429,23 @@ def report_skipped(skipped, save_folder):
 
 
 # ----------------------------------------------------------------- train/dev split
+
+
+# ----------------------------------------------------------------- chart
+def write_data_chart(save_folder, manifests):
+    """Draws rows per speaker and durations of the prepared ``manifests`` into ``prepared_data.png``.
+
+    Arguments
+    ---------
+    save_folder : str or os.PathLike
+        The preparation's folder.
+    manifests : dict of str to (str or list of str)
+        ``{name: csv path(s)}`` (see :func:`speechbrain_mrl.run_plots.plot_manifests`).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from speechbrain_mrl.run_plots import DATA_CHART_FILE, plot_manifests
+
+    return pathlib.Path(plot_manifests(manifests, pathlib.Path(save_folder) / DATA_CHART_FILE))

@@ -61,6 +61,7 @@ from speechbrain_mrl.datasets.common import (
     speaker_of,
     trial_id,
     trial_rows,
+    write_data_chart,
 )
 
 logger = logging.getLogger(__name__)
@@ -386,6 +387,9 @@ def prepare_demo(
     write_trials(out["val_trials"], make_trials(dev_rows, n_val_trials, seed=seed))
     kept = _write_test(sc, trials, out, skipped)
     report_skipped(skipped, save_folder)
+    write_data_chart(save_folder, {"train": out["train"], "validation": out["dev"],
+                                   "long validation": out.get("dev_long"),
+                                   "test": [out["enrol"], out["test"]]})
     save_opts(save_folder, opts)
     logger.info("demo data: %d train rows (%d speakers), %d dev rows (%d speakers), %d test trials",
                 len(train_rows), len({r[5] for r in train_rows}), len(dev_rows), len(val_spks), len(kept))

@@ -46,6 +46,7 @@ from speechbrain_mrl.datasets.common import (
     skip,
     save_opts,
     report_skipped,
+    write_data_chart,
 )
 from speechbrain_mrl.manifests import read_trials, write_manifest
 
@@ -254,6 +255,8 @@ def prepare_voxceleb(
         logger.info("Skipping preparation, completed in previous run.")
     else:
         out["n_skipped"] = _prepare(save_folder, **opts)
+        write_data_chart(save_folder, {"train": out.get("train"), "validation": out.get("dev"),
+                                       "test": [out[k] for k in ("enrol", "test") if k in out]})
         if valid_trials is not None and os.path.isfile(valid_trials):
             os.remove(valid_trials)  # drawn from the dev set just replaced
         save_opts(save_folder, state)

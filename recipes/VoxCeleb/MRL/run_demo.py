@@ -20,7 +20,9 @@ stopped (delete a stage's folder to run it again):
    half through every funnel, and cascade verification of the test trials
    (margin calibrated on the validation trials);
 6. the report: an EER/minDCF table, the funnel table and the cascade table,
-   printed and written to ``results.md``, ``summary.json`` and ``eer_vs_size.png``.
+   printed and written to ``results.md``, ``summary.json`` and ``eer_vs_size.png``;
+   ``results.md`` also shows the pictures the stages drew (the training curves
+   of both trainings, the chart of the prepared data).
 
 Usage::
 
@@ -44,6 +46,7 @@ import torch
 from speechbrain_mrl.manifests import CSV_HEADER, read_manifest, write_manifest
 from speechbrain_mrl.inference import MRLEncoderClassifier
 from speechbrain_mrl.packaging import write_model_folder
+from speechbrain_mrl.run_plots import CURVES_FILE, DATA_CHART_FILE
 
 HERE = pathlib.Path(__file__).resolve().parent
 BASELINE_EER = 16.68  # MFCC statistics + cosine on the demo trials
@@ -212,6 +215,23 @@ def table_lines(table):
     return lines
 
 
+PICTURES = (  # (file under the output folder, caption) shown in results.md when present
+    ("eer_vs_size.png", "EER against embedding size on the test trials"),
+    (f"scratch/{CURVES_FILE}", "Stage 1 (ReDimNet from scratch): training curves"),
+    (f"mrl/{CURVES_FILE}", "Stage 2 (frozen backbone, Matryoshka head): training curves"),
+    (f"data/{DATA_CHART_FILE}", "Prepared data: rows per speaker and durations"),
+)
+
+
+def picture_lines(out):
+    """Markdown lines showing the :data:`PICTURES` that exist under ``out``."""
+    lines = []
+    for rel, caption in PICTURES:
+        if (out / rel).is_file():
+            lines += [f"{caption}:", "", f"![{caption}]({rel})", ""]
+    return ["", "## Pictures", ""] + lines if lines else []
+
+
 def report(table, times, scratch, mrl, finetune, out, long_table=None, search=None):
     """Prints and writes the results tables, the target checks, summary.json and the plot."""
     full = max(table["matryoshka"])
@@ -242,7 +262,6 @@ def report(table, times, scratch, mrl, finetune, out, long_table=None, search=No
     lines += [f"- [{'x' if ok else ' '}] {name}" for name, ok in checks.items()]
     text = "\n".join(lines)
     print("\n" + text, flush=True)
-    (out / "results.md").write_text(text + "\n")
     summary = {"table": {k: {str(d): v for d, v in t.items()} for k, t in table.items()},
                "long_valid_table": {k: {str(d): v for d, v in t.items()}
                                     for k, t in (long_table or {}).items()},
@@ -252,6 +271,7 @@ def report(table, times, scratch, mrl, finetune, out, long_table=None, search=No
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     plot(table, out / "eer_vs_size.png")
     print(f"plot: {out / 'eer_vs_size.png'}")
+    (out / "results.md").write_text("\n".join([text] + picture_lines(out)).rstrip() + "\n")
     return summary
 
 
