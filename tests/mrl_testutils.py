@@ -137,3 +137,18 @@ class PicklePayload:
 
     def __reduce__(self):
         return (os.makedirs, (self.marker,))
+
+
+def clustered_speakers(n_spk=120, n_utt=3, dim=32, seed=0, noise=0.6):
+    """Random speaker centres, ``n_utt`` noisy utterances each and one noisy query each.
+
+    Returns ``(utterance speaker IDs, [n_spk * n_utt, dim] embeddings, [n_spk, dim] queries)``.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_spk, dim))
+    ids = [f"spk{s:04d}" for s in range(n_spk) for _ in range(n_utt)]
+    emb = np.repeat(centres, n_utt, axis=0) + noise * rng.standard_normal((n_spk * n_utt, dim))
+    queries = centres + noise * rng.standard_normal((n_spk, dim))
+    return ids, emb.astype("float32"), queries.astype("float32")

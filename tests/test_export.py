@@ -296,11 +296,23 @@ def test_static_int8_calibration_refuses_nan_and_silent_clips(exported, tmp_path
     assert not (tmp_path / "q.onnx").exists()
 
 
+def _assert_refuses_bad_input(encoder, wavs):
+    """A runtime wrapper refuses the lengths and audio its graph would embed silently."""
+    from speechbrain_mrl.audio import AudioError
+
+    for bad in (0.0, float("nan"), -1.0, 1.5):
+        with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
+            encoder(wavs, torch.tensor([1.0, bad]))
+    with pytest.raises(AudioError, match="utterance 0: .*silence"):
+        encoder(torch.zeros(1, 16000))
+    with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
+        encoder(torch.full((1, 16000), float("nan")))
+
+
 def test_onnx_encoder_checks_the_inputs_the_graph_accepts(exported):
     """Regression: the graph embedded wav_lens of 0, NaN, -1 or 1.5 and silent or NaN audio."""
     import onnxruntime as ort
 
-    from speechbrain_mrl.audio import AudioError
 
     _, _, onnx_path, _ = exported
     wavs, lens = _mixed([speaker_voice(3, 0, 1.2), speaker_voice(4, 1, 0.8)])
@@ -311,13 +323,7 @@ def test_onnx_encoder_checks_the_inputs_the_graph_accepts(exported):
     for e, g in zip(expected, got.values()):
         np.testing.assert_allclose(g, e, atol=1e-6)
     encoder = ex.OnnxEncoder(onnx_path)
-    for bad in (0.0, float("nan"), -1.0, 1.5):
-        with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
-            encoder(wavs, torch.tensor([1.0, bad]))
-    with pytest.raises(AudioError, match="utterance 0: .*silence"):
-        encoder(torch.zeros(1, 16000))
-    with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
-        encoder(torch.full((1, 16000), float("nan")))
+    _assert_refuses_bad_input(encoder, wavs)
 
 
 def test_onnx_graph_has_no_stft_and_one_gelu_node_per_gelu(exported):
@@ -398,18 +404,11 @@ def test_openvino_encoder_bf16_keeps_the_scores(exported):
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
 def test_openvino_encoder_checks_inputs(exported):
     """The same input checks as OnnxEncoder."""
-    from speechbrain_mrl.audio import AudioError
     from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
 
     encoder = OpenVinoEncoder(exported[2], precision="fp32")
     wavs, _ = _mixed([speaker_voice(3, 0, 0.9), speaker_voice(4, 1, 0.5)])
-    for bad in (0.0, float("nan"), -1.0, 1.5):
-        with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
-            encoder(wavs, torch.tensor([1.0, bad]))
-    with pytest.raises(AudioError, match="utterance 0: .*silence"):
-        encoder(torch.zeros(1, 16000))
-    with pytest.raises(AudioError, match="utterance 0: audio contains NaN or Inf"):
-        encoder(torch.full((1, 16000), float("nan")))
+    _assert_refuses_bad_input(encoder, wavs)
     with pytest.raises(ValueError, match="precision must be one of"):
         OpenVinoEncoder(exported[2], precision="int4")
 

@@ -8,6 +8,8 @@ import uuid
 import numpy as np
 import pytest
 
+from mrl_testutils import clustered_speakers
+
 from speechbrain_mrl.indexes import copy_index, index_exists, open_index
 from speechbrain_mrl.qdrant_index import (QdrantSpeakerIndex, parse_qdrant_location,
                                           speaker_point_id)
@@ -30,19 +32,10 @@ needs_qdrant = pytest.mark.skipif(not _qdrant_installed(),
 DIMS = [8, 16, 32]
 
 
-def _speakers(n_spk=120, n_utt=3, dim=32, seed=0, noise=0.6):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_spk, dim))
-    ids = [f"spk{s:04d}" for s in range(n_spk) for _ in range(n_utt)]
-    emb = np.repeat(centres, n_utt, axis=0) + noise * rng.standard_normal((n_spk * n_utt, dim))
-    queries = centres + noise * rng.standard_normal((n_spk, dim))
-    return ids, emb.astype("float32"), queries.astype("float32")
-
-
 @pytest.fixture(scope="module")
 def both(tmp_path_factory):
     """The same enrolment in a FAISS index (exact first stage) and a local Qdrant collection."""
-    ids, emb, queries = _speakers()
+    ids, emb, queries = clustered_speakers()
     faiss_index = SpeakerIndex(32, DIMS, model_sha256="abc", thresholds={16: 0.5, 32: 0.6})
     faiss_index.enrol(ids, emb)
     store = tmp_path_factory.mktemp("qdrant")
@@ -89,7 +82,7 @@ def test_open_set_identification_equals_the_faiss_index(both):
 
 @needs_qdrant
 def test_incremental_enrol_replace_remove_equal_the_faiss_index(tmp_path):
-    ids, emb, queries = _speakers(n_spk=20)
+    ids, emb, queries = clustered_speakers(n_spk=20)
     faiss_index = SpeakerIndex(32, DIMS)
     with QdrantSpeakerIndex(32, DIMS, location=f"qdrant+local:{tmp_path}/q/speakers") as qdrant:
         for index in (faiss_index, qdrant):
@@ -182,7 +175,7 @@ def test_a_second_client_on_a_local_folder_gets_one_clear_line(tmp_path):
 @needs_qdrant
 @pytest.mark.parametrize("dtype, first_stage", [("float32", "hnsw"), ("float16", "flat")])
 def test_copy_a_folder_to_a_collection_and_back(tmp_path, dtype, first_stage):
-    ids, emb, queries = _speakers(n_spk=30)
+    ids, emb, queries = clustered_speakers(n_spk=30)
     index = SpeakerIndex(32, DIMS, model_sha256="abc", dtype=dtype, first_stage=first_stage,
                          thresholds={32: 0.4}, thresholds_for="verification")
     index.enrol(ids, emb)
@@ -286,7 +279,7 @@ def test_without_qdrant_client_a_qdrant_location_names_the_extra(tmp_path, monke
                            "test against one (no server can be installed on the test machines)")
 def test_against_a_real_qdrant_server():
     """The same parity on a server: an HNSW first stage with a generous ef, then exact."""
-    ids, emb, queries = _speakers(n_spk=200)
+    ids, emb, queries = clustered_speakers(n_spk=200)
     faiss_index = SpeakerIndex(32, DIMS, model_sha256="abc")
     faiss_index.enrol(ids, emb)
     location = f"{os.environ['MRL_QDRANT_URL'].rstrip('/')}/mrl_test_{uuid.uuid4().hex[:8]}"

@@ -5,18 +5,11 @@ import os
 import numpy as np
 import pytest
 
+from mrl_testutils import clustered_speakers
+
 from speechbrain_mrl.search import SpeakerIndex
 
 DIMS = [8, 16, 32]
-
-
-def _speakers(n_spk=120, n_utt=3, dim=32, seed=0, noise=0.6):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((n_spk, dim))
-    ids = [f"spk{s:04d}" for s in range(n_spk) for _ in range(n_utt)]
-    emb = np.repeat(centres, n_utt, axis=0) + noise * rng.standard_normal((n_spk * n_utt, dim))
-    queries = centres + noise * rng.standard_normal((n_spk, dim))
-    return ids, emb.astype("float32"), queries.astype("float32")
 
 
 def _brute_force(ids, emb, queries, k, d=None):
@@ -35,7 +28,7 @@ def _brute_force(ids, emb, queries, k, d=None):
                                                ([], 16), ([8], 16)])
 @pytest.mark.parametrize("first_stage", ["flat", "ivf"])
 def test_funnel_with_a_full_shortlist_equals_brute_force(stages, final_dim, first_stage):
-    ids, emb, queries = _speakers()
+    ids, emb, queries = clustered_speakers()
     # an IVF first stage visiting every cell is exact
     index = SpeakerIndex(32, DIMS, first_stage=first_stage, ivf_nprobe=len(ids))
     index.enrol(ids, emb)
@@ -47,7 +40,7 @@ def test_funnel_with_a_full_shortlist_equals_brute_force(stages, final_dim, firs
 
 
 def test_small_prefix_shortlist_and_approximate_first_stages_keep_the_top_speaker():
-    ids, emb, queries = _speakers(n_spk=300, noise=0.3)
+    ids, emb, queries = clustered_speakers(n_spk=300, noise=0.3)
     want, _ = _brute_force(ids, emb, queries, 1)
     for first_stage in ("flat", "hnsw", "ivf"):
         index = SpeakerIndex(32, DIMS, first_stage=first_stage)
@@ -58,7 +51,7 @@ def test_small_prefix_shortlist_and_approximate_first_stages_keep_the_top_speake
 
 
 def test_incremental_add_replace_remove():
-    ids, emb, queries = _speakers(n_spk=20)
+    ids, emb, queries = clustered_speakers(n_spk=20)
     index = SpeakerIndex(32, DIMS)
     index.enrol(ids[:30], emb[:30])
     index.enrol(ids[30:], emb[30:])
@@ -74,7 +67,7 @@ def test_incremental_add_replace_remove():
 
 
 def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
-    ids, emb, queries = _speakers(n_spk=40)
+    ids, emb, queries = clustered_speakers(n_spk=40)
     index = SpeakerIndex(32, DIMS, model_sha256="abc", dtype="float16")
     index.enrol(ids, emb)
     folder = index.save(tmp_path / "index")
@@ -107,7 +100,7 @@ def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
 
 
 def test_bad_input_is_named():
-    ids, emb, queries = _speakers(n_spk=5)
+    ids, emb, queries = clustered_speakers(n_spk=5)
     index = SpeakerIndex(32, DIMS)
     with pytest.raises(ValueError, match="empty"):
         index.search(queries, k=1)
@@ -147,7 +140,7 @@ def test_bad_input_is_named():
 
 
 def test_open_set_identification_with_thresholds_per_size(tmp_path):
-    ids, emb, queries = _speakers(n_spk=30)
+    ids, emb, queries = clustered_speakers(n_spk=30)
     index = SpeakerIndex(32, DIMS, thresholds={16: 0.5, 32: 0.6})
     index.enrol(ids, emb)
     for final_dim, threshold in ((16, 0.5), (32, 0.6)):
@@ -167,7 +160,7 @@ def test_thresholds_calibrated_on_a_trial_list():
     from speechbrain_mrl.metrics import error_rates
     from speechbrain_mrl.search import _prefix_cosine, calibrate_thresholds
 
-    ids, emb, _ = _speakers(n_spk=60, n_utt=4)
+    ids, emb, _ = clustered_speakers(n_spk=60, n_utt=4)
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, len(ids), 3000), rng.integers(0, len(ids), 3000)
     keep = a != b
@@ -189,7 +182,7 @@ def test_thresholds_calibrated_on_a_trial_list():
 def test_cascade_verification_matches_full_size_on_the_calibration_list():
     from speechbrain_mrl.search import calibrate_margin, cascade_verify
 
-    ids, emb, _ = _speakers(n_spk=60, n_utt=4, noise=0.8)
+    ids, emb, _ = clustered_speakers(n_spk=60, n_utt=4, noise=0.8)
     rng = np.random.default_rng(1)
     a, b = rng.integers(0, len(ids), 3000), rng.integers(0, len(ids), 3000)
     full = np.einsum("nd,nd->n", *(x / np.linalg.norm(x, axis=1, keepdims=True) for x in (emb[a], emb[b])))
