@@ -386,7 +386,7 @@ def read_calibration(path, mrl_dims):
     ------
     ValueError
         Naming the file: unreadable, not ``{"thresholds": {...}}``, or a
-        threshold that :func:`~speechbrain_mrl.matryoshka.check_thresholds`
+        threshold that :func:`~speechbrain_mrl.sizes.check_thresholds`
         refuses (NaN, Infinity, strings, unknown sizes).
     """
     path = pathlib.Path(path)
