@@ -33,6 +33,11 @@ def _qdrant_index():
     return QdrantSpeakerIndex
 
 
+def _not_found(location):
+    return FileNotFoundError(f"speaker index not found: {location} (create it with "
+                             "'speechbrain-mrl enrol')")
+
+
 def index_exists(location):
     """Whether ``location`` holds a speaker index (a folder or a Qdrant collection).
 
@@ -95,8 +100,7 @@ def open_index(location, model_sha256=None, mmap=True):
     if qdrant is not None:
         return _qdrant_index().open(qdrant, model_sha256)
     if not pathlib.Path(location).exists():
-        raise FileNotFoundError(f"speaker index not found: {location} (create it with "
-                                "'speechbrain-mrl enrol')")
+        raise _not_found(location)
     return SpeakerIndex.load(location, model_sha256, mmap=mmap)
 
 
@@ -148,8 +152,7 @@ def writing_index(location, model_sha256=None, create=None, lock_timeout=60.0):
     qdrant = parse_qdrant_location(location)
     exists = index_exists(location)
     if not exists and create is None:
-        raise FileNotFoundError(f"speaker index not found: {location} (create it with "
-                                "'speechbrain-mrl enrol')")
+        raise _not_found(location)
     if qdrant is not None:
         with (open_index(qdrant, model_sha256) if exists else create()) as index:
             yield index
