@@ -40,10 +40,10 @@ import warnings
 
 import torch
 
-from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.utils.files import write_text_atomic
 
-from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.official import official_state_dict
+from speechbrain_mrl.model.encoder import MRLEncoder
+from speechbrain_mrl.model.official import official_state_dict
 
 
 def random_encoder(variant, seed=0):
@@ -123,7 +123,7 @@ def time_calls(fns, wav, min_time, min_reps, max_time=60.0, max_warmup_samples=1
 
 def onnx_paths(encoder, variant, folder, calibration, threads, openvino=True):
     """``{name: fn(wav)}``: ONNX Runtime fp32 and static int8, OpenVINO fp32 and bf16."""
-    from speechbrain_mrl import export as ex
+    from speechbrain_mrl.export import onnx as ex
 
     folder = pathlib.Path(folder)
     fp32 = folder / f"{variant}.fp32.onnx"
@@ -136,7 +136,7 @@ def onnx_paths(encoder, variant, folder, calibration, threads, openvino=True):
     for name, path in (("onnx_fp32", fp32), ("onnx_int8", int8)):
         paths[name] = ex.OnnxEncoder(path, threads=threads)
     if openvino:
-        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+        from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
         for precision in ("fp32", "bf16"):
             paths[f"openvino_{precision}"] = OpenVinoEncoder(fp32, precision, threads=threads)
@@ -177,7 +177,7 @@ def main(argv=None):
           f"cpu only, fp32, eval, inference_mode")
     calibration = None
     if args.onnx_dir:
-        from speechbrain_mrl.export import calibration_waveforms
+        from speechbrain_mrl.export.onnx import calibration_waveforms
 
         calibration = (calibration_waveforms(args.calibration_csv) if args.calibration_csv else
                        [0.1 * torch.randn(48000, generator=torch.Generator().manual_seed(i))
@@ -188,7 +188,7 @@ def main(argv=None):
     variants = list(args.variants) + (["model"] if args.model_folder else [])
     for variant in variants:
         if variant == "model":
-            from speechbrain_mrl.export import load_encoder
+            from speechbrain_mrl.export.onnx import load_encoder
 
             ours = load_encoder(args.model_folder)
         else:

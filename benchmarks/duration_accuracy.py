@@ -19,11 +19,11 @@ import json
 
 import torch
 
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.manifests import read_trial_list
-from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.metrics import id_metrics
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.data.manifests import read_trial_list
+from speechbrain_mrl.inference.embeddings import embed_manifest
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.utils.metrics import id_metrics
 
 
 def central(rows, seconds, sample_rate):

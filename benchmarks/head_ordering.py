@@ -22,13 +22,13 @@ import pathlib
 
 import torch
 
-from speechbrain_mrl.audio import crop_or_tile, read_audio
-from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
-from speechbrain_mrl.manifests import read_manifest, read_trials, resolve_trials
-from speechbrain_mrl.head_init import window_rows
-from speechbrain_mrl.matryoshka import discriminant_rotation, pca_rotation
-from speechbrain_mrl.metrics import id_metrics
-from speechbrain_mrl.official import load_official_redimnet
+from speechbrain_mrl.data.audio import crop_or_tile, read_audio
+from speechbrain_mrl.utils.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.data.manifests import read_manifest, read_trials, resolve_trials
+from speechbrain_mrl.training.head_init import window_rows
+from speechbrain_mrl.model.matryoshka import discriminant_rotation, pca_rotation
+from speechbrain_mrl.utils.metrics import id_metrics
+from speechbrain_mrl.model.official import load_official_redimnet
 
 SR = 16000
 DIMS = [8, 16, 32, 64, 128, 192]

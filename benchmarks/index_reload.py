@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A saved speaker index answers its first query in a fresh process without rebuilding.
 
-Builds a :class:`~speechbrain_mrl.search.SpeakerIndex` of ``--speakers``
+Builds a :class:`~speechbrain_mrl.search.index.SpeakerIndex` of ``--speakers``
 simulated speakers (random unit 256-d vectors, Matryoshka sizes
 64/128/192/256) with an HNSW first stage, saves it, then times in fresh
 processes: loading it and answering the first query (64-d funnel, shortlist
@@ -27,13 +27,13 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.utils.files import write_text_atomic
 
 FIRST_QUERY = """
 import sys, time, json
 import numpy as np
 start = time.perf_counter()
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.search.index import SpeakerIndex
 index = SpeakerIndex.load(sys.argv[1])
 loaded = time.perf_counter()
 q = np.random.default_rng(1).standard_normal((1, index.embed_dim)).astype("float32")
@@ -55,7 +55,7 @@ def fresh_process_query(folder, env):
 
 
 def main(argv=None):
-    from speechbrain_mrl.search import SpeakerIndex
+    from speechbrain_mrl.search.index import SpeakerIndex
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--speakers", type=int, default=1_000_000, help="enrolled speakers")

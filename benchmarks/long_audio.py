@@ -8,7 +8,7 @@
    One-pass runs stop at ``--max_one_pass`` seconds. ``--preset b2`` times a
    full-size ReDimNet (random weights) instead of the model folder.
    ``--openvino_model`` measures that export (ONNX or IR) run by
-   :class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder` (bf16 where the
+   :class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder` (bf16 where the
    CPU has it) instead: one pass, or ``--window`` s windows merged as the
    PyTorch model merges them.
 2. Cosine between the windowed and the one-pass full-size embedding: of the
@@ -37,12 +37,12 @@ import time
 import numpy as np
 import torch
 
-from speechbrain_mrl.audio import read_audio, read_row_audio
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.manifests import read_trial_list
-from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.export import load_encoder
-from speechbrain_mrl.metrics import error_rates
+from speechbrain_mrl.data.audio import read_audio, read_row_audio
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.data.manifests import read_trial_list
+from speechbrain_mrl.model.encoder import MRLEncoder
+from speechbrain_mrl.export.onnx import load_encoder
+from speechbrain_mrl.utils.metrics import error_rates
 
 
 def reading(folder, seconds, sample_rate=16000):
@@ -65,7 +65,7 @@ def measure(model_folder, librispeech, seconds, window, threads, preset=None, op
     if openvino:
         import openvino as ov
 
-        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder, cpu_has_bf16
+        from speechbrain_mrl.export.openvino import OpenVinoEncoder, cpu_has_bf16
 
         precision = "bf16" if cpu_has_bf16(ov.Core()) else "fp32"
         span = 1e6 if window is None else window  # one pass: never windowed

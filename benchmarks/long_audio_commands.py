@@ -29,11 +29,11 @@ import time
 import numpy as np
 import soundfile as sf
 
-from speechbrain_mrl.files import write_text_atomic
+from speechbrain_mrl.utils.files import write_text_atomic
 
 ENCODE_FILE = """
 import sys, numpy as np
-from speechbrain_mrl.inference import MRLEncoderClassifier
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 model = MRLEncoderClassifier.from_hparams(source=sys.argv[1], run_opts={"device": "cpu"})
 np.save(sys.argv[3], model.encode_file(sys.argv[2])[0, 0].numpy())
 """
@@ -68,8 +68,8 @@ def joined_speech(librispeech, seconds, path, sample_rate=16000):
 
 def measure(model_folder, librispeech, seconds, work, env, repeats=1):
     """Every command on one recording of ``seconds``; returns the row of the report."""
-    from speechbrain_mrl.extract import load_embeddings
-    from speechbrain_mrl.search import SpeakerIndex
+    from speechbrain_mrl.inference.extract import load_embeddings
+    from speechbrain_mrl.search.index import SpeakerIndex
 
     speakers = work / "speakers"
     (speakers / "reader").mkdir(parents=True)

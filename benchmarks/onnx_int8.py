@@ -7,8 +7,8 @@ scores a trial list at every size through the three paths (utterances
 batched with their lengths), and times batches of ``--seconds`` of audio
 (batch 1 and ``--batch``), alternating the paths so that they share the
 machine's state. ONNX Runtime and OpenVINO run through the package's wrappers
-(:class:`~speechbrain_mrl.export.OnnxEncoder`,
-:class:`~speechbrain_mrl.openvino_runtime.OpenVinoEncoder`; OpenVINO on the
+(:class:`~speechbrain_mrl.export.onnx.OnnxEncoder`,
+:class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder`; OpenVINO on the
 fp32 ONNX file, ``--no-openvino`` leaves it out). Writes a JSON report.
 
     python benchmarks/onnx_int8.py --model_folder results/demo/mrl/model \\
@@ -30,13 +30,13 @@ import time
 import numpy as np
 import torch
 
-from speechbrain_mrl import export as ex
+from speechbrain_mrl.export import onnx as ex
 from speechbrain.utils.data_utils import batch_pad_right
 
-from speechbrain_mrl.audio import read_row_audio
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.manifests import read_trial_list
-from speechbrain_mrl.metrics import id_metrics
+from speechbrain_mrl.data.audio import read_row_audio
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.data.manifests import read_trial_list
+from speechbrain_mrl.utils.metrics import id_metrics
 
 
 def batches(rows, batch_size, sample_rate):
@@ -73,7 +73,7 @@ def main(argv=None):
     runtimes = {name: ex.OnnxEncoder(path, threads=a.threads)
                 for name, path in (("onnx_fp32", fp32), *int8.items())}
     if not a.no_openvino:
-        from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+        from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
         for precision in ("fp32", "bf16"):
             runtimes[f"openvino_{precision}"] = OpenVinoEncoder(fp32, precision, threads=a.threads)

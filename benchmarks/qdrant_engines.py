@@ -3,9 +3,9 @@
 
 Random unit vectors (``--n`` speakers of ``--dim``), the ``--stage``-d prefix
 funnel (shortlist ``--shortlist``, top ``--k``), queries near enrolled vectors.
-FAISS: :class:`speechbrain_mrl.search.SpeakerIndex` (exact first stage, numpy
+FAISS: :class:`speechbrain_mrl.search.index.SpeakerIndex` (exact first stage, numpy
 re-rank). qdrant-client local mode:
-:class:`speechbrain_mrl.qdrant_index.QdrantSpeakerIndex` (one query with a
+:class:`speechbrain_mrl.search.qdrant.QdrantSpeakerIndex` (one query with a
 ``prefetch``). Qdrant Edge (``qdrant-edge-py``, Qdrant's engine in-process):
 an ``EdgeShard`` with the same two named cosine vectors and the same one-query
 funnel, exact (``SearchParams(exact=True)``) and, after ``optimize()``, with
@@ -26,8 +26,8 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.search.index import SpeakerIndex
 
 
 def unit(x):
@@ -140,7 +140,7 @@ def main(argv=None):
         write_text_atomic(a.output, json.dumps(report, indent=1) + "\n")
         shard.close()
         if a.local_mode:
-            from speechbrain_mrl.qdrant_index import QdrantSpeakerIndex
+            from speechbrain_mrl.search.qdrant import QdrantSpeakerIndex
 
             t = time.perf_counter()
             index = QdrantSpeakerIndex(a.dim, dims, location=f"qdrant+local:{root}/local/spk")

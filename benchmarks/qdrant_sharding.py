@@ -4,7 +4,7 @@
 A sharded Qdrant collection runs a query's whole funnel (the 64-d prefetch, the
 full-size re-score) on every shard and merges the shards' answers by their final
 score. This benchmark does the same with S exact FAISS funnels
-(:class:`speechbrain_mrl.search.SpeakerIndex`, ``first_stage="flat"``, one per
+(:class:`speechbrain_mrl.search.index.SpeakerIndex`, ``first_stage="flat"``, one per
 shard: qdrant-client's local mode is too slow for 100k-1M speakers, see
 docs/search_backends.md), for S = 1, 4, 16, and a per-shard shortlist from the
 single index's down to a few, and reports top-1 / top-5 accuracy over real
@@ -41,8 +41,8 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.search.index import SpeakerIndex
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from search_scale import embed, speaker_means, split  # noqa: E402  (the same speakers)
@@ -145,7 +145,7 @@ def quantisation_rows(names, vectors, queries, truth, stage, shortlist):
 # ------------------------------------------------------------------ Qdrant cross-check
 def qdrant_check(names, vectors, shard_of, n_shards, queries, stages, shortlist, store):
     """The merged answers of S local Qdrant collections (one funnel query each)."""
-    from speechbrain_mrl.qdrant_index import QdrantSpeakerIndex
+    from speechbrain_mrl.search.qdrant import QdrantSpeakerIndex
 
     ids, scores = [], []
     for s in range(n_shards):

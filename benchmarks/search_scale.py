@@ -31,9 +31,9 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.files import write_text_atomic
-from speechbrain_mrl.manifests import read_manifest
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.data.manifests import read_manifest
+from speechbrain_mrl.search.index import SpeakerIndex
 
 
 def embed(model_folder, manifests, cache):
@@ -42,8 +42,8 @@ def embed(model_folder, manifests, cache):
     if cache.is_file():
         saved = np.load(cache, allow_pickle=False)
         return list(saved["ids"]), list(saved["speakers"]), saved["embeddings"]
-    from speechbrain_mrl.embeddings import embed_manifest
-    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.inference.embeddings import embed_manifest
+    from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=model_folder)
     rows = {}

@@ -12,11 +12,11 @@ import pathlib
 import soundfile as sf
 import torch
 
-from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.features import ReDimNetFbank
-from speechbrain_mrl.matryoshka import MatryoshkaProjection
-from speechbrain_mrl.packaging import write_model_folder
-from speechbrain_mrl.redimnet import ReDimNet
+from speechbrain_mrl.model.encoder import MRLEncoder
+from speechbrain_mrl.model.features import ReDimNetFbank
+from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
+from speechbrain_mrl.model.folder import write_model_folder
+from speechbrain_mrl.model.redimnet import ReDimNet
 
 TINY_CONFIG = dict(
     F=16, C=4, block_1d_type="conv+att", block_2d_type="convnext_like",

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from mrl_testutils import PicklePayload
-from speechbrain_mrl.checkpoints import SafeCheckpointer
+from speechbrain_mrl.utils.checkpoints import SafeCheckpointer
 
 
 def test_training_checkpoint_with_a_pickle_payload_is_refused(tmp_path, monkeypatch):

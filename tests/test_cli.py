@@ -1,5 +1,6 @@
 """The speechbrain-mrl command line, the one audio reader and the one embedding path."""
 import argparse
+import re
 import csv
 import json
 import os
@@ -14,9 +15,9 @@ import torch
 
 from mrl_testutils import speaker_voice, write_tiny_model, write_voice_corpus
 from speechbrain_mrl import cli
-from speechbrain_mrl.audio import AudioError
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.sources import read_sources
+from speechbrain_mrl.data.audio import AudioError
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.data.sources import read_sources
 
 
 def _subparsers(parser):
@@ -27,7 +28,8 @@ def _subparsers(parser):
 def test_every_option_of_every_command_has_help_and_a_default_shown():
     commands = _subparsers(cli.build_parser())
     assert set(commands) == {"extract", "enrol", "identify", "verify", "evaluate", "calibrate",
-                             "cascade", "copy-index", "export", "package"}
+                             "cascade", "score", "copy-index", "export", "package",
+                             "prepare-voxceleb", "prepare-librispeech", "prepare-demo"}
     for name, parser in commands.items():
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
@@ -38,14 +40,18 @@ def test_every_option_of_every_command_has_help_and_a_default_shown():
             if action.option_strings and not action.required and action.dest != "help":
                 assert "default" in action.help or "default: " in text, (name, action.dest)
     # one meaning per flag: --out is gone, folders are --output_folder, JSON results --report
-    for parser in commands.values():
+    for name, parser in commands.items():
         flags = {s for a in parser._actions for s in a.option_strings}
         assert "--out" not in flags
+        # snake_case, one name per notion (a false-alarm rate is --false_alarm everywhere)
+        assert all(re.fullmatch(r"-h|--[a-z0-9]+(_[a-z0-9]+)*", f) for f in flags), (name, flags)
+        assert "--far" not in flags
+        assert "--report" in flags, f"{name} has no --report"
 
 
 def _run(*args, check_rc=None):
     exe = shutil.which("speechbrain-mrl")
-    cmd = [exe] if exe else [sys.executable, "-m", "speechbrain_mrl.cli"]
+    cmd = [exe] if exe else [sys.executable, "-m", "speechbrain_mrl.cli.main"]
     proc = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     if check_rc is not None:
@@ -133,8 +139,8 @@ def test_waveform_input_pitfalls_are_handled(model_and_voices):
 
 def test_a_long_recording_gets_one_embedding_from_every_command(model_and_voices, tmp_path):
     """encode_file, extract, enrol and the scoring script embed a 70-s file alike (windowed)."""
-    from speechbrain_mrl.extract import load_embeddings
-    from speechbrain_mrl.search import SpeakerIndex
+    from speechbrain_mrl.inference.extract import load_embeddings
+    from speechbrain_mrl.search.index import SpeakerIndex
 
     root, folder, corpus = model_and_voices
     long = tmp_path / "speakers" / "spkL" / "long.wav"

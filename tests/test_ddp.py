@@ -12,8 +12,8 @@ from recipe_data import RECIPE, TINY_REDIMNET, make_speech_commands, mrl_overrid
 def test_ddp_two_processes_gloo(tmp_path):
     import yaml
 
-    from speechbrain_mrl.encoder import MRLEncoder
-    from speechbrain_mrl.official import save_official_checkpoint
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.official import save_official_checkpoint
 
     data = make_speech_commands(tmp_path / "data")
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Tests of speechbrain_mrl.export (TorchScript and ONNX, onnxruntime parity)."""
+"""Tests of speechbrain_mrl.export.onnx (TorchScript and ONNX, onnxruntime parity)."""
 import contextlib
 import copy
 import importlib.util
@@ -17,8 +17,14 @@ import soundfile as sf
 import torch
 
 from mrl_testutils import MRL_DIMS, speaker_voice, write_tiny_model
-from speechbrain_mrl import export as ex
-from speechbrain_mrl.inference import MRLEncoderClassifier
+from speechbrain_mrl.export import onnx as ex
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl import cli
+
+
+def _export(argv):
+    """``speechbrain-mrl export ARGV``; returns the job's result."""
+    return cli.main(["export", *argv])
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnxscript")
@@ -56,7 +62,7 @@ def exported(tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        onnx_path = ex.main(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
+        onnx_path = _export(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
                              "--torchscript", str(root / "tiny.pt"), "--int8",
                              str(root / "tiny.int8.onnx"), "--calibration_csv",
                              str(root / "calibration.csv"), "--check",
@@ -184,7 +190,7 @@ def test_missing_onnx_extra_names_it_and_still_writes_torchscript(tmp_path, monk
     folder, _, _ = write_tiny_model(tmp_path / "model")
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # an uninstalled package
     with pytest.raises(ModuleNotFoundError, match=r'pip install -e "\.\[export\]"'):
-        ex.main(["--model_folder", str(folder), "--onnx", str(tmp_path / "m.onnx"),
+        _export(["--model_folder", str(folder), "--onnx", str(tmp_path / "m.onnx"),
                  "--torchscript", str(tmp_path / "m.pt")])
     assert (tmp_path / "m.pt").is_file() and not (tmp_path / "m.onnx").exists()
 
@@ -244,7 +250,7 @@ def test_check_refuses_a_model_giving_nan(exported, tmp_path):
     head["norm.running_var"][:] = -1.0
     torch.save(head, folder / "mrl_head.ckpt")
     with pytest.raises(ValueError, match=rf"model {re.escape(str(folder))}: .*difference is nan"):
-        ex.main(["--model_folder", str(folder), "--onnx", str(tmp_path / "nan.onnx"), "--check"])
+        _export(["--model_folder", str(folder), "--onnx", str(tmp_path / "nan.onnx"), "--check"])
     head["linear.weight"][0, 0] = float("inf")  # NaN/Inf weights: refused before any export
     torch.save(head, folder / "mrl_head.ckpt")
     with pytest.raises(ValueError, match=rf"model {re.escape(str(folder))}: NaN/Inf values in"):
@@ -298,7 +304,7 @@ def test_static_int8_calibration_refuses_nan_and_silent_clips(exported, tmp_path
 
 def _assert_refuses_bad_input(encoder, wavs):
     """A runtime wrapper refuses the lengths and audio its graph would embed silently."""
-    from speechbrain_mrl.audio import AudioError
+    from speechbrain_mrl.data.audio import AudioError
 
     for bad in (0.0, float("nan"), -1.0, 1.5):
         with pytest.raises(AudioError, match="wav_lens must be relative lengths"):
@@ -350,7 +356,7 @@ def test_front_end_stays_float_in_static_int8(exported):
 
 
 def test_spectrogram_as_convolution_equals_stft():
-    from speechbrain_mrl.features import ReDimNetFbank
+    from speechbrain_mrl.model.features import ReDimNetFbank
 
     fbank = ReDimNetFbank(n_mels=60)
     wavs, lens = _mixed([speaker_voice(i, i, s) for i, s in enumerate((1.3, 0.4, 0.0161))])
@@ -365,7 +371,7 @@ def test_spectrogram_as_convolution_equals_stft():
 def test_openvino_encoder_equals_pytorch_on_mixed_lengths(exported, model_name):
     """OpenVINO (fp32) on the ONNX file and on the IR the export wrote: a padded batch, its time
     axis padded further to the compiled bucket, gives each clip's own PyTorch embeddings."""
-    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+    from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
     _, enc, onnx_path, _ = exported
     encoder = OpenVinoEncoder(onnx_path.with_name(model_name), precision="fp32", threads=2)
@@ -386,7 +392,7 @@ def test_openvino_encoder_bf16_keeps_the_scores(exported):
     """bf16 (where the CPU has it) keeps the embeddings' directions."""
     import openvino as ov
 
-    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder, cpu_has_bf16
+    from speechbrain_mrl.export.openvino import OpenVinoEncoder, cpu_has_bf16
 
     if not cpu_has_bf16(ov.Core()):
         with pytest.raises(RuntimeError, match="no native bf16"):
@@ -404,7 +410,7 @@ def test_openvino_encoder_bf16_keeps_the_scores(exported):
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")
 def test_openvino_encoder_checks_inputs(exported):
     """The same input checks as OnnxEncoder."""
-    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+    from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
     encoder = OpenVinoEncoder(exported[2], precision="fp32")
     wavs, _ = _mixed([speaker_voice(3, 0, 0.9), speaker_voice(4, 1, 0.5)])
@@ -417,7 +423,7 @@ def test_openvino_encoder_checks_inputs(exported):
 def test_openvino_encoder_windows_long_input_as_the_pytorch_model(exported):
     """Utterances above long_seconds: windows pooled and merged as MRLEncoder.embed does (the
     graph split at the pooled statistics); the others of the batch in one pass."""
-    from speechbrain_mrl.openvino_runtime import OpenVinoEncoder
+    from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
     _, enc, onnx_path, _ = exported
     encoder = OpenVinoEncoder(onnx_path, precision="fp32", long_seconds=1.0, window_seconds=0.5,

@@ -1,4 +1,4 @@
-"""Tests of speechbrain_mrl.extract: shards, skipped files, resume after a kill, torchrun."""
+"""Tests of speechbrain_mrl.inference.extract: shards, skipped files, resume after a kill, torchrun."""
 import csv
 import json
 import os
@@ -11,9 +11,15 @@ import pytest
 import soundfile as sf
 
 from mrl_testutils import write_tiny_model, write_voice_corpus
-from speechbrain_mrl import extract as ex
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.inference import extract as ex
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.search.index import SpeakerIndex
+from speechbrain_mrl import cli
+
+
+def _extract(argv):
+    """``speechbrain-mrl extract ARGV``; returns the job's result."""
+    return cli.main(["extract", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +31,7 @@ def corpus(tmp_path_factory):
     (audio / "id90000").mkdir()
     (audio / "id90000" / "junk.wav").write_bytes(b"RIFF not audio" * 8)
     sf.write(str(audio / "id90000" / "silent.wav"), np.zeros(8000, dtype="float32"), 16000)
-    info = ex.main(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
+    info = _extract(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
                     str(root / "out"), "--shard_size", "4", "--batch_size", "3",
                     "--num_workers", "0"])
     return root, folder, audio, info
@@ -73,12 +79,12 @@ def test_a_killed_extraction_resumes_without_duplicates(corpus, monkeypatch):
 
     monkeypatch.setattr(ex, "_embed_shard", dies_on_the_third_shard)
     with pytest.raises(KeyboardInterrupt):
-        ex.main(args)
+        _extract(args)
     assert not (out / "index.csv").exists()
     done = {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.npy")}
     assert len(done) == 2
     monkeypatch.setattr(ex, "_embed_shard", real)
-    info = ex.main(args)
+    info = _extract(args)
     assert {p.name: p.stat().st_mtime_ns for p in out.glob("shard_*.npy")
             if p.name in done} == done  # finished shards were not redone
     ids, emb, _ = ex.load_embeddings(out)
@@ -89,9 +95,9 @@ def test_a_killed_extraction_resumes_without_duplicates(corpus, monkeypatch):
     np.testing.assert_allclose(emb, ref[[order[u] for u in ids]], atol=2e-3)
     other, _, _ = write_tiny_model(root / "other", seed=1)
     with pytest.raises(ValueError, match="another model"):
-        ex.main(["--model_folder", str(other), "--folder", str(audio), "--output_folder", str(out)])
+        _extract(["--model_folder", str(other), "--folder", str(audio), "--output_folder", str(out)])
     with pytest.raises(SystemExit):  # argparse: one audio source
-        ex.main(["--model_folder", str(folder), "--csv", "a.csv", "--folder", "b",
+        _extract(["--model_folder", str(folder), "--csv", "a.csv", "--folder", "b",
                  "--output_folder", str(out)])
 
 
@@ -101,7 +107,7 @@ def test_torchrun_two_processes_share_the_shards(corpus):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         "-m", "speechbrain_mrl.extract", "--model_folder", str(folder), "--folder", str(audio),
+         "-m", "speechbrain_mrl.inference.extract", "--model_folder", str(folder), "--folder", str(audio),
          "--output_folder", str(out), "--shard_size", "2", "--num_workers", "0"],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -126,9 +132,9 @@ def test_a_resume_with_another_dtype_or_precision_is_refused(corpus):
     before = (out / "info.json").read_text()
     with pytest.raises(ValueError, match=r"started with --dtype float32, not float16; resume with "
                                          r"--dtype float32 or use a new --output_folder"):
-        ex.main(args + ["--dtype", "float16"])
+        _extract(args + ["--dtype", "float16"])
     with pytest.raises(ValueError, match=r"started with --precision fp32, not bf16"):
-        ex.main(args + ["--precision", "bf16"])
+        _extract(args + ["--precision", "bf16"])
     assert (out / "info.json").read_text() == before
 
 
@@ -152,7 +158,7 @@ def test_shards_are_written_exclusively_with_the_umask(corpus, tmp_path):
     (out / ".shard_00000.npy.tmp").symlink_to(victim)
     umask = os.umask(0o027)
     try:
-        info = ex.main(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
+        info = _extract(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
                         str(out), "--num_workers", "0"])
     finally:
         os.umask(umask)

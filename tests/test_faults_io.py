@@ -16,13 +16,13 @@ import torch
 from mrl_testutils import TINY_CONFIG, speaker_voice, speech_like, write_tiny_model
 from recipe_data import make_voxceleb
 
-from speechbrain_mrl.audio import AudioError, check_waveforms, signal_problem
-from speechbrain_mrl.datasets.common import make_rows
-from speechbrain_mrl.download import download
-from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.encoder import MRLEncoder
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.manifests import read_trial_list, write_manifest, write_trials
+from speechbrain_mrl.data.audio import AudioError, check_waveforms, signal_problem
+from speechbrain_mrl.data.preparation import make_rows
+from speechbrain_mrl.utils.download import download
+from speechbrain_mrl.inference.embeddings import embed_manifest
+from speechbrain_mrl.model.encoder import MRLEncoder
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.data.manifests import read_trial_list, write_manifest, write_trials
 
 LSB = 1 / 32768  # one step of 16-bit PCM
 
@@ -203,7 +203,7 @@ def test_download_cut_short_is_not_kept(server, tmp_path):
 def test_killed_download_leftovers_are_removed(server, tmp_path, monkeypatch):
     """Regression: a download killed mid-transfer left its temporary file for good."""
     dest = tmp_path / "m.pt"
-    code = "import sys; from speechbrain_mrl.download import download; download(*sys.argv[1:])"
+    code = "import sys; from speechbrain_mrl.utils.download import download; download(*sys.argv[1:])"
     env = dict(os.environ, MRL_DOWNLOAD_TIMEOUT="2", MRL_DOWNLOAD_TOTAL_TIMEOUT="30")
     proc = subprocess.Popen([sys.executable, "-c", code, f"{server}/trickle/m.pt", str(dest)],
                             env=env)
@@ -230,7 +230,7 @@ def test_one_speaker_preparation_fails_from_the_command_line(tmp_path):
     """Regression: one speaker folder gave train/dev manifests of one speaker and exit status 0."""
     make_voxceleb(tmp_path / "data", speakers=("id10001",))
     for extra in ([], ["--valid_trials", str(tmp_path / "out" / "valid.txt")]):
-        done = subprocess.run([sys.executable, "-m", "speechbrain_mrl.datasets.voxceleb",
+        done = subprocess.run([sys.executable, "-m", "speechbrain_mrl.data.voxceleb",
                                str(tmp_path / "data"), "--save_folder", str(tmp_path / "out"),
                                *extra], capture_output=True, text=True, timeout=120)
         assert done.returncode != 0

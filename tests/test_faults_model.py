@@ -15,9 +15,15 @@ import torch
 
 from mrl_testutils import (MRL_DIMS, THRESHOLDS, reference_embedding, speaker_voice, tiny_encoder,
                            tiny_modules, write_tiny_model)
-from speechbrain_mrl import hub as pkg
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.packaging import MODEL_FILES, model_fingerprint, write_model_folder
+from speechbrain_mrl.hub import package as pkg
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, write_model_folder
+from speechbrain_mrl import cli
+
+
+def _package(argv):
+    """``speechbrain-mrl package ARGV``; returns the job's result."""
+    return cli.main(["package", *argv])
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +62,8 @@ def test_package_never_writes_through_a_symlink(tiny, tmp_path):
     argv = ["--recipe_output", str(model), "--scores", str(scores), "--output_folder", str(out),
             "--dry-run"]
     with pytest.raises(FileExistsError, match="calibration.json"):
-        pkg.main(argv)  # links are not files this command wrote
-    pkg.main(argv + ["--overwrite"])
+        _package(argv)  # links are not files this command wrote
+    _package(argv + ["--overwrite"])
     for name, victim in victims.items():
         assert victim.read_text() == f"precious {name}\n"
         assert not (out / name).is_symlink()
@@ -187,7 +193,7 @@ def test_tagged_override_publishes_no_absolute_path(tiny, tmp_path):
     import speechbrain as sb
 
     from recipe_data import RECIPE
-    from speechbrain_mrl.training import training_command
+    from speechbrain_mrl.training.brain import training_command
 
     hparams = RECIPE / "hparams" / "mrl_b2.yaml"
     _, _, overrides = sb.parse_arguments([str(hparams), "--noise", "!ref /home/alice/noise",

@@ -15,10 +15,10 @@ import soundfile as sf
 from mrl_testutils import (speaker_voice, tiny_encoder, tiny_modules, write_tiny_model,
                            write_voice_corpus)
 from speechbrain_mrl import cli
-from speechbrain_mrl.audio import ShortAudioWarning
-from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.files import swap_folder
-from speechbrain_mrl.search import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
+from speechbrain_mrl.data.audio import ShortAudioWarning
+from speechbrain_mrl.inference.embeddings import embed_manifest
+from speechbrain_mrl.utils.files import swap_folder
+from speechbrain_mrl.search.index import (SpeakerIndex, calibrate_margin, calibrate_thresholds,
                                     cascade_verify)
 
 DIMS = [4, 8, 16]
@@ -168,7 +168,7 @@ def test_identify_command_warns_until_thresholds_are_calibrated_for_identificati
 
     def warned(*extra):
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="speechbrain_mrl.search_cli"), \
+        with caplog.at_level(logging.WARNING, logger="speechbrain_mrl.cli.search"), \
                 warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             cli.main(identify + list(extra))
@@ -305,7 +305,7 @@ def test_identify_checks_the_index_before_running_the_models_hyperparams(tmp_pat
 
 def test_a_manifest_without_a_wav_column_is_named(tmp_path):
     """Regression: a CSV without a wav column gave KeyError: 'wav'."""
-    from speechbrain_mrl.sources import read_sources
+    from speechbrain_mrl.data.sources import read_sources
 
     (tmp_path / "m.csv").write_text("ID,path\nu1,a.wav\n")
     with pytest.raises(ValueError, match=r"m\.csv: a manifest needs the columns ID and wav"):

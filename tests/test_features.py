@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchaudio
 
-from speechbrain_mrl.features import ReDimNetFbank, length_mask, relative_frame_lengths
+from speechbrain_mrl.model.features import ReDimNetFbank, length_mask, relative_frame_lengths
 
 
 def _reference_fbank(wav, n_mels=72, hop=160):

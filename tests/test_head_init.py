@@ -1,11 +1,11 @@
-"""Tests of speechbrain_mrl.head_init: the closed-form head start, with long windows."""
+"""Tests of speechbrain_mrl.training.head_init: the closed-form head start, with long windows."""
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
 from mrl_testutils import speaker_voice, tiny_encoder, tiny_modules
-from speechbrain_mrl.head_init import init_head_from_backbone, pooled_statistics, window_rows
-from speechbrain_mrl.losses import MatryoshkaAAMLoss
-from speechbrain_mrl.matryoshka import discriminant_rotation
+from speechbrain_mrl.training.head_init import init_head_from_backbone, pooled_statistics, window_rows
+from speechbrain_mrl.training.losses import MatryoshkaAAMLoss
+from speechbrain_mrl.model.matryoshka import discriminant_rotation
 
 
 def _loader(clips, batch_size=4):

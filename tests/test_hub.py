@@ -1,20 +1,26 @@
-"""Tests of speechbrain_mrl.hub (speechbrain-mrl package), the foreign_class path and hub-id loading."""
+"""Tests of speechbrain_mrl.hub.package (speechbrain-mrl package), the foreign_class path and hub-id loading."""
 import json
 import pathlib
 import shutil
 
 import pytest
+import soundfile as sf
 import torch
 import yaml
 
 from mrl_testutils import MRL_DIMS, THRESHOLDS, reference_embedding, speaker_voice, write_tiny_model
-from speechbrain_mrl.packaging import model_fingerprint
-from speechbrain_mrl.inference import MRLEncoderClassifier
+from speechbrain_mrl.model.folder import model_fingerprint
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+
+from speechbrain_mrl.hub import package as pkg
+from speechbrain_mrl import cli
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-from speechbrain_mrl import hub as pkg
+def _package(argv):
+    """``speechbrain-mrl package ARGV``; returns the job's result."""
+    return cli.main(["package", *argv])
 
 
 def _fake_results(dims, norms=True):
@@ -42,7 +48,7 @@ def hub(tmp_path_factory):
     official.mkdir()
     (official / "results.json").write_text(json.dumps(_fake_results([12], norms=False)))
     out = root / "hub_folder"
-    files = pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(scores),
+    files = _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(scores),
                       "--official_scores", str(official), "--output_folder", str(out),
                       "--repo_id", "someone/mrl-tiny", "--dry-run"])
     return root, out, files, lobe, head
@@ -71,7 +77,7 @@ def test_hub_folder_and_model_card(hub, capsys):
     # every size's validation EER and the recommended size, as the training recorded them
     assert "| valid_long | 3.00 | 1.00 | 0.90 |" in card and "Recommended size: **8**" in card
     # dry run lists and uploads nothing
-    pkg.main(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
+    _package(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
               str(root / "scores" / "results.json"), "--output_folder", str(root / "again"), "--dry-run"])
     printed = capsys.readouterr().out
     assert "[dry run] would upload" in printed and "mrl_head.ckpt" in printed
@@ -88,6 +94,41 @@ def test_hub_folder_loads_offline_and_matches_training(hub, tmp_path, no_network
         torch.testing.assert_close(m.encode_batch(wavs, lens, target_dim=d)[:, 0], ref[:, :d],
                                    atol=1e-5, rtol=0)
     assert m.thresholds == THRESHOLDS and m.recommended_dim == 8
+
+
+@pytest.mark.parametrize("which", ["recipe folder", "hub folder"])
+def test_speechbrain_own_classes_embed_with_our_model_folders(hub, tmp_path, which, no_network):
+    """SpeechBrain's EncoderClassifier and SpeakerRecognition load a folder of ours as they are:
+    the full-size Matryoshka embedding, padding-aware, equal to MRLEncoderClassifier's."""
+    from speechbrain.inference.classifiers import EncoderClassifier
+    from speechbrain.inference.speaker import SpeakerRecognition
+
+    root, out, _, lobe, head = hub
+    source = root / "recipe_out" / "model" if which == "recipe folder" else out
+    plain = EncoderClassifier.from_hparams(source=str(source), savedir=str(tmp_path / "sb"),
+                                           run_opts={"device": "cpu"})
+    ours = MRLEncoderClassifier.from_hparams(source=str(source), run_opts={"device": "cpu"})
+    wavs = torch.stack([speaker_voice(s, 2, 0.9) for s in range(3)])
+    lens = torch.tensor([1.0, 0.8, 0.55])
+    emb = plain.encode_batch(wavs, lens)
+    assert emb.shape == (3, 1, max(MRL_DIMS))
+    torch.testing.assert_close(emb[:, 0], reference_embedding(lobe, head, wavs, lens),
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(emb, ours.encode_batch(wavs, lens), atol=1e-6, rtol=0)
+    for d in MRL_DIMS:  # the size-d embedding is the first d coordinates
+        torch.testing.assert_close(emb[:, :, :d], ours.encode_batch(wavs, lens, target_dim=d))
+    alone = plain.encode_batch(wavs[2:, :int(0.55 * wavs.shape[1])])
+    assert torch.nn.functional.cosine_similarity(alone[0, 0], emb[2, 0], dim=0) > 0.9999
+    assert plain.encode_batch(wavs, lens, normalize=True).shape == emb.shape
+
+    verifier = SpeakerRecognition.from_hparams(source=str(source), savedir=str(tmp_path / "sr"),
+                                               run_opts={"device": "cpu"})
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    sf.write(str(a), speaker_voice(0, 0, 1.0).numpy(), 16000)
+    sf.write(str(b), speaker_voice(0, 1, 1.0).numpy(), 16000)
+    score, _ = verifier.verify_files(str(a), str(b))
+    ref_score, _ = ours.verify_files(a, b, threshold=0.0)
+    assert abs(float(score) - float(ref_score)) < 1e-5
 
 
 def test_foreign_class_path(hub, tmp_path, no_network):
@@ -160,11 +201,11 @@ def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, cap
     argv = ["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
             "--output_folder", str(dest), "--repo_id", "someone/mrl-tiny", "--private"]
     with pytest.raises(FileExistsError, match=r"\.env"):
-        pkg.main(argv)
+        _package(argv)
     assert len(calls) == 0 and not (dest / "README.md").exists()
-    pkg.main(argv + ["--dry-run", "--overwrite"])
+    _package(argv + ["--dry-run", "--overwrite"])
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
-    files = pkg.main(argv + ["--overwrite"])
+    files = _package(argv + ["--overwrite"])
     assert calls[0] == ("init", "hf_test_token")
     assert calls[1] == ("create_repo", {"repo_id": "someone/mrl-tiny", "repo_type": "model",
                                         "private": True, "exist_ok": True})
@@ -198,13 +239,13 @@ def test_scores_of_another_model_are_refused(hub, tmp_path):
 def test_model_card_datasets_override_and_repo_id_check(hub, tmp_path):
     """Regression: every card said VoxCeleb; a malformed repo id went into the card."""
     root = hub[0]
-    pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+    _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
               "--output_folder", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry-run"])
     assert "datasets:\n- voxceleb\n" in (tmp_path / "o" / "README.md").read_text()
     from huggingface_hub.errors import HFValidationError
 
     with pytest.raises(HFValidationError):
-        pkg.main(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
+        _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
                   "--output_folder", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry-run"])
     assert not (tmp_path / "o2").exists()
 
@@ -225,8 +266,8 @@ def test_bad_inputs(hub, tmp_path):
 
 def test_top_level_b2_hparams_is_the_rendered_template():
     """hparams/mrl_redimnet_b2.yaml is the package's one template rendered for ReDimNet-b2."""
-    from speechbrain_mrl.packaging import render_hyperparams
-    from speechbrain_mrl.redimnet import ReDimNet, redimnet_config
+    from speechbrain_mrl.model.folder import render_hyperparams
+    from speechbrain_mrl.model.redimnet import ReDimNet, redimnet_config
 
     cfg = redimnet_config("b2")
     text = render_hyperparams(cfg, ReDimNet(**cfg).pool_dim, 256, [64, 128, 192, 256])
@@ -240,8 +281,9 @@ def test_top_level_b2_hparams_builds_consistent_model():
     with open(ROOT / "hparams" / "mrl_redimnet_b2.yaml") as f:
         hp = load_hyperpyyaml(f)
     assert hp["mrl_dims"] == [64, 128, 192, 256] and hp["thresholds"] == {}
-    assert hp["mrl_head"].input_size == hp["embedding_model"].pool_dim
-    assert hp["compute_features"].n_mels == hp["embedding_model"].F
+    assert hp["mrl_head"].input_size == hp["backbone"].pool_dim
+    assert hp["compute_features"].n_mels == hp["backbone"].F
+    assert hp["modules"]["embedding_model"].encoder is hp["encoder"]
     assert set(hp["pretrainer"].loadables) == {"embedding_model", "mrl_head"}
     assert not hp["pretrainer"].paths  # collected from the from_hparams source
 

@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-from speechbrain_mrl.search import (IndexChangedError, IndexExistsError, IndexLockedError,
+from speechbrain_mrl.search.index import (IndexChangedError, IndexExistsError, IndexLockedError,
                                     SpeakerIndex)
 
 DIMS = [8, 16, 32]
@@ -254,7 +254,7 @@ def test_threads_of_one_process_take_turns(tmp_path):
 WORKER = r"""
 import pathlib, sys, time
 import numpy as np
-from speechbrain_mrl.search import IndexChangedError, SpeakerIndex
+from speechbrain_mrl.search.index import IndexChangedError, SpeakerIndex
 
 root, me, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 

@@ -1,4 +1,4 @@
-"""Tests of speechbrain_mrl.inference.MRLEncoderClassifier and packaging.write_model_folder."""
+"""Tests of speechbrain_mrl.inference.interface.MRLEncoderClassifier and packaging.write_model_folder."""
 import json
 import os
 import warnings
@@ -11,9 +11,9 @@ import torchaudio
 from mrl_testutils import (EMBED_DIM, PicklePayload, MRL_DIMS, THRESHOLDS, reference_embedding, tiny_encoder,
                            tiny_modules,
                            speaker_voice, write_tiny_model)
-from speechbrain_mrl.audio import ShortAudioWarning
-from speechbrain_mrl.inference import AudioError, MRLEncoderClassifier
-from speechbrain_mrl.packaging import read_calibration, write_model_folder
+from speechbrain_mrl.data.audio import ShortAudioWarning
+from speechbrain_mrl.inference.interface import AudioError, MRLEncoderClassifier
+from speechbrain_mrl.model.folder import read_calibration, write_model_folder
 
 
 @pytest.fixture(scope="module")
@@ -137,7 +137,7 @@ def test_verification_thresholds(model, tmp_path):
 
 def test_recommended_size_recorded(tmp_path):
     from mrl_testutils import VALIDATION
-    from speechbrain_mrl.packaging import recommended_dim
+    from speechbrain_mrl.model.folder import recommended_dim
 
     folder, _, _ = write_tiny_model(tmp_path / "m")
     info = json.loads((folder / "model_info.json").read_text())
@@ -314,7 +314,7 @@ def test_bad_input_messages_name_the_problem(model, tiny, tmp_path, no_network):
 def test_sources_and_numpy_thresholds(model, tmp_path):
     import numpy as np
 
-    from speechbrain_mrl.inference import _looks_like_a_path
+    from speechbrain_mrl.inference.interface import _looks_like_a_path
 
     assert not _looks_like_a_path("user/mrl-model")
     assert not _looks_like_a_path("https://example.org/models/mrl")

@@ -13,7 +13,11 @@ def _imports(path):
         if isinstance(node, ast.Import):
             yield from (a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-            yield node.module
+            # ``from package import module`` imports the module, not the package's __init__
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                path = ROOT.joinpath(*sub.split("."))
+                yield sub if path.with_suffix(".py").is_file() or path.is_dir() else node.module
 
 
 def test_recipe_scripts_import_only_the_package():
@@ -51,3 +55,54 @@ def test_package_has_no_import_cycles_and_never_imports_recipes():
     for node in graph:
         if node not in state and node != "speechbrain_mrl":  # the package re-exports its modules
             visit(node, [])
+
+
+#: The package's layers, lowest first: a module imports only from its own layer and those
+#: before it (``search`` and ``export`` share a layer and never import each other).
+LAYERS = [("utils",), ("data",), ("model",), ("training",), ("inference",), ("search", "export"),
+          ("hub",), ("cli",)]
+
+
+def _layer(module):
+    """The layer index of ``speechbrain_mrl.<package>...`` (None: the package's own ``__init__``)."""
+    parts = module.split(".")
+    if parts[0] != "speechbrain_mrl" or len(parts) == 1:
+        return None
+    for rank, packages in enumerate(LAYERS):
+        if parts[1] in packages:
+            return rank
+    raise AssertionError(f"{module}: in no layer of {LAYERS}")
+
+
+def _package_modules():
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        yield ".".join(parts), path
+
+
+def test_every_module_lives_in_a_layer_package():
+    top = sorted(p.name for p in PACKAGE.iterdir() if p.suffix == ".py")
+    assert top == ["__init__.py"], f"modules outside the layer packages: {top}"
+    packages = {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"}
+    assert packages == {name for layer in LAYERS for name in layer}, packages
+
+
+def test_no_package_imports_a_higher_layer():
+    upward = []
+    for module, path in _package_modules():
+        own = _layer(module)
+        if own is None:
+            continue
+        for dep in _imports(path):
+            rank = _layer(dep) if dep.startswith("speechbrain_mrl.") else None
+            if rank is not None and (rank > own or (rank == own and dep.split(".")[1]
+                                                    != module.split(".")[1])):
+                upward.append(f"{module} imports {dep}")
+    assert not upward, "\n".join(upward)
+
+
+def test_argparse_only_under_cli():
+    offenders = [module for module, path in _package_modules()
+                 if "argparse" in set(_imports(path)) and not module.startswith("speechbrain_mrl.cli")]
+    assert not offenders, offenders

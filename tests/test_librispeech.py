@@ -13,9 +13,9 @@ import pytest
 
 from recipe_data import ROOT, TINY_REDIMNET, make_librispeech, voice, write_wav
 
-from speechbrain_mrl.datasets import librispeech as ls
-from speechbrain_mrl.download import ChecksumError, download
-from speechbrain_mrl.manifests import read_trials
+from speechbrain_mrl.data import librispeech as ls
+from speechbrain_mrl.utils.download import ChecksumError, download
+from speechbrain_mrl.data.manifests import read_trials
 
 LIBRI_RECIPE = ROOT / "recipes" / "LibriSpeech" / "MRL"
 VOX_RECIPE = ROOT / "recipes" / "VoxCeleb" / "MRL"
@@ -313,7 +313,7 @@ def test_hparams_agree_with_the_voxceleb_files(name):
     assert {k: v for k, v in libri.items() if k not in DATA_KEYS} == {
         k: v for k, v in vox.items() if k not in DATA_KEYS}
     assert libri["prepare_data"][0] == (
-        "!name:speechbrain_mrl.datasets.librispeech.prepare_librispeech")
+        "!name:speechbrain_mrl.data.librispeech.prepare_librispeech")
     args = libri["prepare_data"][1]
     import inspect
 
@@ -333,7 +333,7 @@ def test_hparams_agree_with_the_voxceleb_files(name):
 
     from speechbrain.core import RunOptions
 
-    from speechbrain_mrl import training
+    from speechbrain_mrl.training import brain as training
 
     source = (LIBRI_RECIPE / "train.py").read_text() + pathlib.Path(training.__file__).read_text()
     text = (LIBRI_RECIPE / "hparams" / f"{name}.yaml").read_text()
@@ -348,8 +348,8 @@ def test_recipe_trains_from_scratch_then_the_head(tmp_path, monkeypatch, no_netw
     import importlib.util
     import yaml
 
-    from speechbrain_mrl.encoder import MRLEncoder
-    from speechbrain_mrl.official import save_official_checkpoint
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.official import save_official_checkpoint
 
     spec = importlib.util.spec_from_file_location("libri_train", LIBRI_RECIPE / "train.py")
     train = importlib.util.module_from_spec(spec)
@@ -380,7 +380,7 @@ def test_recipe_trains_from_scratch_then_the_head(tmp_path, monkeypatch, no_netw
     info = json.loads((out / "model" / "model_info.json").read_text())["extra_info"]
     assert info["datasets"] == ["librispeech"]
     assert info["training_data"]["preparation"] == (
-        "speechbrain_mrl.datasets.librispeech.prepare_librispeech")
+        "speechbrain_mrl.data.librispeech.prepare_librispeech")
     assert info["training_data"]["train"] == {"speakers": 4, "utterances": 16}
     rows = json.loads((out / "train_history.json").read_text())["epochs"]
     assert [r["epoch"] for r in rows] == [0, 1, 2] and rows[0]["train_loss"] is None

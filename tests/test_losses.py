@@ -1,12 +1,12 @@
-"""Tests for speechbrain_mrl.losses.MatryoshkaAAMLoss."""
+"""Tests for speechbrain_mrl.training.losses.MatryoshkaAAMLoss."""
 import math
 
 import pytest
 import torch
 from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
 
-from speechbrain_mrl.losses import MatryoshkaAAMLoss, class_centroids, set_aam_margin
-from speechbrain_mrl.matryoshka import MatryoshkaProjection
+from speechbrain_mrl.training.losses import MatryoshkaAAMLoss, class_centroids, set_aam_margin
+from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
 
 
 def _clustered(n_classes=6, per_class=20, dim=16, spread=0.3, seed=0):

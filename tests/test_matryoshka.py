@@ -1,12 +1,12 @@
-"""Tests for speechbrain_mrl.matryoshka.MatryoshkaProjection."""
+"""Tests for speechbrain_mrl.model.matryoshka.MatryoshkaProjection."""
 import io
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from speechbrain_mrl.matryoshka import (MatryoshkaProjection, discriminant_rotation, pca_rotation)
-from speechbrain_mrl.sizes import validate_mrl_dims
+from speechbrain_mrl.model.matryoshka import (MatryoshkaProjection, discriminant_rotation, pca_rotation)
+from speechbrain_mrl.model.sizes import validate_mrl_dims
 
 
 def _cos(a):

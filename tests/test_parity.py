@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import redimnet_fill as rf
-from speechbrain_mrl.official import load_official_redimnet
+from speechbrain_mrl.model.official import load_official_redimnet
 
 TOL = 2e-5
 LAYOUTS = rf.load_layouts()

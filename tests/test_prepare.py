@@ -7,11 +7,11 @@ import pytest
 
 from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 
-from speechbrain_mrl.audio import read_audio
-from speechbrain_mrl.manifests import read_trials
-from speechbrain_mrl.datasets import speech_commands
-from speechbrain_mrl.datasets import common
-from speechbrain_mrl.datasets import voxceleb as vp
+from speechbrain_mrl.data.audio import read_audio
+from speechbrain_mrl.data.manifests import read_trials
+from speechbrain_mrl.data import speech_commands
+from speechbrain_mrl.data import preparation as common
+from speechbrain_mrl.data import voxceleb as vp
 
 
 def read_csv(path):

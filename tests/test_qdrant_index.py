@@ -10,10 +10,10 @@ import pytest
 
 from mrl_testutils import clustered_speakers
 
-from speechbrain_mrl.indexes import copy_index, index_exists, open_index
-from speechbrain_mrl.qdrant_index import (QdrantSpeakerIndex, parse_qdrant_location,
+from speechbrain_mrl.search.locations import copy_index, index_exists, open_index
+from speechbrain_mrl.search.qdrant import (QdrantSpeakerIndex, parse_qdrant_location,
                                           speaker_point_id)
-from speechbrain_mrl.search import IndexLockedError, SpeakerIndex
+from speechbrain_mrl.search.index import IndexLockedError, SpeakerIndex
 
 
 
@@ -283,7 +283,7 @@ def test_against_a_real_qdrant_server():
     faiss_index = SpeakerIndex(32, DIMS, model_sha256="abc")
     faiss_index.enrol(ids, emb)
     location = f"{os.environ['MRL_QDRANT_URL'].rstrip('/')}/mrl_test_{uuid.uuid4().hex[:8]}"
-    from speechbrain_mrl.qdrant_index import connect
+    from speechbrain_mrl.search.qdrant import connect
 
     try:
         for first_stage in ("flat", "hnsw"):

@@ -20,7 +20,7 @@ from recipe_data import (RECIPE, TINY_REDIMNET, demo_args, make_flat_speakers, m
 import run_demo  # noqa: E402  (recipe folder on sys.path via recipe_data)
 import train  # noqa: E402
 
-from speechbrain_mrl import training
+from speechbrain_mrl.training import brain as training
 
 N_CLASSES = 8  # 6 train speakers (2 held out for validation) + 2 LibriSpeech readers
 
@@ -58,7 +58,7 @@ def test_scratch_stage(demo_run):
     trained = _load(ckpt / "embedding_model.ckpt")
     # every backbone parameter trained, in the optimiser's second group (lr factor 1)
     groups = _load(ckpt / "optimizer.ckpt")["param_groups"]
-    from speechbrain_mrl.official import load_official_redimnet
+    from speechbrain_mrl.model.official import load_official_redimnet
 
     loaded = load_official_redimnet(str(demo_run["backbone"]))
     n_params = len(list(loaded.embedding_model.parameters()))
@@ -69,7 +69,7 @@ def test_scratch_stage(demo_run):
 
 def test_frozen_backbone_untouched(demo_run):
     """Parameters AND BatchNorm buffers bit-identical after optimiser steps through Brain.fit."""
-    from speechbrain_mrl.official import load_official_redimnet
+    from speechbrain_mrl.model.official import load_official_redimnet
 
     out = demo_run["out"]
     ckpt = _last_checkpoint(out / "mrl")
@@ -101,7 +101,7 @@ def test_mrl_stage_outputs_and_scoring(demo_run):
     # at full size: both are rotations of the backbone embedding
     for split in ("test_pca", "test_init"):
         assert res[split][16]["EER"] == pytest.approx(res["test_backbone"][16]["EER"], abs=1e-3)
-    from speechbrain_mrl.matryoshka import MatryoshkaProjection
+    from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
 
     heads = {}
     for name in ("pca_head", "initial_head"):
@@ -248,8 +248,8 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     assert not (out / "data").exists()  # refused before any preparation
     import yaml
 
-    from speechbrain_mrl.encoder import MRLEncoder
-    from speechbrain_mrl.official import save_official_checkpoint
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.official import save_official_checkpoint
 
     backbone = save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),
                                         tmp_path / "tiny.pt")
@@ -261,7 +261,7 @@ def test_final_checkpoint_last_exports_the_last_epoch(tmp_path):
     ckpts = {c.name: c for c in (out / "scratch" / "save").glob("CKPT+epoch*")}
     assert set(ckpts) == {"CKPT+epoch1", "CKPT+epoch2", "CKPT+epoch3"}
     last = torch.load(ckpts["CKPT+epoch3"] / "embedding_model.ckpt", weights_only=True)
-    from speechbrain_mrl.official import load_official_redimnet
+    from speechbrain_mrl.model.official import load_official_redimnet
 
     exported = load_official_redimnet(str(out / "scratch" / "backbone.pt")).embedding_model.state_dict()
     assert all(torch.equal(v, last[k]) for k, v in exported.items())
@@ -278,8 +278,8 @@ def test_hparams_load_and_every_key_used(name, tmp_path):
     from hyperpyyaml import load_hyperpyyaml
     from speechbrain.core import RunOptions
 
-    from speechbrain_mrl.encoder import MRLEncoder
-    from speechbrain_mrl.official import save_official_checkpoint
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.official import save_official_checkpoint
 
     text = (RECIPE / "hparams" / name).read_text()
     keys = [m.group(1) for m in re.finditer(r"^([A-Za-z_][A-Za-z0-9_]*):", text, re.M)]
@@ -521,7 +521,7 @@ def test_own_data_on_a_local_official_backbone(tmp_path, monkeypatch, no_network
     extra = info["extra_info"]
     assert extra["backbone"] == {"file": "b2-vox2-ptn.pt"} and extra["frozen_backbone"]
     assert extra["training_data"] == {
-        "preparation": "speechbrain_mrl.datasets.voxceleb.prepare_voxceleb",
+        "preparation": "speechbrain_mrl.data.voxceleb.prepare_voxceleb",
         "data_folder": "my_speakers",
         "train": {"speakers": 10, "utterances": 30}, "valid": {"speakers": 2, "utterances": 6}}
     assert extra["datasets"] == [] and extra["n_train_speakers"] == 10
@@ -529,7 +529,7 @@ def test_own_data_on_a_local_official_backbone(tmp_path, monkeypatch, no_network
                                        "--pretrained_backbone b2-vox2-ptn.pt ")
     assert str(tmp_path) not in json.dumps(info)
     # the model card states that backbone and data, and names no dataset
-    from speechbrain_mrl import hub
+    from speechbrain_mrl.hub import package as hub
 
     card = hub.model_card(info, json.loads((out / "model" / "calibration.json").read_text()),
                           {"64": {"EER": 1.0}}, {}, None)
@@ -569,8 +569,8 @@ def test_remove_vector_weight_decay_splits_every_group(tmp_path):
     """SpeechBrain's --remove_vector_weight_decay holds for the head's and the backbone's group."""
     import yaml
 
-    from speechbrain_mrl.encoder import MRLEncoder
-    from speechbrain_mrl.official import save_official_checkpoint
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.official import save_official_checkpoint
 
     data = make_speech_commands(tmp_path / "data")
     backbone = save_official_checkpoint(MRLEncoder.from_config(yaml.safe_load(TINY_REDIMNET)),

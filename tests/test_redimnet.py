@@ -6,12 +6,12 @@ import torch
 
 import redimnet_fill as rf
 from speechbrain_mrl import REDIMNET_PRESETS, MRLEncoder, ReDimNet, load_official_redimnet
-from speechbrain_mrl.official import (
+from speechbrain_mrl.model.official import (
     official_state_dict,
     read_official_checkpoint,
     resolve_official_checkpoint,
 )
-from speechbrain_mrl.redimnet import redimnet_config
+from speechbrain_mrl.model.redimnet import redimnet_config
 
 LAYOUTS = rf.load_layouts()
 TINY = dict(F=24, C=4, stages_setup=[(1, 1, 2, [(3, 3)], 4), (2, 1, 1, [(3, 3)], 8)],
@@ -206,7 +206,7 @@ def test_download_through_file_url_once(tmp_path, monkeypatch):
     assert (cache / "b0-vox2-ptn.pt").is_file()
     assert enc.embed_dim == 16
     # second call: served from the cache, no download
-    import speechbrain_mrl.official as official
+    import speechbrain_mrl.model.official as official
 
     def no_download(*args, **kwargs):
         raise AssertionError("downloaded twice")

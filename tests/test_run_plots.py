@@ -9,7 +9,7 @@ from recipe_data import make_speech_commands, scratch_overrides
 
 import train  # noqa: E402  (recipe folder on sys.path via recipe_data)
 
-from speechbrain_mrl import run_plots
+from speechbrain_mrl.training import plots as run_plots
 
 
 def logged(line, key):

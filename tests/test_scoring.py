@@ -1,4 +1,4 @@
-"""Tests of speechbrain_mrl.metrics / .embeddings and recipes/VoxCeleb/MRL/speaker_verification_cosine.py."""
+"""Tests of speechbrain_mrl.utils.metrics / .embeddings and recipes/VoxCeleb/MRL/speaker_verification_cosine.py."""
 import csv
 import importlib.util
 import json
@@ -10,10 +10,10 @@ import torch
 from speechbrain.utils.metric_stats import EER, minDCF
 
 from mrl_testutils import MRL_DIMS, TINY_CONFIG, write_tiny_model, write_voice_corpus
-from speechbrain_mrl import metrics
-from speechbrain_mrl.audio import AudioError
-from speechbrain_mrl.manifests import read_trials, resolve_trials
-from speechbrain_mrl.embeddings import embed_manifest
+from speechbrain_mrl.utils import metrics
+from speechbrain_mrl.data.audio import AudioError
+from speechbrain_mrl.data.manifests import read_trials, resolve_trials
+from speechbrain_mrl.inference.embeddings import embed_manifest
 
 RECIPE = pathlib.Path(__file__).resolve().parents[1] / "recipes" / "VoxCeleb" / "MRL"
 
@@ -116,7 +116,7 @@ def test_prefix_metrics_by_hand():
 def test_embed_manifest_names_silent_utterance(tmp_path):
     import soundfile as sf
 
-    from speechbrain_mrl.encoder import MRLEncoder
+    from speechbrain_mrl.model.encoder import MRLEncoder
     from mrl_testutils import speaker_voice
 
     enc = MRLEncoder.from_config(TINY_CONFIG)
@@ -273,7 +273,7 @@ def test_end_to_end_mrl_model(scoring_setup):
     saved_emb = torch.load(out / "embeddings.pt", weights_only=True)
     assert saved_emb["embeddings"].shape == (9, MRL_DIMS[-1]) and len(saved_emb["ids"]) == 9
     # the plain cosine equals the interface's verification scores
-    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 
     model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
     first = (out / "scores_8.txt").read_text().splitlines()[0].split()
@@ -288,7 +288,7 @@ def test_end_to_end_mrl_model(scoring_setup):
 
 def test_end_to_end_official_and_errors(scoring_setup, tmp_path):
     root, folder, n_trials = scoring_setup
-    from speechbrain_mrl.official import MRLEncoder, official_state_dict
+    from speechbrain_mrl.model.official import MRLEncoder, official_state_dict
 
     enc = MRLEncoder.from_config(TINY_CONFIG)
     ckpt = tmp_path / "tiny_official.pt"
@@ -320,7 +320,7 @@ def test_nan_model_stops_scoring_naming_utterances(scoring_setup, tmp_path):
 
 
 def test_scoring_records_the_model_fingerprint(scoring_setup, tmp_path):
-    from speechbrain_mrl.packaging import model_fingerprint
+    from speechbrain_mrl.model.folder import model_fingerprint
 
     root, folder, _ = scoring_setup
     out = tmp_path / "out_fp"
@@ -340,7 +340,7 @@ def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path
         rows[-2][2] = str(tmp_path / "gone.wav")
         with open(tmp_path / name, "w", newline="") as f:
             csv.writer(f).writerows(rows)
-    import speechbrain_mrl.embeddings as embeddings
+    import speechbrain_mrl.inference.embeddings as embeddings
 
     calls = []
     monkeypatch.setattr(svc, "embed_manifest", lambda *a, **k: calls.append(1) or embeddings.embed_manifest(*a, **k))
@@ -355,7 +355,7 @@ def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path
 
 
 def test_repeated_and_contradictory_trials(caplog):
-    from speechbrain_mrl.manifests import resolve_trials
+    from speechbrain_mrl.data.manifests import resolve_trials
 
     ids = {"a/1", "a/2", "b/1"}
     trials = [(1, "a/1.wav", "a/2.wav"), (1, "a/2.wav", "a/1.wav"), (0, "a/1.wav", "b/1.wav")]

@@ -7,7 +7,7 @@ import pytest
 
 from mrl_testutils import clustered_speakers
 
-from speechbrain_mrl.search import SpeakerIndex
+from speechbrain_mrl.search.index import SpeakerIndex
 
 DIMS = [8, 16, 32]
 
@@ -157,8 +157,8 @@ def test_open_set_identification_with_thresholds_per_size(tmp_path):
 def test_thresholds_calibrated_on_a_trial_list():
     import torch
 
-    from speechbrain_mrl.metrics import error_rates
-    from speechbrain_mrl.search import _prefix_cosine, calibrate_thresholds
+    from speechbrain_mrl.utils.metrics import error_rates
+    from speechbrain_mrl.search.index import _prefix_cosine, calibrate_thresholds
 
     ids, emb, _ = clustered_speakers(n_spk=60, n_utt=4)
     rng = np.random.default_rng(1)
@@ -180,7 +180,7 @@ def test_thresholds_calibrated_on_a_trial_list():
 
 
 def test_cascade_verification_matches_full_size_on_the_calibration_list():
-    from speechbrain_mrl.search import calibrate_margin, cascade_verify
+    from speechbrain_mrl.search.index import calibrate_margin, cascade_verify
 
     ids, emb, _ = clustered_speakers(n_spk=60, n_utt=4, noise=0.8)
     rng = np.random.default_rng(1)
@@ -205,7 +205,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
 
     from mrl_testutils import THRESHOLDS, write_tiny_model, write_voice_corpus
     from speechbrain_mrl import cli
-    from speechbrain_mrl.search import SpeakerIndex
+    from speechbrain_mrl.search.index import SpeakerIndex
 
     folder, _, _ = write_tiny_model(tmp_path / "model")
     corpus = write_voice_corpus(tmp_path / "speakers", n_spk=4, n_utt=3)
@@ -279,7 +279,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     with pytest.raises(ValueError, match="built with another model"):
         cli.main(["identify", "--model_folder", str(other), "--index", str(index_dir),
                          "--files", files[0]])
-    proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.search_cli", "identify", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.cli.search", "identify", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--stages" in proc.stdout
 
@@ -287,8 +287,8 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
 def test_enrol_and_search_from_audio_in_the_library(tmp_path):
     """SpeakerIndex.enrol_audio/search_audio through MRLEncoderClassifier equal the embedding path."""
     from mrl_testutils import write_tiny_model, write_voice_corpus
-    from speechbrain_mrl.inference import MRLEncoderClassifier
-    from speechbrain_mrl.search import SpeakerIndex
+    from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+    from speechbrain_mrl.search.index import SpeakerIndex
 
     folder, _, _ = write_tiny_model(tmp_path / "model")
     model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
@@ -316,7 +316,7 @@ def test_enrol_and_search_from_audio_in_the_library(tmp_path):
 
 
 def test_open_set_rates_against_a_count():
-    from speechbrain_mrl.search import open_set_rates
+    from speechbrain_mrl.search.index import open_set_rates
 
     rng = np.random.default_rng(3)
     scores = rng.uniform(size=400)
@@ -338,7 +338,7 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
 
     from mrl_testutils import write_tiny_model
     from speechbrain_mrl import cli
-    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 
     folder, _, _ = write_tiny_model(tmp_path / "model")
     speakers = [d for d in sorted((shared_data / "speech_commands").iterdir())
@@ -386,7 +386,7 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
 @pytest.mark.parametrize("rate", [-0.1, 0.0, 1.5, float("nan"), "x"])
 def test_rates_out_of_range_are_refused(call, rate):
     """Regression: false_alarm=-0.1 or 1.5 saved nonsense thresholds; agreement=1.5 raised IndexError."""
-    from speechbrain_mrl.search import calibrate_margin, calibrate_thresholds, open_set_rates
+    from speechbrain_mrl.search.index import calibrate_margin, calibrate_thresholds, open_set_rates
 
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((20, 8)), rng.standard_normal((20, 8))

@@ -1,8 +1,8 @@
 """The parts of SpeechBrain 1.1.2 beyond its public hooks that the project relies on.
 
-``speechbrain_mrl.training.MRLBrain`` (every recipe's Brain) overrides
+``speechbrain_mrl.training.brain.MRLBrain`` (every recipe's Brain) overrides
 ``Brain._wrap_distributed`` (SpeechBrain turns every BatchNorm into
-SyncBatchNorm, which DDP refuses on CPU, with no option to skip it), and ``speechbrain_mrl.checkpoints.SafeCheckpointer``
+SyncBatchNorm, which DDP refuses on CPU, with no option to skip it), and ``speechbrain_mrl.utils.checkpoints.SafeCheckpointer``
 overrides ``Checkpointer``'s private folder methods and fills SpeechBrain's
 hook tables. A SpeechBrain release that renames, re-signs or stops calling any
 of them fails here, naming it, instead of silently losing the behaviour (DDP
@@ -16,8 +16,8 @@ from speechbrain.core import Brain
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.epoch_loop import EpochCounter
 
-from speechbrain_mrl.checkpoints import SafeCheckpointer
-from speechbrain_mrl.training import MRLBrain
+from speechbrain_mrl.utils.checkpoints import SafeCheckpointer
+from speechbrain_mrl.training.brain import MRLBrain
 
 #: private methods overridden, and the signature they have in SpeechBrain 1.1.2
 PRIVATE_OVERRIDES = {

@@ -2,11 +2,11 @@
 """Trains Matryoshka speaker embeddings on a ReDimNet backbone, on LibriSpeech.
 
 The hparams file's ``prepare_data``
-(:func:`speechbrain_mrl.datasets.librispeech.prepare_librispeech`, run on the
+(:func:`speechbrain_mrl.data.librispeech.prepare_librispeech`, run on the
 main process) writes the training manifest of the LibriSpeech training splits
 and the speaker-disjoint validation and test trial lists; the training
-(:class:`speechbrain_mrl.training.MRLBrain`) is shared with the other recipes
-(:mod:`speechbrain_mrl.training`).
+(:class:`speechbrain_mrl.training.brain.MRLBrain`) is shared with the other recipes
+(:mod:`speechbrain_mrl.training.brain`).
 
 Usage::
 
@@ -23,7 +23,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_mrl.training import check_options, train_and_evaluate, training_command
+from speechbrain_mrl.training.brain import check_options, train_and_evaluate, training_command
 
 
 def main(argv):

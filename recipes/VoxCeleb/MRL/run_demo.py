@@ -43,10 +43,11 @@ import time
 
 import torch
 
-from speechbrain_mrl.manifests import CSV_HEADER, read_manifest, write_manifest
-from speechbrain_mrl.inference import MRLEncoderClassifier
-from speechbrain_mrl.packaging import write_model_folder
-from speechbrain_mrl.run_plots import CURVES_FILE, DATA_CHART_FILE
+from speechbrain_mrl.data.manifests import CSV_HEADER, read_manifest, write_manifest
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+from speechbrain_mrl.model.folder import write_model_folder
+from speechbrain_mrl.data.charts import DATA_CHART_FILE
+from speechbrain_mrl.training.plots import CURVES_FILE
 
 HERE = pathlib.Path(__file__).resolve().parent
 BASELINE_EER = 16.68  # MFCC statistics + cosine on the demo trials
@@ -104,7 +105,7 @@ def search_stage(out, prep):
         for name in ("enrol", "queries"):  # queries last: it marks the split as done
             write_manifest(folder / f"{name}.csv", [[u] + [rows[u][c] for c in CSV_HEADER[1:]]
                                                     for u in halves[name]])
-    cli = ["-m", "speechbrain_mrl.cli"]
+    cli = ["-m", "speechbrain_mrl.cli.main"]
     common = ["--model_folder", model, "--index", folder / "index"]
     run_python(folder / "index" / "index.json", *cli, "enrol", *common,
                "--csv", folder / "enrol.csv")

@@ -25,16 +25,16 @@ paths of the trial list; plus ``scores_<dim>_s-norm.txt`` /
 ``scores_<dim>_as-norm.txt``), ``scoring_info.json`` and, with ``save_embeddings``, ``embeddings.pt``
 (``{"ids", "embeddings" [N, D] full size, "dims", "model"}``).
 
-Trial-list entries map to manifest IDs as written by ``speechbrain_mrl.datasets.voxceleb.prepare_voxceleb``
-(:func:`speechbrain_mrl.manifests.trial_id_candidates`): the path without
+Trial-list entries map to manifest IDs as written by ``speechbrain_mrl.data.voxceleb.prepare_voxceleb``
+(:func:`speechbrain_mrl.data.manifests.trial_id_candidates`): the path without
 extension (``id10270/x/00001``), or with ``/`` replaced by ``--``; an entry in
 no manifest is an error. Embeddings come from the one embedding path,
-:func:`speechbrain_mrl.embeddings.embed_manifest`, with the model's own settings
+:func:`speechbrain_mrl.inference.embeddings.embed_manifest`, with the model's own settings
 (long recordings window by window; silent, NaN or too short audio is an error
 naming the utterance; cohort rows shorter than the model's
 ``short_duration`` are left out and counted). Trials are scored in chunks
-(``trial_chunk_size``) by :func:`speechbrain_mrl.metrics.score_trials`, and
-the metrics (:func:`speechbrain_mrl.metrics.verification_metrics`) come from
+(``trial_chunk_size``) by :func:`speechbrain_mrl.utils.metrics.score_trials`, and
+the metrics (:func:`speechbrain_mrl.utils.metrics.verification_metrics`) come from
 ``speechbrain.utils.metric_stats.EER`` / ``minDCF`` for lists of up to
 ``toolkit_metrics_max_trials`` trials and from the equivalent sorted
 computation beyond (the toolkit functions are quadratic), so a million trials
@@ -55,11 +55,11 @@ import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
-from speechbrain_mrl.files import save_torch_atomic, write_text_atomic
-from speechbrain_mrl.manifests import check_audio_files, read_manifest, read_trial_list
-from speechbrain_mrl.embeddings import embed_manifest
-from speechbrain_mrl.metrics import NORMS, cohort_groups, score_trials, verification_metrics
-from speechbrain_mrl.packaging import model_fingerprint
+from speechbrain_mrl.utils.files import save_torch_atomic, write_text_atomic
+from speechbrain_mrl.data.manifests import check_audio_files, read_manifest, read_trial_list
+from speechbrain_mrl.inference.embeddings import embed_manifest
+from speechbrain_mrl.utils.metrics import NORMS, cohort_groups, score_trials, verification_metrics
+from speechbrain_mrl.model.folder import model_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,9 @@ def load_encoder(hparams, device):
     """``(encoder, name, embed_options, short_duration)`` for the Matryoshka model or the
     official checkpoint.
 
-    ``encoder`` is an :class:`~speechbrain_mrl.encoder.MRLEncoder` on ``device``;
+    ``encoder`` is an :class:`~speechbrain_mrl.model.encoder.MRLEncoder` on ``device``;
     ``embed_options`` are its settings for
-    :func:`speechbrain_mrl.embeddings.embed_manifest` (the model's own, so that
+    :func:`speechbrain_mrl.inference.embeddings.embed_manifest` (the model's own, so that
     a file is embedded here as ``encode_file`` embeds it; the defaults for an
     official checkpoint) and ``short_duration`` the shortest audio it embeds
     reliably, the cohort's minimum (0.5 s for an official checkpoint).
@@ -81,16 +81,15 @@ def load_encoder(hparams, device):
         raise ValueError("give exactly one of --model_folder (Matryoshka model) and "
                          "--official_checkpoint (plain official ReDimNet)")
     if official:
-        from speechbrain_mrl.official import load_official_redimnet
+        from speechbrain_mrl.model.official import load_official_redimnet
 
         encoder = load_official_redimnet(official).to(device).eval()
         options = {"sample_rate": int(hparams.get("sample_rate", 16000)), "device": device}
         return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", options, 0.5
 
-    from speechbrain_mrl.inference import MRLEncoderClassifier
+    from speechbrain_mrl.inference.interface import load_model
 
-    model = MRLEncoderClassifier.from_hparams(source=str(model_folder),
-                                              run_opts={"device": str(device)})
+    model = load_model(model_folder, device)
     return (model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.embedding_options(),
             max(model.min_duration, model.short_duration))
 

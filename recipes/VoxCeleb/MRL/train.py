@@ -2,10 +2,10 @@
 """Trains Matryoshka speaker embeddings on a ReDimNet backbone, on VoxCeleb-style speaker folders.
 
 The hparams file names the data preparation (``prepare_data``:
-:func:`speechbrain_mrl.datasets.voxceleb.prepare_voxceleb`, or the demo's
-:func:`speechbrain_mrl.datasets.speech_commands.prepare_demo`), run on the
-main process; the training (:class:`speechbrain_mrl.training.MRLBrain`) is
-shared with the other recipes (:mod:`speechbrain_mrl.training`).
+:func:`speechbrain_mrl.data.voxceleb.prepare_voxceleb`, or the demo's
+:func:`speechbrain_mrl.data.speech_commands.prepare_demo`), run on the
+main process; the training (:class:`speechbrain_mrl.training.brain.MRLBrain`) is
+shared with the other recipes (:mod:`speechbrain_mrl.training.brain`).
 
 Usage::
 
@@ -22,7 +22,7 @@ import speechbrain as sb
 from hyperpyyaml import load_hyperpyyaml
 from speechbrain.utils.distributed import run_on_main
 
-from speechbrain_mrl.training import check_options, train_and_evaluate, training_command
+from speechbrain_mrl.training.brain import check_options, train_and_evaluate, training_command
 
 
 def main(argv):

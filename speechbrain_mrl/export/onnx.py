@@ -1,0 +1,491 @@
+"""TorchScript and ONNX export of a Matryoshka ReDimNet: waveform -> every-size embedding.
+
+The exported graph contains the whole pipeline: the log-mel front end
+(:class:`~speechbrain_mrl.model.features.ReDimNetFbank`),
+the ReDimNet lobe and the Matryoshka head. Inputs ``wavs`` ``[batch, time]``
+(16 kHz, float32, zero-padded; both axes dynamic) and ``wav_lens``
+``[batch]`` (relative lengths in ``(0, 1]``, as in SpeechBrain), so one batch
+may mix lengths; outputs ``embedding_<d>`` ``[batch, d]`` for every
+Matryoshka size ``d`` (prefixes of one projection, not normalised; the same
+as ``MRLEncoderClassifier.encode_batch`` with the same lengths).
+
+ONNX export uses the ``torch.export``-based (dynamo) exporter, opset 20 (GELU
+as one ``Gelu`` node). In the graph the front end's spectrogram is a strided
+convolution with windowed DFT rows instead of an ``STFT`` node (equal to
+float rounding; OpenVINO cannot read a dynamic-length ``STFT``), so ONNX
+Runtime and OpenVINO both run the file; :class:`OnnxEncoder` and
+:class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder` check the inputs.
+On x86 CPUs with AVX-512 BF16/AMX, OpenVINO in bf16 is the fast path
+(``--openvino`` writes OpenVINO IR); ONNX Runtime's int8 is not faster than
+its fp32 on this network (see ``docs/benchmarks.md``).
+
+Input lengths: the graph runs any length in one pass (ONNX Runtime does not
+enforce the time range the export traces over), but the self-attention of
+the 1-D blocks becomes plain MatMul/Softmax over all frames (100 per second),
+so memory and time grow with the square of the length: the attention scores
+take ``4 bytes x heads x frames^2`` per utterance, about 0.6 GB at 60 s and
+58 GB at 600 s with 4 heads. Feed at most about a minute per utterance;
+:class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder` embeds longer
+utterances window by window exactly as the PyTorch model does (the graph
+split at the pooled statistics, the windows' statistics merged), in memory
+and time linear in the duration. The export command prints this model's
+figures.
+
+Every file is written to a temporary file in its folder and renamed into
+place when complete: a failed export leaves the previous file as it was.
+
+Command line::
+
+    speechbrain-mrl export --model_folder results/mrl_b2/1986/model --onnx mrl_b2.onnx \\
+        [--torchscript mrl_b2.pt] [--int8 mrl_b2.int8.onnx] [--openvino mrl_b2.xml] [--check]
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import contextlib
+import importlib
+import io
+import logging
+import pathlib
+import warnings
+
+import torch
+from torch import nn
+
+from speechbrain_mrl.utils.files import atomic_output
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "PerSizeOutputs",
+    "load_encoder",
+    "export_torchscript",
+    "export_onnx",
+    "quantize_onnx",
+    "onnx_parity",
+    "OnnxEncoder",
+    "inference_session",
+    "run_export",
+]
+
+
+class PerSizeOutputs(nn.Module):
+    """An :class:`~speechbrain_mrl.model.encoder.MRLEncoder` with one output per Matryoshka size.
+
+    Graph formats name each output; this wrapper returns ``(emb_d1, emb_d2, ...)``
+    for ``encoder.mrl_dims`` from one pass of the encoder.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        The model (front end, lobe, Matryoshka head).
+
+    Example
+    -------
+    >>> from speechbrain_mrl.model.encoder import MRLEncoder
+    >>> from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> enc.mrl_head = MatryoshkaProjection(enc.pool_dim, 8, [4, 8])
+    >>> outputs = PerSizeOutputs(enc).eval()
+    >>> [e.shape for e in outputs(torch.randn(2, 8000), torch.tensor([1.0, 0.6]))]
+    [torch.Size([2, 4]), torch.Size([2, 8])]
+    >>> outputs.input_names, outputs.output_names
+    (['wavs', 'wav_lens'], ['embedding_4', 'embedding_8'])
+    """
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.encoder = encoder
+
+    @property
+    def output_names(self):
+        """``embedding_<d>`` for every size."""
+        return [f"embedding_{d}" for d in self.encoder.mrl_dims]
+
+    #: Graph input names.
+    input_names = ["wavs", "wav_lens"]
+
+    def forward(self, wavs, wav_lens):
+        """Embeds zero-padded waveforms ``[B, T]`` of relative lengths ``[B]``.
+
+        Returns ``(emb_d1, emb_d2, ...)``.
+        """
+        return tuple(self.encoder.all_dims(wavs, wav_lens).values())
+
+
+def load_encoder(model_folder):
+    """The :class:`~speechbrain_mrl.model.encoder.MRLEncoder` (CPU, eval) of a model folder.
+
+    Raises
+    ------
+    ValueError
+        NaN/Inf weights or statistics, naming the folder and the tensors
+        (:meth:`~speechbrain_mrl.inference.interface.MRLEncoderClassifier.check_weights`).
+    """
+    from speechbrain_mrl.inference.interface import load_model
+
+    return load_model(model_folder).encoder.eval()
+
+
+def require_export_extra(*modules):
+    """Raises ``ModuleNotFoundError`` naming the extra to install when a module is missing."""
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                f"ONNX export needs the '{name}' package: pip install -e \".[export]\" "
+                "(or pip install onnx onnxruntime onnxscript)", name=name) from err
+
+
+def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
+    """``(wavs, wav_lens)``: noise, the last utterance 3/4 of the others' length (zero-padded)."""
+    g = torch.Generator().manual_seed(seed)
+    wavs = 0.1 * torch.randn(batch, int(seconds * sample_rate), generator=g)
+    lens = torch.ones(batch)
+    lens[-1] = 0.75
+    wavs[-1, int(0.75 * wavs.shape[1]):] = 0.0
+    return wavs, lens
+
+
+@contextlib.contextmanager
+def _graph_front_end(encoder):
+    """While exporting: the front end's spectrogram as a convolution (any runtime reads it)."""
+    fbank = encoder.compute_features
+    before, fbank.stft_as_matmul = fbank.stft_as_matmul, True
+    try:
+        yield
+    finally:
+        fbank.stft_as_matmul = before
+
+
+def export_torchscript(encoder, path, example=None):
+    """Traces the encoder to TorchScript and saves it.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        In eval mode.
+    path : str or os.PathLike
+        Output ``.pt`` file (``torch.jit.load`` reads it).
+    example : tuple of torch.Tensor, optional
+        Example ``(wavs [B, T], wav_lens [B])`` (default: 2 x 2 s of noise,
+        one of them padded).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    module = PerSizeOutputs(encoder).eval()
+    example = _example() if example is None else example
+    with torch.no_grad(), warnings.catch_warnings():
+        # shape checks of the lobe/head become constants: expected, not a problem
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, tuple(example), check_trace=False, strict=False)
+    buffer = io.BytesIO()  # a failed write to a file aborts the process inside torch.jit.save
+    torch.jit.save(traced, buffer)
+    path = pathlib.Path(path)
+    with atomic_output(path) as tmp:
+        tmp.write_bytes(buffer.getvalue())
+    return path
+
+
+def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
+                sample_rate=16000, opset_version=20, optimize=True):
+    """Exports the encoder to ONNX with dynamic batch and time axes.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        In eval mode.
+    path : str or os.PathLike
+        Output ``.onnx`` file (weights embedded).
+    example : tuple of torch.Tensor, optional
+        Example ``(wavs [B, T], wav_lens [B])`` (default: 2 x 2 s of noise,
+        one of them padded).
+    min_seconds, max_seconds : float
+        Range ``torch.export`` traces the time axis over (the graph's shape
+        logic holds in it); ONNX Runtime does not enforce it. Memory grows
+        with the square of the length (see the module documentation).
+    sample_rate : int
+        Sample rate of the model.
+    opset_version : int
+        ONNX opset.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    require_export_extra("onnx", "onnxscript")
+    module = PerSizeOutputs(encoder).eval()
+    example = _example() if example is None else example
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    time = torch.export.Dim("time", min=int(min_seconds * sample_rate),
+                            max=int(max_seconds * sample_rate))
+    with torch.no_grad(), _graph_front_end(encoder):
+        program = torch.onnx.export(
+            module, tuple(example), dynamo=True, input_names=module.input_names,
+            output_names=module.output_names,
+            dynamic_shapes={"wavs": {0: batch, 1: time}, "wav_lens": {0: batch}},
+            opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
+        )
+    path = pathlib.Path(path)
+    with atomic_output(path) as tmp:
+        program.save(str(tmp), external_data=False)
+    return path
+
+
+def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Gemm", "Conv")):
+    """int8 quantisation of an exported model (ONNX Runtime; weights int8 per channel).
+
+    With ``calibration`` waveforms (real speech), static quantisation: each
+    activation gets a fixed scale from its range over them (QDQ format, which
+    ONNX Runtime runs with integer convolutions; the faster of the two on CPU).
+    Without, dynamic quantisation: activations are scaled on the fly, no data
+    needed. The front end (spectrogram, mel filterbank) stays in float either
+    way. Neither is faster than fp32 ONNX Runtime on ReDimNet (grouped
+    convolutions of 4 channels gain nothing from int8, and every boundary to
+    the float layers costs a (de)quantisation; ``docs/benchmarks.md``): the
+    int8 file keeps the EER and is a fifth smaller.
+
+    Arguments
+    ---------
+    onnx_path : str or os.PathLike
+        The float model (:func:`export_onnx`).
+    out_path : str or os.PathLike
+        The int8 model.
+    calibration : list of torch.Tensor, optional
+        1-D waveforms at the model's sample rate (a few dozen utterances;
+        silent or NaN/Inf ones are refused).
+    op_types : sequence of str
+        ONNX operators to quantise.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    from speechbrain_mrl.data.audio import signal_problem
+
+    if calibration is not None:
+        if not len(calibration):
+            raise ValueError("static int8 quantisation needs calibration waveforms, got none")
+        for i, wav in enumerate(calibration):
+            problem = signal_problem(wav)
+            if problem:
+                raise ValueError(f"calibration waveform {i}: {problem}; static int8 scales need "
+                                 "real speech")
+    require_export_extra("onnx", "onnxruntime")
+    import onnx
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
+                                          quantize_dynamic, quantize_static)
+
+    front_end = _front_end_nodes(onnx.load(str(onnx_path)).graph)
+
+    class Waveforms(CalibrationDataReader):
+        def __init__(self):
+            self.remaining = iter(calibration)
+
+        def get_next(self):
+            wav = next(self.remaining, None)
+            if wav is None:
+                return None
+            return {"wavs": wav.float().reshape(1, -1).numpy(), "wav_lens": torch.ones(1).numpy()}
+
+    out_path = pathlib.Path(out_path)
+    with atomic_output(out_path) as tmp:
+        if calibration is None:
+            quantize_dynamic(str(onnx_path), str(tmp), weight_type=QuantType.QInt8,
+                             per_channel=True, op_types_to_quantize=list(op_types),
+                             nodes_to_exclude=front_end)
+        else:
+            quantize_static(str(onnx_path), str(tmp), Waveforms(), quant_format=QuantFormat.QDQ,
+                            per_channel=True, activation_type=QuantType.QUInt8,
+                            weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
+                            nodes_to_exclude=front_end)
+    return out_path
+
+
+def _front_end_nodes(graph):
+    """Names of the nodes of the log-mel front end: the mel product and all it depends on.
+
+    The spectrogram and mel products see power spectra (a huge dynamic range):
+    quantised, real speech fell to a cosine of 0.35 with fp32; they stay in float.
+    """
+    producer = {out: n for n in graph.node for out in n.output}
+    todo = [n for n in graph.node if any("compute_features.mel_fb" in i for i in n.input)]
+    names = set()
+    while todo:
+        node = todo.pop()
+        if node.name not in names:
+            names.add(node.name)
+            todo += [producer[i] for i in node.input if i in producer]
+    return sorted(names)
+
+
+def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
+    """``n_clips`` waveforms spread evenly over a manifest's rows (sorted by ID).
+
+    Silent (all-zero or empty) clips are left out with a warning: their
+    activations would set the int8 scales far from those of speech.
+
+    Raises
+    ------
+    ValueError
+        No rows, a clip with NaN/Inf samples (naming its row), or only silent clips.
+    """
+    from speechbrain_mrl.data.audio import read_row_audio, signal_problem
+    from speechbrain_mrl.data.manifests import read_manifest
+
+    rows = read_manifest(manifest)
+    if not rows:
+        raise ValueError(f"{manifest}: no rows to calibrate on")
+    ids = sorted(rows)
+    picked = [ids[round(i * len(ids) / min(n_clips, len(ids)))] for i in range(min(n_clips, len(ids)))]
+    clips, silent = [], []
+    for uid in picked:
+        wav = read_row_audio(rows[uid], sample_rate)
+        if not torch.isfinite(wav).all():
+            raise ValueError(f"{manifest}: calibration clip {uid} ({rows[uid]['wav']}) has NaN/Inf "
+                             "samples")
+        if signal_problem(wav) is None:
+            clips.append(wav)
+        else:
+            silent.append(uid)
+    if not clips:
+        raise ValueError(f"{manifest}: all {len(picked)} calibration clips are silent; "
+                         "static int8 scales need real speech")
+    if silent:
+        warnings.warn(f"{manifest}: {len(silent)} silent calibration clips left out, "
+                      f"e.g. {silent[:3]}")
+    return clips
+
+
+class OnnxEncoder:
+    """An exported model run by ONNX Runtime, its inputs checked as the PyTorch interface does.
+
+    The ONNX graph does not check its inputs: relative lengths of 0, NaN, -1 or
+    1.5, silent or NaN audio give meaningless embeddings. This wrapper checks
+    them first with :func:`speechbrain_mrl.data.audio.check_waveforms` (the check of
+    ``MRLEncoderClassifier``), so bad input raises
+    :class:`~speechbrain_mrl.data.audio.AudioError` naming the utterance.
+
+    Arguments
+    ---------
+    onnx_path : str or os.PathLike
+        A model written by :func:`export_onnx` (or its int8 version).
+    sample_rate : int
+        The model's rate.
+    min_samples : int
+        Shortest waveform the front end takes (``MRLEncoder.min_samples``).
+    providers : sequence of str
+        ONNX Runtime execution providers.
+    threads : int, optional
+        Intra-op threads (default: ONNX Runtime's choice, one per core).
+    spinning : bool
+        Let idle threads spin after a call (lower latency when nothing else
+        runs; off by default, as spinning threads slow whatever the process
+        does between calls, e.g. decoding audio or a PyTorch model).
+
+    Example
+    -------
+    >>> encoder = OnnxEncoder("mrl.onnx")                     # doctest: +SKIP
+    >>> encoder(wavs, wav_lens)["embedding_64"].shape          # doctest: +SKIP
+    (2, 64)
+    """
+
+    def __init__(self, onnx_path, sample_rate=16000, min_samples=257,
+                 providers=("CPUExecutionProvider",), threads=None, spinning=False):
+        require_export_extra("onnxruntime")
+        self.session = inference_session(onnx_path, threads, spinning, providers)
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
+
+    def __call__(self, wavs, wav_lens=None):
+        """``{output name: [B, d] array}`` of a zero-padded batch ``[B, T]`` (+ relative lengths)."""
+        from speechbrain_mrl.data.audio import check_waveforms
+
+        wavs, wav_lens = check_waveforms(torch.as_tensor(wavs), wav_lens, self.min_samples,
+                                         self.sample_rate)
+        outs = self.session.run(None, {"wavs": wavs.float().numpy(),
+                                       "wav_lens": wav_lens.float().numpy()})
+        return dict(zip(self.output_names, outs))
+
+
+def inference_session(onnx_path, threads=None, spinning=False,
+                      providers=("CPUExecutionProvider",)):
+    """An ONNX Runtime session set for inference (all graph optimisations, one inter-op thread).
+
+    Arguments as in :class:`OnnxEncoder`.
+    """
+    require_export_extra("onnxruntime")
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.inter_op_num_threads = 1
+    if threads is not None:
+        opts.intra_op_num_threads = int(threads)
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    return ort.InferenceSession(str(onnx_path), opts, providers=list(providers))
+
+
+def onnx_parity(encoder, onnx_path, wavs, wav_lens=None):
+    """Max absolute difference between PyTorch and onnxruntime outputs.
+
+    Arguments
+    ---------
+    encoder : MRLEncoder
+        Reference model.
+    onnx_path : str or os.PathLike
+        Exported model.
+    wavs : torch.Tensor
+        Input ``[B, T]``, zero-padded.
+    wav_lens : torch.Tensor, optional
+        Relative lengths ``[B]`` (default: all 1).
+
+    Returns
+    -------
+    float
+        NaN or Inf where either side gives NaN/Inf embeddings.
+    """
+    require_export_extra("onnxruntime")
+    import onnxruntime as ort
+
+    wav_lens = torch.ones(wavs.shape[0]) if wav_lens is None else wav_lens.float()
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {"wavs": wavs.float().numpy(), "wav_lens": wav_lens.numpy()})
+    with torch.no_grad():
+        refs = PerSizeOutputs(encoder).eval()(wavs.float(), wav_lens)
+    if len(outs) != len(refs):
+        raise RuntimeError(f"ONNX model gives {len(outs)} outputs, expected {len(refs)}")
+    # a tensor max propagates NaN (Python's max() keeps the first value it compares NaN with)
+    return float(torch.stack([(torch.from_numpy(o) - r).abs().max() for o, r in zip(outs, refs)])
+                 .max())
+
+
+def input_length_note(encoder):
+    """One line on the input lengths the exported graph runs with reasonable memory.
+
+    Example
+    -------
+    >>> from speechbrain_mrl.model.encoder import MRLEncoder
+    >>> enc = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)],
+    ...                                   group_divisor=2, embed_dim=8))
+    >>> note = input_length_note(enc)
+    >>> note[note.index("4 heads"):note.index("):")]
+    '4 heads: 0.58 GB per utterance at 60 s, 57.6 GB at 600 s'
+    """
+    from speechbrain_mrl.model.redimnet import MultiHeadSelfAttention
+
+    heads = max((m.num_heads for m in encoder.modules() if isinstance(m, MultiHeadSelfAttention)),
+                default=0)
+    if not heads:
+        return "input length: any, in one pass; memory and time grow linearly with it"
+    fps = encoder.compute_features.sample_rate / encoder.compute_features.hop_length
+    gb = [4 * heads * (fps * s) ** 2 / 1e9 for s in (60, 600)]
+    return (f"input length: any, in one pass; memory and time grow with its square (attention "
+            f"scores over {fps:g} frames/s, {heads} heads: {gb[0]:.2g} GB per utterance at 60 s, "
+            f"{gb[1]:.3g} GB at 600 s): window audio longer than about 60 s outside the graph")

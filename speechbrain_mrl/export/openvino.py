@@ -1,0 +1,251 @@
+"""OpenVINO deployment of an exported model: bf16 (or fp32) on x86 CPUs.
+
+OpenVINO reads the ONNX export of :func:`speechbrain_mrl.export.onnx.export_onnx`
+(or the OpenVINO IR that ``speechbrain-mrl export --openvino`` writes) and runs
+it with oneDNN kernels; on CPUs with AVX-512 BF16 or AMX, ``precision="bf16"``
+runs the matrix products and convolutions in bfloat16 (about 2-3x the
+throughput of ONNX Runtime fp32 on ReDimNet-b2 and the demo model, equal error
+rates within 0.1 point; see ``docs/benchmarks.md``).
+
+OpenVINO is fast only with static shapes: each ``(batch, padded length)`` is
+compiled once (about half a second for b2) and kept; the time axis is padded
+up to a multiple of ``bucket_samples`` so that nearby lengths share one
+compiled model. The graph is padding-aware, so the padding does not change
+the embeddings.
+
+Long recordings: the graph's attention is quadratic in the length, so an
+utterance longer than ``long_seconds`` is embedded window by window exactly as
+:meth:`MRLEncoder.embed <speechbrain_mrl.model.encoder.MRLEncoder.embed>` does: the
+graph is split at the pooled statistics (the head's input), each window's
+statistics come from the first part, they are merged by frame count
+(:func:`~speechbrain_mrl.model.encoder.merge_window_stats`) and the head (second
+part) embeds them. Time and memory grow linearly with the duration.
+
+Needs the ``openvino`` extra: ``pip install -e ".[openvino]"``.
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import collections
+import importlib
+import math
+import pathlib
+
+import numpy as np
+import torch
+
+from speechbrain_mrl.data.audio import check_waveforms
+from speechbrain_mrl.model.encoder import merge_window_stats, window_bounds
+from speechbrain_mrl.utils.files import atomic_output
+
+__all__ = ["PRECISIONS", "OpenVinoEncoder", "cpu_has_bf16", "export_openvino", "split_at_pooling"]
+
+#: OpenVINO ``INFERENCE_PRECISION_HINT`` of each precision name.
+PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
+
+
+def _openvino():
+    try:
+        return importlib.import_module("openvino")
+    except ImportError as err:
+        raise ModuleNotFoundError("OpenVINO deployment needs the 'openvino' package: "
+                                  "pip install -e \".[openvino]\" (or pip install openvino)",
+                                  name="openvino") from err
+
+
+def export_openvino(onnx_path, xml_path):
+    """Converts an ONNX export to OpenVINO IR (``.xml`` + ``.bin``, weights kept fp32).
+
+    Arguments
+    ---------
+    onnx_path : str or os.PathLike
+        A model written by :func:`speechbrain_mrl.export.onnx.export_onnx`.
+    xml_path : str or os.PathLike
+        The IR's ``.xml`` file; the weights go to the ``.bin`` beside it. Both
+        are written to temporary files and renamed into place when complete.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    ov = _openvino()
+    xml_path = pathlib.Path(xml_path)
+    if xml_path.suffix != ".xml":
+        raise ValueError(f"OpenVINO IR path must end in .xml, got {xml_path}")
+    model = ov.Core().read_model(str(onnx_path))
+    with atomic_output(xml_path.with_suffix(".bin")) as tmp_bin, atomic_output(xml_path) as tmp_xml:
+        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+        # save_model writes the weights beside its .xml, under the same stem
+        tmp_xml.with_suffix(".bin").replace(tmp_bin)
+    return xml_path
+
+
+def cpu_has_bf16(core):
+    """True when OpenVINO's CPU plugin runs bf16 natively (AVX-512 BF16 or AMX)."""
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+
+
+def _head_input(model):
+    """The op where the Matryoshka head (or the lobe's embedding layer) starts: its BatchNorm."""
+    heads = ("encoder.mrl_head.norm.running_mean", "encoder.embedding_model.bn.running_mean")
+    for op in model.get_ordered_ops():
+        names = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
+        if op.get_type_name() == "BatchNormInference" and any(n in heads for n in names):
+            return op
+    raise ValueError("no Matryoshka head / embedding BatchNorm found in the model: not an "
+                     "export of speechbrain_mrl.export.onnx.export_onnx")
+
+
+def split_at_pooling(model):
+    """``(pool, head)``: waveforms -> pooled statistics, and pooled statistics -> embeddings."""
+    ov = _openvino()
+    pool_model = model.clone()
+    pooled = _head_input(pool_model).input_value(0)
+    pool = ov.Model([pooled], pool_model.get_parameters(), "pool")
+    head_model = model.clone()
+    bn = _head_input(head_model)
+    stats = ov.opset13.parameter([-1, bn.input_value(0).get_partial_shape()[1]], ov.Type.f32,
+                                 name="pooled")
+    bn.input(0).replace_source_output(stats.output(0))
+    head = ov.Model(head_model.get_results(), [stats], "head")
+    return pool, head
+
+
+class OpenVinoEncoder:
+    """An exported model run by OpenVINO, its inputs checked as the PyTorch interface does.
+
+    Bad input raises :class:`~speechbrain_mrl.data.audio.AudioError` naming the
+    utterance (:func:`~speechbrain_mrl.data.audio.check_waveforms`, the check of
+    ``MRLEncoderClassifier`` and :class:`~speechbrain_mrl.export.onnx.OnnxEncoder`).
+
+    Arguments
+    ---------
+    model_path : str or os.PathLike
+        An ONNX export (:func:`~speechbrain_mrl.export.onnx.export_onnx`) or its
+        OpenVINO IR ``.xml`` (:func:`export_openvino`).
+    precision : str
+        ``"bf16"`` (refused on a CPU without native bf16) or ``"fp32"``.
+    threads : int, optional
+        CPU threads (default: OpenVINO's choice, all cores).
+    sample_rate : int
+        The model's rate.
+    min_samples : int
+        Shortest waveform the front end takes (``MRLEncoder.min_samples``).
+    hop_length : int
+        The front end's frame shift (weights windows by their frame counts).
+    bucket_samples : int
+        The time axis is zero-padded up to a multiple of this (one compiled
+        model per batch size and padded length).
+    long_seconds : float
+        Utterances longer than this are embedded window by window.
+    window_seconds : float
+        Window length for long utterances.
+    window_batch : int
+        Windows run together (bounds the memory).
+    cache_size : int
+        Compiled shapes kept (least recently used dropped first).
+
+    Example
+    -------
+    >>> encoder = OpenVinoEncoder("mrl.onnx", precision="bf16")     # doctest: +SKIP
+    >>> encoder(wavs, wav_lens)["embedding_64"].shape                # doctest: +SKIP
+    (2, 64)
+    """
+
+    def __init__(self, model_path, precision="bf16", threads=None, sample_rate=16000,
+                 min_samples=257, hop_length=160, bucket_samples=4000, long_seconds=60.0, window_seconds=30.0,
+                 window_batch=1, cache_size=16):
+        ov = _openvino()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if not 0 < window_seconds <= long_seconds:
+            raise ValueError(f"need 0 < window_seconds <= long_seconds, got {window_seconds} "
+                             f"and {long_seconds}")
+        self.core = ov.Core()
+        if precision == "bf16" and not cpu_has_bf16(self.core):
+            raise RuntimeError("this CPU has no native bf16 (AVX-512 BF16 or AMX): use "
+                               "precision='fp32'")
+        self.model_path = str(model_path)
+        self.models = {"whole": self.core.read_model(self.model_path)}
+        self.output_names = [o.get_any_name() for o in self.models["whole"].outputs]
+        self.config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
+                       "PERFORMANCE_HINT": "LATENCY"}
+        if threads is not None:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.precision = precision
+        self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
+        self.bucket_samples, self.hop_length = int(bucket_samples), int(hop_length)
+        self.long_samples = int(long_seconds * sample_rate)
+        self.window_samples = int(window_seconds * sample_rate)
+        self.window_batch = int(window_batch)
+        self.cache_size = int(cache_size)
+        self._compiled = collections.OrderedDict()
+
+    def _request(self, part, shapes):
+        """The infer request of model ``part`` compiled for inputs of ``shapes``."""
+        key = (part, *map(tuple, shapes))
+        if key in self._compiled:
+            self._compiled.move_to_end(key)
+            return self._compiled[key]
+        if part not in self.models:
+            self.models["pool"], self.models["head"] = split_at_pooling(self.models["whole"])
+        model = self.models[part].clone()
+        model.reshape(dict(zip(model.inputs, shapes)))
+        request = self.core.compile_model(model, "CPU", self.config).create_infer_request()
+        self._compiled[key] = request
+        if len(self._compiled) > self.cache_size:
+            self._compiled.popitem(last=False)
+        return request
+
+    def _run(self, part, wavs, samples):
+        """Outputs of ``part`` (``whole`` or ``pool``) on 1-D waveforms ``[n]`` padded together."""
+        width = max(samples)
+        padded = max(self.bucket_samples, math.ceil(width / self.bucket_samples)
+                     * self.bucket_samples)
+        x = np.zeros((len(wavs), padded), dtype=np.float32)
+        for row, (wav, n) in enumerate(zip(wavs, samples)):
+            x[row, :n] = wav[:n]
+        lens = (np.asarray(samples, dtype=np.float64) / padded).astype(np.float32)
+        request = self._request(part, [x.shape, lens.shape])
+        request.infer([x, lens])
+        return [request.get_output_tensor(i).data.copy() for i in range(len(request.model_outputs))]
+
+    def pool_windows(self, wav):
+        """Pooled statistics ``[1, pool_dim]`` of one long 1-D waveform, window by window
+        (:meth:`MRLEncoder.pool_windows <speechbrain_mrl.model.encoder.MRLEncoder.pool_windows>`)."""
+        bounds = window_bounds(len(wav), self.window_samples)
+        stats = []
+        for i in range(0, len(bounds), self.window_batch):
+            chunk = bounds[i:i + self.window_batch]
+            stats.append(self._run("pool", [wav[a:b] for a, b in chunk],
+                                   [b - a for a, b in chunk])[0])
+        frames = [1 + (b - a) // self.hop_length for a, b in bounds]
+        return merge_window_stats(torch.from_numpy(np.concatenate(stats)), frames).numpy()
+
+    def __call__(self, wavs, wav_lens=None):
+        """``{output name: [B, d] array}`` of a zero-padded batch ``[B, T]`` (+ relative lengths).
+
+        Utterances longer than ``long_seconds`` are pooled window by window.
+        """
+        wavs, wav_lens = check_waveforms(torch.as_tensor(wavs), wav_lens, self.min_samples,
+                                         self.sample_rate)
+        x = wavs.float().numpy()
+        samples = torch.round(wav_lens.double() * x.shape[1]).long().tolist()
+        long = [i for i, n in enumerate(samples) if n > self.long_samples]
+        rest = [i for i in range(len(samples)) if i not in long]
+        rows = {}
+        if rest:
+            for i, o in zip(rest, zip(*self._run("whole", [x[i] for i in rest],
+                                                 [samples[i] for i in rest]))):
+                rows[i] = o
+        if long:
+            stats = np.concatenate([self.pool_windows(x[i, :samples[i]]) for i in long])
+            request = self._request("head", [stats.shape])
+            request.infer([stats])
+            embs = [request.get_output_tensor(k).data.copy()
+                    for k in range(len(self.output_names))]
+            for j, i in enumerate(long):
+                rows[i] = [e[j] for e in embs]
+        return {name: np.stack([rows[i][k] for i in range(len(samples))])
+                for k, name in enumerate(self.output_names)}

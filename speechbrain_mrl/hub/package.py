@@ -1,0 +1,424 @@
+"""Packages a trained Matryoshka ReDimNet as a HuggingFace Hub model and uploads it.
+
+Takes a finished recipe output folder (its ``model/`` written by
+``speechbrain_mrl.model.folder.write_model_folder``) and the scoring results of
+``speaker_verification_cosine.py`` (``results.json``) and writes a hub-ready
+folder: ``hyperparams.yaml``, the checkpoints, ``calibration.json``,
+``model_info.json``, ``custom_interface.py``, ``results.json`` and a
+``README.md`` model card (YAML front matter, a results table per Matryoshka
+size, usage, training recipe, citation). Then it uploads the folder with
+``huggingface_hub`` (token from ``$HF_TOKEN``), unless ``--dry-run``.
+
+Usage::
+
+    speechbrain-mrl package --recipe_output results/mrl_b2/1986 \\
+        --scores results/scoring_b2 [--official_scores results/scoring_official] \\
+        --output_folder hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry-run]
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import json
+import math
+import os
+import importlib.resources
+import pathlib
+import shutil
+
+from huggingface_hub import CommitOperationAdd, HfApi, get_session
+
+from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
+from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, shorten_paths
+
+#: What a hub repository receives beside the model folder: the repository's hub_upload/.
+TEMPLATES = importlib.resources.files("speechbrain_mrl.templates")
+INTERFACE_FILE = "custom_interface.py"
+
+CITATIONS = """\
+```bibtex
+@inproceedings{yakovlev2024redimnet,
+  title     = {Reshape Dimensions Network for Speaker Recognition},
+  author    = {Yakovlev, Ivan and Makarov, Rostislav and Balykin, Andrei and Malov, Pavel
+               and Okhotnikov, Anton and Torgashov, Nikita},
+  booktitle = {Interspeech},
+  year      = {2024}
+}
+@inproceedings{kusupati2022matryoshka,
+  title     = {Matryoshka Representation Learning},
+  author    = {Kusupati, Aditya and others},
+  booktitle = {Advances in Neural Information Processing Systems},
+  year      = {2022}
+}
+@misc{speechbrain,
+  title         = {{SpeechBrain}: A General-Purpose Speech Toolkit},
+  author        = {Ravanelli, Mirco and others},
+  year          = {2021},
+  eprint        = {2106.04624},
+  archivePrefix = {arXiv}
+}
+```
+"""
+
+
+def find_model_folder(recipe_output):
+    """``<recipe_output>/model`` (or ``recipe_output`` itself when it is the model folder)."""
+    recipe_output = pathlib.Path(recipe_output)
+    for cand in (recipe_output / "model", recipe_output):
+        if (cand / "hyperparams.yaml").is_file():
+            missing = [f for f in MODEL_FILES if not (cand / f).is_file()]
+            if missing:
+                raise FileNotFoundError(f"model folder {cand} lacks {missing}")
+            return cand
+    raise FileNotFoundError(
+        f"no model folder in {recipe_output}: expected {recipe_output}/model/hyperparams.yaml "
+        "(written by write_model_folder at the end of train.py)"
+    )
+
+
+#: The metrics of a size in ``results.json`` that the model card shows.
+CARD_METRICS = ("EER", "minDCF@0.01", "minDCF@0.05")
+
+
+def read_results(scores):
+    """``results.json`` of a scoring run (folder or file) -> (results, scoring info).
+
+    Every metric the card shows (:data:`CARD_METRICS`, plain and s-norm /
+    as-norm) must be a finite number where given: a NaN EER is refused, not
+    published as "nan".
+    """
+    path = pathlib.Path(scores)
+    if path.is_dir():
+        path = path / "results.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"scoring results not found: {path}")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"{path}: expected {{'<dim>': {{'EER': ..}}}}")
+    for dim, res in data.items():
+        if not str(dim).isdigit() or not isinstance(res, dict) or "EER" not in res:
+            raise ValueError(f"{path}: entry {dim!r} is not a per-size result with an EER")
+        for kind in ("cosine", "s-norm", "as-norm"):
+            metrics = res if kind == "cosine" else res.get(kind, {})
+            if not isinstance(metrics, dict):
+                raise ValueError(f"{path}: {kind} of size {dim} is not a mapping of metrics")
+            for name in CARD_METRICS:
+                value = metrics.get(name)
+                if value is not None and not (isinstance(value, (int, float))
+                                              and not isinstance(value, bool)
+                                              and math.isfinite(value)):
+                    raise ValueError(f"{path}: {name} ({kind}) of size {dim} is {value!r}, not a "
+                                     "finite number; score the model again")
+    info_path = path.parent / "scoring_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    return data, info
+
+
+def _fmt(x, nd):
+    return "-" if x is None else f"{x:.{nd}f}"
+
+
+def results_table(results, official=None):
+    """Markdown table: one row per Matryoshka size (plus the official embedding)."""
+    kinds = ["cosine"] + [k for k in ("s-norm", "as-norm") if k in next(iter(results.values()))]
+    head = "| model | size |" + "".join(
+        f" EER % ({k}) | minDCF@0.01 ({k}) | minDCF@0.05 ({k}) |" for k in kinds)
+    lines = [head, "|---|---:|" + "---:|" * (3 * len(kinds))]
+
+    def row(label, dim, r):
+        cells = []
+        for k in kinds:
+            m = r if k == "cosine" else r.get(k, {})
+            cells += [_fmt(m.get("EER"), 2), _fmt(m.get("minDCF@0.01"), 4),
+                      _fmt(m.get("minDCF@0.05"), 4)]
+        return f"| {label} | {dim} | " + " | ".join(cells) + " |"
+
+    for dim in sorted(results, key=int):
+        lines.append(row("Matryoshka", dim, results[dim]))
+    if official:
+        for dim in sorted(official, key=int):
+            lines.append(row("official ReDimNet", dim, official[dim]))
+    return "\n".join(lines)
+
+
+def validation_section(model_info):
+    """Model-card section: the validation EER of every size and the recommended size."""
+    validation = model_info.get("validation_EER")
+    if not validation:
+        return ""
+    dims = sorted({int(d) for eers in validation.values() for d in eers})
+    lines = ["## Which size to use", "",
+             "Validation EER % per size, recorded at training time (the lists the training "
+             "chose its checkpoint on; not test results):", "",
+             "| list | " + " | ".join(str(d) for d in dims) + " |",
+             "|---|" + "---:|" * len(dims)]
+    for name, eers in validation.items():
+        lines.append(f"| {name} | " + " | ".join(f"{float(eers[str(d)]):.2f}" for d in dims) + " |")
+    lines += ["", f"Recommended size: **{model_info['recommended_dim']}** (lowest mean validation "
+              "EER; `model.recommended_dim`). Smaller prefixes trade accuracy for search speed "
+              "and storage.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def provenance_lines(backbone, data, frozen):
+    """Model-card lines on the backbone and the prepared data, as the recipe recorded them.
+
+    Arguments
+    ---------
+    backbone : dict or None
+        ``extra_info["backbone"]``: ``release``, ``file`` or
+        ``trained_from_scratch`` (plus ``unfrozen_from_epoch``).
+    data : dict or None
+        ``extra_info["training_data"]``: ``preparation``, ``data_folder``,
+        ``train`` and ``valid`` speaker and utterance counts.
+    frozen : bool or None
+        ``extra_info["frozen_backbone"]``.
+
+    Returns
+    -------
+    list of str
+        Markdown list items (none for what was not recorded).
+
+    Example
+    -------
+    >>> provenance_lines({"release": "b2-vox2-ptn"}, {"preparation": "m.prepare_voxceleb",
+    ...     "data_folder": "my_speakers", "train": {"speakers": 10, "utterances": 40},
+    ...     "valid": {"speakers": 2, "utterances": 8}}, True)[1]
+    '- Training data: 10 speakers, 40 utterances (validation: 2 speakers, 8 utterances), prepared by `prepare_voxceleb` from `my_speakers`'
+    """
+    lines = []
+    if backbone:
+        if backbone.get("trained_from_scratch"):
+            text = "trained from scratch"
+        elif "release" in backbone:
+            text = f"the official ReDimNet release `{backbone['release']}`"
+        else:
+            text = f"the official-format ReDimNet checkpoint `{backbone.get('file')}`"
+        if backbone.get("unfrozen_from_epoch"):
+            text += f", fine-tuned from epoch {backbone['unfrozen_from_epoch']}"
+        elif frozen:
+            text += ", frozen (only the Matryoshka head and the classifiers trained)"
+        lines.append(f"- Backbone: {text}")
+    if data:
+        folders = data.get("data_folder")
+        folders = ", ".join(f"`{f}`" for f in (folders if isinstance(folders, list) else [folders]))
+        train, valid = data.get("train", {}), data.get("valid", {})
+        text = (f"- Training data: {train.get('speakers')} speakers, {train.get('utterances')} "
+                f"utterances (validation: {valid.get('speakers')} speakers, "
+                f"{valid.get('utterances')} utterances)")
+        if data.get("preparation"):
+            text += f", prepared by `{data['preparation'].rsplit('.', 1)[-1]}`"
+        lines.append(text + f" from {folders}")
+    return lines
+
+
+def model_card(model_info, calibration, results, scoring_info, repo_id, official=None,
+               language="en", license_id="apache-2.0", datasets=None):
+    """README.md text with YAML front matter.
+
+    The training data, backbone and command are those the recipe recorded in
+    ``model_info.json``; data names (``datasets``, or those recorded) are
+    stated only when given.
+    """
+    dims = model_info["mrl_dims"]
+    cfg = model_info.get("model_config", {})
+    extra = dict(model_info.get("extra_info", {}) or {})
+    recorded = extra.pop("datasets", None)
+    datasets = list(datasets or recorded or [])
+    command = extra.pop("command", None)
+    command = None if command is None else shorten_paths(command)
+    provenance = provenance_lines(extra.pop("backbone", None), extra.pop("training_data", None),
+                                  extra.get("frozen_backbone"))
+    trained_on = f"Trained on {', '.join(datasets)} with" if datasets else "Trained with"
+    front = [
+        "---",
+        f"language: {language}",
+        f"license: {license_id}",
+        "library_name: speechbrain",
+        "tags:",
+        *[f"- {t}" for t in ("speechbrain", "speaker-verification", "speaker-recognition",
+                             "speaker-embedding", "matryoshka", "redimnet", "pytorch")],
+        *(["datasets:"] + [f"- {d}" for d in datasets] if datasets else []),
+        "metrics:",
+        "- eer",
+        "- mindcf",
+        "pipeline_tag: audio-classification",
+        "---",
+    ]
+    thr = calibration.get("thresholds", {})
+    thr_line = ", ".join(f"{d}: {float(v):.3f}" for d, v in sorted(thr.items(), key=lambda x: int(x[0])))
+    trials = scoring_info.get("trials", "the evaluation trial list")
+    repo = repo_id or "<this folder>"
+    body = f"""
+# Matryoshka ReDimNet speaker embeddings (speechbrain-mrl)
+
+A ReDimNet speaker-embedding model (`F={cfg.get('F')}`, `C={cfg.get('C')}`) with a
+Matryoshka projection head: one forward pass gives a {model_info['embed_dim']}-dimensional
+embedding whose first `d` coordinates are themselves speaker embeddings, for
+`d` in {dims}. Small prefixes serve fast search and compact storage; the full
+vector keeps the accuracy. Input: 16 kHz mono audio (other rates are resampled,
+channels averaged).
+
+## Results
+
+Cosine scoring on `{pathlib.Path(str(trials)).name}` ({scoring_info.get('n_trials', '?')} trials){
+' with s-norm / adaptive s-norm (top-' + str(scoring_info.get('cohort_topk')) + ' cohort)' if 's-norm' in next(iter(results.values())) else ''}:
+
+{results_table(results, official)}
+
+minDCF is unnormalised (c_miss = c_fa = 1), as `speechbrain.utils.metric_stats.minDCF`
+returns it. Default verification thresholds (cosine, calibrated at training time):
+{thr_line or 'none'}.
+
+{validation_section(model_info)}
+## Usage
+
+```bash
+# the lobe, front end and interface live in the speechbrain-mrl package, which is not on
+# PyPI: install it from a checkout of its repository
+pip install /path/to/speechbrain-mrl
+```
+
+```python
+from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+
+model = MRLEncoderClassifier.from_hparams(source="{repo}", savedir="pretrained_models/mrl")
+emb = model.encode_file("speech.wav", target_dim={dims[len(dims) // 2]})   # [1, 1, {dims[len(dims) // 2]}]
+# wavs: [batch, time] at 16 kHz, wav_lens: relative lengths in (0, 1]
+all_sizes = model.encode_batch_all(wavs, wav_lens)        # {{d: [batch, d]}} from one pass
+score, same = model.verify_files("a.wav", "b.wav", target_dim={dims[0]})  # calibrated threshold
+```
+
+Or through SpeechBrain's `foreign_class` (the package must still be installed):
+
+```python
+from speechbrain.inference.interfaces import foreign_class
+
+model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
+                      classname="CustomInterface", savedir="pretrained_models/mrl")
+```
+
+## Training
+
+{trained_on} the recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
+
+```bash
+{command or "# the training command was not recorded"}
+```
+"""
+    if provenance:
+        body += "\n" + "\n".join(provenance) + "\n"
+    if extra:
+        body += "\nTraining details:\n\n" + "\n".join(
+            f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items()) + "\n"
+    body += "\n## Citation\n\n" + CITATIONS + "\n## License\n\n" + (
+        f"{license_id}. The ReDimNet architecture (and, when the backbone was initialised "
+        "from them, its weights) come from IDR&D's official ReDimNet release; see its "
+        "license as well.\n")
+    return "\n".join(front) + "\n" + body
+
+
+def hub_files():
+    """The files of a hub folder, and so exactly the files uploaded."""
+    return sorted(MODEL_FILES + (INTERFACE_FILE, "results.json", "README.md"))
+
+
+def check_out_folder(out, model, overwrite=False):
+    """Refuses an output folder that is the model folder or holds files this script did not write
+    (a symlink, even at a hub file's name, is not one of them)."""
+    out = pathlib.Path(out)
+    if out.resolve() == model.resolve():
+        raise ValueError(f"--output_folder {out} is the model folder itself; give a new folder")
+    if not out.exists():
+        return
+    foreign = sorted(str(p.relative_to(out)) for p in out.rglob("*")
+                     if not (p.is_file() and not p.is_symlink() and p.parent == out
+                             and p.name in hub_files()))
+    if foreign and not overwrite:
+        raise FileExistsError(
+            f"--output_folder {out} holds files this command does not write ({foreign[:5]}"
+            f"{' ...' if len(foreign) > 5 else ''}); give an empty or new folder, or "
+            "--overwrite to package there anyway (only the hub files are uploaded)")
+
+
+def check_scores_match(model, scoring_info, scores):
+    """The scores were computed with this model folder's weights (``model_sha256``)."""
+    recorded = scoring_info.get("model_sha256")
+    if recorded is None:
+        raise ValueError(f"{scores}: scoring_info.json records no model_sha256; score the model "
+                         "with this version of speaker_verification_cosine.py --model_folder")
+    if recorded != model_fingerprint(model):
+        raise ValueError(f"{scores} were computed with another model than {model} (model_sha256 "
+                         "differs); score this model folder before packaging it")
+
+
+def copy_file(src, dst):
+    """Copies the contents of ``src`` to ``dst`` through :func:`~speechbrain_mrl.utils.files.atomic_output`.
+
+    A file or symlink at ``dst`` is replaced, never written through (``shutil.copy2``
+    would overwrite the target of a link planted there).
+    """
+    with atomic_output(dst) as tmp:
+        shutil.copyfile(src, tmp)
+    return pathlib.Path(dst)
+
+
+def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=None,
+                     language="en", license_id="apache-2.0", datasets=None, overwrite=False):
+    """Writes the hub-ready folder; returns the list of the files it wrote (and uploads).
+
+    Every file is written through :func:`~speechbrain_mrl.utils.files.atomic_output`
+    (a symlink in ``out`` is replaced, its target untouched); the recorded
+    training command is published with its absolute paths cut to their last part.
+    """
+    model = find_model_folder(recipe_output)
+    results, scoring_info = read_results(scores)
+    check_scores_match(model, scoring_info, scores)
+    official = read_results(official_scores)[0] if official_scores else None
+    info = json.loads((model / "model_info.json").read_text())
+    calibration = json.loads((model / "calibration.json").read_text())
+    unknown = [d for d in results if int(d) not in info["mrl_dims"]]
+    if unknown:
+        raise ValueError(f"scores for sizes {unknown} that the model does not have ({info['mrl_dims']})")
+    check_out_folder(out, model, overwrite)
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in MODEL_FILES:
+        if name != "model_info.json":
+            copy_file(model / name, out / name)
+    extra = info.get("extra_info") or {}
+    if extra.get("command") is not None:
+        info["extra_info"] = dict(extra, command=shorten_paths(extra["command"]))
+    write_text_atomic(out / "model_info.json", json.dumps(info, indent=2) + "\n")
+    copy_file(TEMPLATES / INTERFACE_FILE, out / INTERFACE_FILE)
+    write_text_atomic(out / "results.json", json.dumps(results, indent=2) + "\n")
+    write_text_atomic(out / "README.md", model_card(info, calibration, results, scoring_info,
+                                                    repo_id, official, language, license_id,
+                                                    datasets))
+    return hub_files()
+
+
+def upload(folder, repo_id, files, private=False, token=None, commit_message=None,
+           endpoint=None, timeout=60.0):
+    """Creates (if needed) the hub repository and commits exactly ``files`` of ``folder``.
+
+    Every request of huggingface_hub's HTTP client (connect, each read and write:
+    repository creation, commit) waits at most ``timeout`` seconds, so a stalled
+    endpoint ends in an error instead of a hang; file contents sent through
+    ``hf_xet`` follow that library's own limits.
+    """
+    token = token if token is not None else os.environ.get("HF_TOKEN")
+    if not token:
+        raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
+    session = get_session()
+    previous = session.timeout
+    session.timeout = timeout
+    try:
+        api = HfApi(token=token, endpoint=endpoint)
+        api.create_repo(repo_id=repo_id, repo_type="model", private=bool(private), exist_ok=True)
+        operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
+                      for f in files]
+        return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
+                                 commit_message=commit_message or "Upload Matryoshka ReDimNet model")
+    finally:
+        session.timeout = previous

@@ -1,0 +1,253 @@
+"""One way to open, create, update and copy a speaker index, wherever it is stored.
+
+A location is an index folder (:class:`speechbrain_mrl.search.index.SpeakerIndex`,
+FAISS: the default) or a Qdrant collection
+(:class:`speechbrain_mrl.search.qdrant.QdrantSpeakerIndex`):
+``qdrant://HOST:PORT/COLLECTION`` (a server, ``qdrant+https://`` for TLS) or
+``qdrant+local:DIR/COLLECTION`` (qdrant-client's local mode in folder ``DIR``).
+The search commands' ``--index`` takes any of them. Both kinds of index have
+the same search interface and are context managers (closing a Qdrant client).
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import contextlib
+import os
+import pathlib
+
+import numpy as np
+
+from speechbrain_mrl.search.qdrant import parse_qdrant_location
+from speechbrain_mrl.search.index import SpeakerIndex
+
+__all__ = ["open_index", "index_exists", "index_for_model", "writing_index", "copy_index"]
+
+#: The settings of an index folder that a Qdrant copy keeps, so that a copy back restores them.
+FAISS_SETTINGS = ("first_stage", "dtype", "hnsw_m", "ivf_nprobe", "hnsw_ef")
+
+
+def _qdrant_index():
+    from speechbrain_mrl.search.qdrant import QdrantSpeakerIndex
+
+    return QdrantSpeakerIndex
+
+
+def _not_found(location):
+    return FileNotFoundError(f"speaker index not found: {location} (create it with "
+                             "'speechbrain-mrl enrol')")
+
+
+def index_exists(location):
+    """Whether ``location`` holds a speaker index (a folder or a Qdrant collection).
+
+    Example
+    -------
+    >>> index_exists("no/such/index")
+    False
+    """
+    qdrant = parse_qdrant_location(location)
+    if qdrant is None:
+        return pathlib.Path(location).exists()
+    if qdrant.path is not None and not os.path.isdir(qdrant.path):
+        return False
+    from speechbrain_mrl.search.qdrant import connect
+
+    client = connect(qdrant)
+    try:
+        return client.collection_exists(qdrant.collection)
+    finally:
+        client.close()
+
+
+def open_index(location, model_sha256=None, mmap=True):
+    """The speaker index at ``location``, checked against the model fingerprint.
+
+    Arguments
+    ---------
+    location : str or os.PathLike
+        An index folder, ``qdrant://HOST:PORT/COLLECTION`` or ``qdrant+local:DIR/COLLECTION``.
+    model_sha256 : str, optional
+        Fingerprint of the model that embeds the queries: must be the index's.
+    mmap : bool
+        Memory-map an index folder's files (see ``SpeakerIndex.load``).
+
+    Returns
+    -------
+    SpeakerIndex or QdrantSpeakerIndex
+
+    Raises
+    ------
+    FileNotFoundError
+        Nothing at ``location``.
+    ValueError
+        An index of another model, or a bad index (named).
+    ImportError
+        A Qdrant location without qdrant-client installed (naming the extra).
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "index"
+    >>> index = SpeakerIndex(8, [4, 8], model_sha256="abc")
+    >>> index.enrol(["a", "b"], np.eye(8, dtype="float32")[:2])
+    >>> _ = index.save(folder)
+    >>> with open_index(folder, model_sha256="abc") as index:
+    ...     index.speakers
+    ['a', 'b']
+    """
+    qdrant = parse_qdrant_location(location)
+    if qdrant is not None:
+        return _qdrant_index().open(qdrant, model_sha256)
+    if not pathlib.Path(location).exists():
+        raise _not_found(location)
+    return SpeakerIndex.load(location, model_sha256, mmap=mmap)
+
+
+def index_for_model(location, model, model_folder=None, **settings):
+    """A new, empty index at ``location`` for the sizes of an ``MRLEncoderClassifier``.
+
+    An index folder is written by its first save; a Qdrant collection is created
+    now. ``settings`` go to the index class (``first_stage``, ``dtype``, ...).
+    """
+    qdrant = parse_qdrant_location(location)
+    if qdrant is None:
+        return SpeakerIndex.for_model(model, model_folder, **settings)
+    settings = dict(settings)
+    if settings.pop("dtype", None) not in (None, "float32"):
+        raise ValueError(f"{location} would store float32 vectors: --dtype float16 needs an "
+                         "index folder")
+    return _qdrant_index().for_model(model, model_folder, location=qdrant, **settings)
+
+
+@contextlib.contextmanager
+def writing_index(location, model_sha256=None, create=None, lock_timeout=60.0):
+    """Context manager: the index at ``location``, to change; the change is kept at the end.
+
+    An index folder is loaded under its write lock (``SpeakerIndex.writing``) and
+    saved when the block ends without an error; a Qdrant collection takes each
+    change at once (a server orders concurrent writers itself) and its client is
+    closed at the end.
+
+    Arguments
+    ---------
+    location : str or os.PathLike
+        Where the index is.
+    model_sha256 : str, optional
+        Fingerprint the index must have.
+    create : callable, optional
+        ``create()`` gives a new index when there is none at ``location`` (None: an error).
+    lock_timeout : float
+        Seconds to wait for another writer of an index folder.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> folder = pathlib.Path(tempfile.mkdtemp()) / "index"
+    >>> with writing_index(folder, create=lambda: SpeakerIndex(8, [4, 8])) as index:
+    ...     index.enrol(["a"], np.ones((1, 8)))
+    >>> SpeakerIndex.load(folder).speakers
+    ['a']
+    """
+    qdrant = parse_qdrant_location(location)
+    exists = index_exists(location)
+    if not exists and create is None:
+        raise _not_found(location)
+    if qdrant is not None:
+        with (open_index(qdrant, model_sha256) if exists else create()) as index:
+            yield index
+        return
+    with SpeakerIndex.writing(location, timeout=lock_timeout):
+        index = SpeakerIndex.load(location, model_sha256) if exists else create()
+        yield index
+        index.save(location)
+
+
+def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
+    """Copies a speaker index between an index folder and a Qdrant collection (or any two
+    locations), then reads the copy back and checks it equals the source.
+
+    Checked: the speaker IDs in enrolment order, the utterance counts, the
+    vectors (to float32 rounding, or float16 when either side stores float16),
+    the sizes, the model fingerprint and the thresholds. An index folder copied
+    to Qdrant keeps its FAISS settings in the collection, so a copy back has them.
+
+    Arguments
+    ---------
+    source, dest : str or os.PathLike
+        Locations (see :func:`open_index`); ``dest`` must not hold an index
+        unless ``overwrite``.
+    overwrite : bool
+        Replace an index at ``dest``.
+    lock_timeout : float
+        Seconds to wait for another writer of a destination folder.
+
+    Returns
+    -------
+    dict
+        ``speakers``, ``max_abs_difference`` (vectors), ``tolerance``, ``source``, ``dest``.
+
+    Raises
+    ------
+    ValueError
+        The copy does not equal the source (naming what differs), or ``dest`` exists.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> index = SpeakerIndex(8, [4, 8], model_sha256="abc", thresholds={8: 0.5})
+    >>> index.enrol(["a", "b"], np.eye(8, dtype="float32")[:2])
+    >>> _ = index.save(root / "index")
+    >>> copy_index(root / "index", f"qdrant+local:{root}/store/speakers")["speakers"]
+    2
+    >>> copy_index(f"qdrant+local:{root}/store/speakers", root / "back")["speakers"]
+    2
+    >>> SpeakerIndex.load(root / "back", model_sha256="abc").thresholds
+    {8: 0.5}
+    """
+    if os.fspath(source) == os.fspath(dest):
+        raise ValueError(f"copy_index: the source and the destination are both {source}")
+    with open_index(source) as src:
+        speakers, counts, vectors = src._export()
+        common = dict(embed_dim=src.embed_dim, mrl_dims=src.mrl_dims,
+                      model_sha256=src.model_sha256, thresholds=src.thresholds,
+                      thresholds_for=src.thresholds_for)
+        if isinstance(src, SpeakerIndex):
+            faiss = {name: getattr(src, name) for name in FAISS_SETTINGS}
+        else:
+            faiss = dict(src.faiss_settings)
+        qdrant_settings = {"first_stage": getattr(src, "first_stage", "hnsw"),
+                           "hnsw_ef": getattr(src, "hnsw_ef", 256)}
+    qdrant = parse_qdrant_location(dest)
+    if qdrant is not None:
+        if qdrant_settings["first_stage"] not in ("flat", "hnsw"):
+            qdrant_settings["first_stage"] = "hnsw"  # an IVF first stage: the graph instead
+        with _qdrant_index()(**common, location=qdrant, overwrite=overwrite,
+                             faiss_settings=faiss, **qdrant_settings) as copy:
+            copy._put(speakers, counts, vectors)
+    else:
+        copy = SpeakerIndex(**common, **faiss)
+        copy._put(speakers, counts, vectors)
+        copy.save(dest, overwrite=overwrite, lock_timeout=lock_timeout)
+    with open_index(dest) as check:
+        got = check._export()
+        meta = dict(embed_dim=check.embed_dim, mrl_dims=check.mrl_dims,
+                    model_sha256=check.model_sha256, thresholds=check.thresholds,
+                    thresholds_for=check.thresholds_for)
+        half = "float16" in (faiss.get("dtype"), getattr(check, "dtype", None))
+    tolerance = 1e-3 if half else 1e-5
+    problems = []
+    if got[0] != speakers:
+        problems.append("speaker IDs or their order")
+    if got[1] != counts:
+        problems.append("utterance counts")
+    difference = float(np.abs(got[2] - vectors).max()) if len(vectors) else 0.0
+    if got[2].shape != vectors.shape or difference > tolerance:
+        problems.append(f"vectors (max abs difference {difference:.2g} > {tolerance:g})")
+    problems += [f"{name} ({meta[name]!r}, not {value!r})" for name, value in common.items()
+                 if meta[name] != value]
+    if problems:
+        raise ValueError(f"the copy {dest} of {source} differs from it: {', '.join(problems)}")
+    return {"source": os.fspath(source), "dest": os.fspath(dest), "speakers": len(speakers),
+            "max_abs_difference": difference, "tolerance": tolerance}
