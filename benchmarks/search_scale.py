@@ -185,7 +185,7 @@ def main(argv=None):
                                             kind if stages else "flat")
             build_s = time.perf_counter() - t  # zero when an earlier method built the same index
 
-            def run(q, stages=stages):
+            def run(q, stages=stages, index=index):
                 return index.search(q, k=1, stages=stages, shortlist=a.shortlist)
 
             found = np.concatenate([np.array(run(queries[i:i + a.batch])[0])[:, 0]

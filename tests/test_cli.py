@@ -82,7 +82,7 @@ def test_the_console_script_is_installed_and_errors_are_one_line(model_and_voice
                "--threshold", "nan")
     assert nan.returncode == 2 and "finite" in nan.stderr
     far = _run("evaluate", "--model_folder", folder, "--index", tmp_path / "idx", "--csv", "q.csv",
-               "--far", "1.5")
+               "--false_alarm", "1.5")
     assert far.returncode == 2 and "(0, 1)" in far.stderr
 
 

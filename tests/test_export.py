@@ -3,12 +3,15 @@ import contextlib
 import copy
 import importlib.util
 import io
+import json
 import os
 import pathlib
 import re
 import resource
 import shutil
 import stat
+import subprocess
+import sys
 import warnings
 
 import numpy as np
@@ -62,14 +65,14 @@ def exported(tmp_path_factory):
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed), warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        onnx_path = _export(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
+        written = _export(["--model_folder", str(folder), "--onnx", str(root / "tiny.onnx"),
                              "--torchscript", str(root / "tiny.pt"), "--int8",
                              str(root / "tiny.int8.onnx"), "--calibration_csv",
                              str(root / "calibration.csv"), "--check",
                              *(["--openvino", str(root / "tiny.xml")] if HAVE_OPENVINO else [])])
     enc = ex.load_encoder(folder)
     EXPORT_RUN.update(printed=printed.getvalue(), warnings=[str(w.message) for w in caught])
-    return folder, enc, pathlib.Path(onnx_path), root / "tiny.pt"
+    return folder, enc, pathlib.Path(written["onnx"]), root / "tiny.pt"
 
 
 def _speechy(batch, seconds, seed=0):
@@ -439,3 +442,21 @@ def test_openvino_encoder_windows_long_input_as_the_pytorch_model(exported):
     assert float((torch.from_numpy(full[0]) - one_pass[0]).abs().max()) > 1e-3  # windowed
     np.testing.assert_allclose(got[f"embedding_{MRL_DIMS[0]}"], ref[:, :MRL_DIMS[0]].numpy(),
                                atol=1e-4)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+def test_export_writes_any_subset_and_refuses_nothing_to_write(tmp_path):
+    """OpenVINO (or TorchScript) alone: no --onnx needed, no ONNX file left behind."""
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    written = _export(["--model_folder", str(folder), "--openvino", str(tmp_path / "m.xml")])
+    assert set(written) == {"openvino"} and (tmp_path / "m.xml").is_file()
+    assert not list(tmp_path.glob("*.onnx"))
+    written = _export(["--model_folder", str(folder), "--torchscript", str(tmp_path / "m.pt"),
+                       "--report", str(tmp_path / "r.json")])
+    assert set(written) == {"torchscript"}
+    assert json.loads((tmp_path / "r.json").read_text()) == written
+    proc = subprocess.run([sys.executable, "-c", "from speechbrain_mrl import cli; cli.run()",
+                           "export", "--model_folder", str(folder)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "nothing to write" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -60,7 +60,7 @@ def test_package_never_writes_through_a_symlink(tiny, tmp_path):
         victims[name].write_text(f"precious {name}\n")
         (out / name).symlink_to(victims[name])
     argv = ["--recipe_output", str(model), "--scores", str(scores), "--output_folder", str(out),
-            "--dry-run"]
+            "--dry_run"]
     with pytest.raises(FileExistsError, match="calibration.json"):
         _package(argv)  # links are not files this command wrote
     _package(argv + ["--overwrite"])

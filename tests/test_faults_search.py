@@ -184,7 +184,7 @@ def test_identify_command_warns_until_thresholds_are_calibrated_for_identificati
     utts = _manifest(tmp_path / "utts.csv", [[r, str(corpus[r][1]), corpus[r][0]] for r in rels])
     trials = [(int(corpus[x][0] == corpus[y][0]), x, y) for i, x in enumerate(rels)
               for y in rels[i + 1:]]
-    (tmp_path / "trials.txt").write_text("".join(f"{l} {x} {y}\n" for l, x, y in trials))
+    (tmp_path / "trials.txt").write_text("".join(f"{label} {x} {y}\n" for label, x, y in trials))
     calibrate = ["calibrate", "--model_folder", folder, "--index", index, "--csv", utts,
                  "--trials", str(tmp_path / "trials.txt")]
     cli.main(calibrate)  # the equal error rate: still a 1:1 threshold

@@ -50,7 +50,7 @@ def hub(tmp_path_factory):
     out = root / "hub_folder"
     files = _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(scores),
                       "--official_scores", str(official), "--output_folder", str(out),
-                      "--repo_id", "someone/mrl-tiny", "--dry-run"])
+                      "--repo_id", "someone/mrl-tiny", "--dry_run"])
     return root, out, files, lobe, head
 
 
@@ -73,12 +73,13 @@ def test_hub_folder_and_model_card(hub, capsys):
         assert f"| Matryoshka | {d} |" in card
     assert "| official ReDimNet | 12 |" in card
     assert 'source="someone/mrl-tiny"' in card and "target_dim=" in card
+    assert "EncoderClassifier.from_hparams" in card and "minDCF is normalised" in card
     assert "@inproceedings{yakovlev2024redimnet" in card and "veri_test2.txt" in card
     # every size's validation EER and the recommended size, as the training recorded them
     assert "| valid_long | 3.00 | 1.00 | 0.90 |" in card and "Recommended size: **8**" in card
     # dry run lists and uploads nothing
     _package(["--recipe_output", str(root / "recipe_out" / "model"), "--scores",
-              str(root / "scores" / "results.json"), "--output_folder", str(root / "again"), "--dry-run"])
+              str(root / "scores" / "results.json"), "--output_folder", str(root / "again"), "--dry_run"])
     printed = capsys.readouterr().out
     assert "[dry run] would upload" in printed and "mrl_head.ckpt" in printed
 
@@ -203,7 +204,7 @@ def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, cap
     with pytest.raises(FileExistsError, match=r"\.env"):
         _package(argv)
     assert len(calls) == 0 and not (dest / "README.md").exists()
-    _package(argv + ["--dry-run", "--overwrite"])
+    _package(argv + ["--dry_run", "--overwrite"])
     listed = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("  ")]
     files = _package(argv + ["--overwrite"])
     assert calls[0] == ("init", "hf_test_token")
@@ -240,13 +241,13 @@ def test_model_card_datasets_override_and_repo_id_check(hub, tmp_path):
     """Regression: every card said VoxCeleb; a malformed repo id went into the card."""
     root = hub[0]
     _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-              "--output_folder", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry-run"])
+              "--output_folder", str(tmp_path / "o"), "--datasets", "voxceleb", "--dry_run"])
     assert "datasets:\n- voxceleb\n" in (tmp_path / "o" / "README.md").read_text()
     from huggingface_hub.errors import HFValidationError
 
     with pytest.raises(HFValidationError):
         _package(["--recipe_output", str(root / "recipe_out"), "--scores", str(root / "scores"),
-                  "--output_folder", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry-run"])
+                  "--output_folder", str(tmp_path / "o2"), "--repo_id", "not a/valid//id", "--dry_run"])
     assert not (tmp_path / "o2").exists()
 
 
@@ -308,3 +309,21 @@ def test_upload_to_a_stalled_endpoint_is_bounded(hub, tmp_path):
         server.close()
     assert time.monotonic() - start < 60
     assert "timed out" in str(err.value).lower() or "timeout" in type(err.value).__name__.lower()
+
+
+def test_hub_upload_script_is_the_package_command(hub, tmp_path):
+    """hub_upload/upload.py (the design card's top level) builds the same hub folder."""
+    import subprocess
+    import sys
+
+    root, out, files, _, _ = hub
+    dest = tmp_path / "via_script"
+    proc = subprocess.run([sys.executable, str(ROOT / "hub_upload" / "upload.py"), "--recipe_output",
+                           str(root / "recipe_out"), "--scores", str(root / "scores"),
+                           "--official_scores", str(root / "official_scores"), "--output_folder",
+                           str(dest), "--repo_id", "someone/mrl-tiny", "--dry_run"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert sorted(p.name for p in dest.iterdir()) == sorted(files)
+    for name in files:
+        assert (dest / name).read_bytes() == (out / name).read_bytes(), name

@@ -106,3 +106,21 @@ def test_argparse_only_under_cli():
     offenders = [module for module, path in _package_modules()
                  if "argparse" in set(_imports(path)) and not module.startswith("speechbrain_mrl.cli")]
     assert not offenders, offenders
+
+
+def test_design_card_top_level():
+    """The top level the design card names; hub_upload/ holds what a hub repository receives."""
+    for name in ("recipes", "speechbrain_mrl", "hparams", "hub_upload", "tests", "setup.cfg",
+                 "README.md"):
+        assert (ROOT / name).exists(), name
+    assert {"hyperparams.yaml", "custom_interface.py", "model_card.md", "upload.py"} <= {
+        p.name for p in (ROOT / "hub_upload").iterdir()}
+
+
+def test_every_option_of_the_recipe_scripts_has_help():
+    """argparse options of the recipes' scripts (run_demo.py) say what they do."""
+    for path in sorted(RECIPES.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument"):
+                assert any(k.arg == "help" for k in node.keywords), f"{path.name}:{node.lineno}"

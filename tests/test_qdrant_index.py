@@ -235,9 +235,10 @@ def test_the_commands_on_a_local_collection_equal_those_on_a_folder(tmp_path, ca
                                 + [[r, str(corpus[r][1]), corpus[r][0]] for r in rels])
     trials = [(int(corpus[x][0] == corpus[y][0]), x, y) for i, x in enumerate(rels)
               for y in rels[i + 1:]]
-    (tmp_path / "trials.txt").write_text("".join(f"{l} {x} {y}\n" for l, x, y in trials))
+    (tmp_path / "trials.txt").write_text("".join(f"{label} {x} {y}\n" for label, x, y in trials))
     thresholds = cli.main(["calibrate", *common, "--index", qdrant, "--csv",
-                           str(tmp_path / "utts.csv"), "--trials", str(tmp_path / "trials.txt")])
+                           str(tmp_path / "utts.csv"), "--trials", str(tmp_path / "trials.txt")]
+                          )["thresholds"]
     with open_index(qdrant) as index:
         assert index.thresholds == thresholds
     report = cli.main(["evaluate", *common, "--index", qdrant, "--csv", str(tmp_path / "utts.csv"),

@@ -1,5 +1,6 @@
 """Tests of the ReDimNet lobe, the encoder and the official-checkpoint loader."""
 import json
+import pathlib
 
 import pytest
 import torch
@@ -34,6 +35,18 @@ def test_presets_build_with_official_size(name):
     assert sum(p.numel() for p in model.parameters()) == LAYOUTS["info"][name]["params"]
     assert model.pool_dim == 2 * model.F * model.C
     assert model.model_config["C"] == REDIMNET_PRESETS[name]["C"]
+
+
+def test_small_preset_is_the_demo_backbone():
+    """``--redimnet_preset small`` trains the demo's CPU-sized layout on one's own data."""
+    from hyperpyyaml import load_hyperpyyaml
+
+    hparams = pathlib.Path(__file__).resolve().parents[1] / "recipes/VoxCeleb/MRL/hparams/demo_scratch.yaml"
+    demo = load_hyperpyyaml(hparams.read_text(), {"data_folder": "unused"})["redimnet_config"]
+    small = ReDimNet.from_preset("small")
+    assert sum(p.numel() for p in small.parameters()) == sum(
+        p.numel() for p in ReDimNet(**redimnet_config("M", **demo)).parameters())
+    assert small.F == 40 and small.C == 8
 
 
 def test_config_overrides_and_errors():

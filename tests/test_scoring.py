@@ -51,6 +51,10 @@ def test_error_rates_match_toolkit(seed):
     assert a["metric_backend"] != b["metric_backend"]
     for k in ("EER", "minDCF@0.01", "minDCF@0.05"):
         assert a[k] == pytest.approx(b[k], abs=1e-4)
+    for p in (0.01, 0.05):  # reported normalised, as NIST and wespeaker do
+        dcf, _ = minDCF(pos, neg, p_target=p)
+        assert a[f"minDCF@{p:g}_unnormalized"] == pytest.approx(dcf, abs=1e-6)
+        assert a[f"minDCF@{p:g}"] == pytest.approx(dcf / p, abs=1e-4)
 
 
 def test_trial_ids_and_errors(tmp_path):

@@ -197,7 +197,7 @@ def test_cascade_verification_matches_full_size_on_the_calibration_list():
         cascade_verify(emb[:3], emb[:2], 8, thr, thr, 0.1)
 
 
-def test_enrol_identify_evaluate_commands(tmp_path, capsys):
+def test_enrol_identify_evaluate_commands(tmp_path, capsys, caplog):
     """The commands on generated speech with a real (tiny) model folder and FAISS index."""
     import csv
     import subprocess
@@ -232,11 +232,25 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
         csv.writer(f).writerows([["ID", "wav"]] + [[r, str(corpus[r][1])] for r in rels])
     trials = [(int(corpus[x][0] == corpus[y][0]), x, y) for i, x in enumerate(rels)
               for y in rels[i + 1:]]
-    (tmp_path / "trials.txt").write_text("".join(f"{l} {x} {y}\n" for l, x, y in trials))
-    thresholds = cli.main(["calibrate", "--model_folder", str(folder), "--index",
-                                  str(index_dir), "--csv", str(tmp_path / "utts.csv"),
-                                  "--trials", str(tmp_path / "trials.txt")])
+    (tmp_path / "trials.txt").write_text("".join(f"{label} {x} {y}\n" for label, x, y in trials))
+    calibration = cli.main(["calibrate", "--model_folder", str(folder), "--index",
+                            str(index_dir), "--csv", str(tmp_path / "utts.csv"),
+                            "--trials", str(tmp_path / "trials.txt")])
+    thresholds = calibration["thresholds"]
     assert SpeakerIndex.load(index_dir).thresholds == thresholds
+    printed = capsys.readouterr().out
+    assert all(f"{d}-d: threshold {thresholds[d]:.4f}, EER {calibration['EER'][d]:.2f} %" in printed
+               for d in index.mrl_dims)
+    # the same list from the audio folder (trial entries: paths relative to it), and a
+    # false-alarm rate below one different-speaker trial is warned about
+    speakers = tmp_path / "speakers"
+    with caplog.at_level("WARNING", logger="speechbrain_mrl"):
+        by_folder = cli.main(["calibrate", "--model_folder", str(folder), "--index", str(index_dir),
+                              "--folder", str(speakers), "--trials", str(tmp_path / "trials.txt"),
+                              "--false_alarm", "1e-6"])
+    assert "is below 1/" in caplog.text and by_folder["EER"] == calibration["EER"]
+    cli.main(["calibrate", "--model_folder", str(folder), "--index", str(index_dir), "--csv",
+              str(tmp_path / "utts.csv"), "--trials", str(tmp_path / "trials.txt")])
     assert set(thresholds) == set(index.mrl_dims) and thresholds != THRESHOLDS
     opened = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
                               "--files", *files, "--k", "2", "--final_dim", "4", "--stages",
@@ -272,7 +286,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys):
     cli.main(["enrol", "--model_folder", str(folder), "--csv", str(tmp_path / "enrol_open.csv"),
                      "--index", str(small)])
     open_report = cli.main(["evaluate", "--model_folder", str(folder), "--index", str(small),
-                                   "--csv", str(tmp_path / "queries.csv"), "--far", "0.5"])
+                                   "--csv", str(tmp_path / "queries.csv"), "--false_alarm", "0.5"])
     assert open_report["not_enrolled"] == 6 and "DIR@FAR=0.5" in open_report["funnels"]["exact full size"]
     # an index of another model is refused; the module runs as a command
     other, _, _ = write_tiny_model(tmp_path / "other", seed=1)
@@ -358,7 +372,7 @@ def test_commands_on_real_demo_speech(shared_data, tmp_path):
                              str(tmp_path / "enrol.csv"), "--index", str(index_dir)])
     assert sorted(index.speakers) == enrolled and index.counts == [2] * 6
     report = cli.main(["evaluate", "--model_folder", str(folder), "--index", str(index_dir),
-                              "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "--far", "0.5"])
+                              "--csv", str(tmp_path / "queries.csv"), "--funnels", "4", "--false_alarm", "0.5"])
     assert report["queries"] == 12 and report["not_enrolled"] == 4
     # the same search by hand: mean of normalised enrolment embeddings, full-size cosine
     model = MRLEncoderClassifier.from_hparams(source=str(folder))

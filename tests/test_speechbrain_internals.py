@@ -2,7 +2,8 @@
 
 ``speechbrain_mrl.training.brain.MRLBrain`` (every recipe's Brain) overrides
 ``Brain._wrap_distributed`` (SpeechBrain turns every BatchNorm into
-SyncBatchNorm, which DDP refuses on CPU, with no option to skip it), and ``speechbrain_mrl.utils.checkpoints.SafeCheckpointer``
+SyncBatchNorm, which DDP refuses on CPU, with no option to skip it), and
+``speechbrain_mrl.utils.checkpoints.SafeCheckpointer``
 overrides ``Checkpointer``'s private folder methods and fills SpeechBrain's
 hook tables. A SpeechBrain release that renames, re-signs or stops calling any
 of them fails here, naming it, instead of silently losing the behaviour (DDP

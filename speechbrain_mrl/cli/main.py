@@ -13,7 +13,7 @@
     speechbrain-mrl copy-index idx/ qdrant://localhost:6333/speakers
     speechbrain-mrl export    --model_folder M --onnx model.onnx --check
     speechbrain-mrl package   --recipe_output results/mrl_b2/1986 --scores scores/ \\
-        --output_folder hub/ --dry-run
+        --output_folder hub/ --dry_run
 
 The same option means the same thing in every sub-command: ``--model_folder``
 (a model folder or hub id), ``--csv``/``--folder``/``--files``/``--file_list``
@@ -31,15 +31,15 @@ Authors
 """
 import sys
 
-from speechbrain_mrl.cli import export, extract, options, package, prepare, search
+from speechbrain_mrl.cli import export, extract, options, package, prepare, score, search
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
 
 #: Every sub-command, in the order ``--help`` lists them.
 COMMANDS = {**extract.COMMANDS,
             **{name: search.COMMANDS[name]
-               for name in ("enrol", "identify", "verify", "evaluate", "calibrate", "cascade",
-                            "copy-index")},
+               for name in ("enrol", "identify", "verify", "evaluate", "calibrate", "cascade")},
+            **score.COMMANDS, "copy-index": search.COMMANDS["copy-index"],
             **export.COMMANDS, **package.COMMANDS, **prepare.COMMANDS}
 
 

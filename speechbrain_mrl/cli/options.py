@@ -14,22 +14,41 @@ Authors
 """
 import argparse
 import collections
+import json
 import logging
 import math
+import os
 import sys
 import warnings
 
-__all__ = ["Command", "build_parser", "main", "run"]
+from speechbrain_mrl.utils.files import write_text_atomic
 
-#: A sub-command: its one-line help, a function adding its options to a parser, its job.
-Command = collections.namedtuple("Command", ["help", "add_arguments", "job", "parents"],
-                                 defaults=[()])
+__all__ = ["Command", "OptionError", "build_parser", "check_option", "main", "run"]
+
+#: A sub-command: its one-line help, a function adding its options to a parser, its job,
+#: the shared option groups it takes, and ``report(args, result)``: the JSON ``--report``
+#: writes (None: the job's result itself).
+Command = collections.namedtuple("Command", ["help", "add_arguments", "job", "parents", "report"],
+                                 defaults=[(), None])
 
 PROG = "speechbrain-mrl"
 #: Loggers of libraries whose start-up messages read as failures (FAISS's
 #: "Could not load library with AVX512 support", ONNX's rewriter passes).
 NOISY_LOGGERS = ("faiss", "faiss.loader", "onnx_ir", "onnxscript", "onnxruntime", "torch.onnx",
                  "speechbrain", "huggingface_hub", "urllib3", "numexpr", "matplotlib")
+
+
+class OptionError(ValueError):
+    """An option value found wrong only once the job runs (e.g. a size above the model's):
+    reported as argparse reports a bad value, with exit status 2."""
+
+
+def check_option(flag, check, *args):
+    """``check(*args)``, its ``ValueError`` re-raised as :class:`OptionError` naming ``flag``."""
+    try:
+        return check(*args)
+    except ValueError as err:
+        raise OptionError(f"argument {flag}: {err}") from None
 
 
 # ------------------------------------------------------------------ value checks
@@ -105,6 +124,7 @@ def common_options():
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     p.add_argument("--verbose", action="store_true",
                    help="show informational log messages, third-party ones included")
+    p.add_argument("--report", default=None, help="also write the results to this JSON file")
     return p
 
 
@@ -117,12 +137,6 @@ def model_options():
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers reading audio")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="autocast precision of the model")
-    return p
-
-
-def report_option():
-    p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--report", default=None, help="also write the results to this JSON file")
     return p
 
 
@@ -164,24 +178,63 @@ def build_parser(commands):
     return parser
 
 
+def _own_or_error(record):
+    """Log filter: the package's own messages, and other libraries' errors only."""
+    return record.name.startswith("speechbrain_mrl") or record.levelno >= logging.ERROR
+
+
 def quiet_libraries(verbose=False):
-    """Silences third-party log messages and warnings unless ``verbose``."""
+    """Silences third-party log messages and warnings unless ``verbose``.
+
+    Without ``verbose`` the root handler passes only this package's messages and other
+    libraries' errors, whatever level a library gives its own loggers (SpeechBrain's set
+    theirs to INFO when they are created).
+    """
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger().setLevel(level)
     logging.getLogger("speechbrain_mrl").setLevel(logging.INFO)
     for name in NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO if verbose else logging.ERROR)
+    for handler in logging.getLogger().handlers:
+        if verbose:
+            handler.removeFilter(_own_or_error)
+        else:
+            handler.addFilter(_own_or_error)
     if not verbose:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="torch.onnx")
+        try:  # ONNX Runtime's own C++ log (graph optimiser notes) goes to stderr unless raised
+            import onnxruntime
+
+            onnxruntime.set_default_logger_severity(3)
+        except ImportError:
+            pass
+
+
+def _plain(value):
+    """A JSON value for what ``json`` cannot write itself (paths, NumPy numbers and arrays)."""
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _run_job(command, args):
+    """Runs the job; writes its ``--report``; returns its result."""
+    result = command.job(args)
+    if args.report:
+        report = result if command.report is None else command.report(args, result)
+        write_text_atomic(args.report, json.dumps(report, indent=1, default=_plain) + "\n")
+    return result
 
 
 def main(commands, argv):
     """Parses ``argv`` and runs the sub-command; returns its result (errors are raised)."""
     args = build_parser(commands).parse_args(argv)
-    return commands[args.command].job(args)
+    return _run_job(commands[args.command], args)
 
 
 def run(commands, argv):
@@ -189,10 +242,15 @@ def run(commands, argv):
     args = build_parser(commands).parse_args(argv)
     quiet_libraries(args.verbose)
     try:
-        commands[args.command].job(args)
+        _run_job(commands[args.command], args)
     except KeyboardInterrupt:
         print(f"{PROG} {args.command}: interrupted", file=sys.stderr)
         sys.exit(130)
+    except OptionError as err:
+        if args.debug:
+            raise
+        print(f"{PROG} {args.command}: error: {err}", file=sys.stderr)
+        sys.exit(2)
     except Exception as err:  # noqa: BLE001 - every failure becomes one line
         if args.debug:
             raise

@@ -17,7 +17,7 @@ def _arguments(parser):
     parser.add_argument("--output_folder", required=True, help="hub-ready folder to write")
     parser.add_argument("--repo_id", default=None, help="user/name on the HuggingFace Hub")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
-    parser.add_argument("--dry-run", action="store_true", dest="dry_run",
+    parser.add_argument("--dry_run", action="store_true",
                         help="write the folder and list what would be uploaded, upload nothing")
     parser.add_argument("--language", default="en", help="language in the model card")
     parser.add_argument("--license", default="apache-2.0", dest="license_id",

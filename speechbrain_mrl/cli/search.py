@@ -18,20 +18,21 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import json
 import logging
 import pathlib
 
 import numpy as np
 
-from speechbrain_mrl.utils.files import write_text_atomic
 from speechbrain_mrl.data.manifests import check_audio_files, read_trial_list
 from speechbrain_mrl.inference.embeddings import embed_manifest
 from speechbrain_mrl.search.locations import (copy_index, index_exists, index_for_model, open_index,
                                      writing_index)
-from speechbrain_mrl.cli.options import (Command, add_sources, finite_float, index_options,
-                                     model_options, positive_int, rate, report_option, size_list,
-                                     threshold_or_index)
+from speechbrain_mrl.cli.options import (Command, add_sources, check_option, finite_float,
+                                         index_options, model_options, positive_int, rate,
+                                         size_list, threshold_or_index)
+from speechbrain_mrl.model.sizes import check_target_dim
+from speechbrain_mrl.search.cosine import _prefix_cosine
+from speechbrain_mrl.utils.metrics import verification_metrics
 from speechbrain_mrl.data.sources import read_sources
 from speechbrain_mrl.search.thresholds import (calibrate_margin, calibrate_thresholds, cascade_verify,
                                         open_set_rates)
@@ -76,11 +77,6 @@ def _existing_index(args, sha):
     return open_index(args.index, sha)
 
 
-def _write_report(args, report):
-    if args.report:
-        write_text_atomic(args.report, json.dumps(report, indent=1) + "\n")
-
-
 def enrol(args):
     """Embeds the audio and enrols its speakers (``spk_id`` column or sub-folder names)."""
     rows = _audio_rows(args, need_speakers=True)
@@ -112,9 +108,11 @@ def enrol(args):
 
 
 def _trial_embeddings(args, model, manifests, trials):
-    """``(enrol [T, D], test [T, D], labels [T])`` of a trial list over ``manifests``."""
+    """``(enrol [T, D], test [T, D], labels [T])`` of a trial list over ``manifests`` (CSV
+    files, or ``{ID: row}`` rows of a ``--folder``)."""
     rows, (labels, enrol_ids, test_ids), _ = read_trial_list(manifests, trials)
-    check_audio_files(rows, " + ".join(map(str, manifests)))
+    check_audio_files(rows, str(trials) if isinstance(manifests, dict)
+                      else " + ".join(map(str, manifests)))
     ids, emb = embed(model, rows, args, desc=f"trials {pathlib.Path(trials).name}")
     position = {u: i for i, u in enumerate(ids)}
     return (emb[[position[u] for u in enrol_ids]], emb[[position[u] for u in test_ids]],
@@ -124,19 +122,31 @@ def _trial_embeddings(args, model, manifests, trials):
 def calibrate(args):
     """Sets the index's open-set thresholds per size from a trial list (``--false_alarm``:
     the threshold at that false-alarm rate over the different-speaker trials, recorded as
-    calibrated for identification; default: EER, recorded as 1:1 verification thresholds)."""
+    calibrated for identification; default: EER, recorded as 1:1 verification thresholds).
+    Prints each size's EER on the list; warns when ``--false_alarm`` is below one
+    different-speaker trial, where the threshold rests on the single highest score."""
     sha = fingerprint(args)
     with _existing_index(args, sha) as index:
         mrl_dims = index.mrl_dims
     model = load_model(args)
-    enrol_emb, test_emb, labels = _trial_embeddings(args, model, args.csv, args.trials)
+    manifests = args.csv if args.csv else read_sources(folder=args.folder)
+    enrol_emb, test_emb, labels = _trial_embeddings(args, model, manifests, args.trials)
+    n_nontarget = int((~labels).sum())
+    if args.false_alarm is not None and n_nontarget and args.false_alarm < 1 / n_nontarget:
+        logger.warning("--false_alarm %g is below 1/%d (one of the %d different-speaker trials): "
+                       "the thresholds rest on the single highest score; use a longer trial list",
+                       args.false_alarm, n_nontarget, n_nontarget)
     thresholds = calibrate_thresholds(enrol_emb, test_emb, labels, mrl_dims, args.false_alarm)
+    eer = {d: verification_metrics(_prefix_cosine(enrol_emb, test_emb, d), labels)["EER"]
+           for d in mrl_dims}
     with writing_index(args.index, sha, lock_timeout=args.lock_timeout) as index:
         index.set_thresholds(thresholds, "verification" if args.false_alarm is None
                              else "identification")
-    print(f"open-set thresholds from {len(labels)} trials: "
-          + ", ".join(f"{d}: {t:.4f}" for d, t in thresholds.items()))
-    return thresholds
+    print(f"open-set thresholds from {len(labels)} trials ({n_nontarget} different-speaker):")
+    for d in mrl_dims:
+        print(f"  {d}-d: threshold {thresholds[d]:.4f}, EER {eer[d]:.2f} %")
+    return {"thresholds": thresholds, "EER": eer, "trials": len(labels),
+            "false_alarm": args.false_alarm}
 
 
 def identify(args):
@@ -168,7 +178,6 @@ def _identify(args, index, ids, emb):
                 logger.warning(caveat)
         matches = index.identify(emb, k, args.stages, args.shortlist, args.final_dim, threshold)
     out = {u: [{"speaker": s, "score": float(c)} for s, c in m] for u, m in zip(ids, matches)}
-    _write_report(args, out)
     for u in ids:
         print(u, " ".join(f"{r['speaker']}:{r['score']:.3f}" for r in out[u]) or "unknown speaker")
     return out
@@ -181,7 +190,7 @@ def verify(args):
                                        for f in (args.enrol_file, args.test_file))))
     check_audio_files(rows, "verify")
     model = load_model(args)
-    d = args.target_dim or model.embed_dim
+    d = check_option("--target_dim", check_target_dim, args.target_dim, model.embed_dim)
     threshold = args.threshold
     if threshold is None and d in model.thresholds:
         threshold = model.threshold_for(d)
@@ -190,7 +199,6 @@ def verify(args):
     score = float(a @ b)
     result = {"enrol": args.enrol_file, "test": args.test_file, "target_dim": d, "score": score,
               "threshold": threshold, "same_speaker": None if threshold is None else score > threshold}
-    _write_report(args, result)
     decision = ("no calibrated threshold for this size: pass --threshold" if threshold is None
                 else f"{'same speaker' if result['same_speaker'] else 'different speakers'} "
                      f"(threshold {threshold:.4f})")
@@ -203,7 +211,7 @@ def evaluate(args):
 
     Closed set: top-1 and top-5 accuracy on the queries of enrolled speakers. Open set,
     when some queries are of speakers who are not enrolled: the detection and
-    identification rate at the false-alarm rate ``--far`` (:func:`open_set_rates`).
+    identification rate at the false-alarm rate ``--false_alarm`` (:func:`open_set_rates`).
     """
     rows = _audio_rows(args, need_speakers=True)
     with _existing_index(args, fingerprint(args)) as index:
@@ -227,12 +235,11 @@ def _evaluate(args, index, rows, ids, emb):
         results[name] = {"top1": float(np.mean(top[enrolled, 0] == truth[enrolled])),
                          f"top{k}": float(np.mean((top[enrolled] == truth[enrolled, None]).any(axis=1)))}
         if not enrolled.all():
-            rates = open_set_rates(top[:, 0], scores[:, 0], truth, enrolled, args.far)
-            results[name][f"DIR@FAR={args.far:g}"] = rates["dir"]
+            rates = open_set_rates(top[:, 0], scores[:, 0], truth, enrolled, args.false_alarm)
+            results[name][f"DIR@FAR={args.false_alarm:g}"] = rates["dir"]
             results[name]["open_set_threshold"] = rates["threshold"]
     report = {"queries": int(enrolled.sum()), "not_enrolled": int((~enrolled).sum()),
               "speakers": len(index), "funnels": results}
-    _write_report(args, report)
     print(f"{report['queries']} queries of enrolled speakers, {report['not_enrolled']} of unknown "
           f"ones ({len(index)} enrolled)")
     for name, r in results.items():
@@ -264,7 +271,6 @@ def cascade(args):
             "escalated_calibration": cal_escalated, "escalated": float(escalated.mean()),
             "agreement": float(np.mean(decisions == full)),
             "error_rate": float(np.mean(decisions != labels))})
-    _write_report(args, report)
     print(f"| target agreement | margin | escalated (calibration) | escalated | agreement with "
           f"{model.embed_dim}-d | error rate (cascade / {model.embed_dim}-d) |")
     print("|---:|---:|---:|---:|---:|---:|")
@@ -336,14 +342,17 @@ def _evaluate_arguments(p):
     _search_options(p)
     p.add_argument("--funnels", type=size_list, nargs="*", default=[],
                    help="funnels besides exact search, e.g. 64 32,128")
-    p.add_argument("--far", type=rate(), default=0.01,
+    p.add_argument("--false_alarm", type=rate(), default=0.01,
                    help="false-alarm rate of the open-set evaluation (queries of speakers who "
                         "are not enrolled)")
 
 
 def _calibrate_arguments(p):
-    p.add_argument("--csv", nargs="+", required=True,
-                   help="manifests of the trial list's utterances")
+    audio = p.add_mutually_exclusive_group(required=True)
+    audio.add_argument("--csv", nargs="+", default=None,
+                       help="manifests of the trial list's utterances")
+    audio.add_argument("--folder", default=None,
+                       help="folder of the trial list's audio (entries are paths relative to it)")
     p.add_argument("--trials", required=True, help="trial list (<1|0> <enrol ID> <test ID>)")
     p.add_argument("--false_alarm", type=rate(), default=None,
                    help="threshold at this false-alarm rate of the different-speaker trials, "
@@ -381,18 +390,19 @@ def _copy_arguments(p):
 
 COMMANDS = {
     "enrol": Command("enrol speakers into a speaker index (created if absent)", _enrol_arguments,
-                     enrol, (model_options, _locked_index)),
+                     enrol, (model_options, _locked_index),
+                     lambda args, index: {"index": args.index, "speakers": len(index.speakers)}),
     "identify": Command("top-k enrolled speakers of each recording", _identify_arguments,
-                        identify, (model_options, index_options, report_option)),
+                        identify, (model_options, index_options)),
     "verify": Command("are two recordings of the same speaker?", _verify_arguments, verify,
-                      (model_options, report_option)),
+                      (model_options,)),
     "evaluate": Command("identification accuracy of a labelled list, per funnel",
                         _evaluate_arguments, evaluate,
-                        (model_options, index_options, report_option)),
+                        (model_options, index_options)),
     "calibrate": Command("fit the index's open-set thresholds on a trial list",
                          _calibrate_arguments, calibrate, (model_options, _locked_index)),
     "cascade": Command("cascade verification: a small prefix, the full size near its threshold",
-                       _cascade_arguments, cascade, (model_options, report_option)),
+                       _cascade_arguments, cascade, (model_options,)),
     "copy-index": Command("copy a speaker index between a folder (FAISS) and a Qdrant "
                           "collection, checked equal", _copy_arguments, copy),
 }

@@ -196,8 +196,9 @@ def read_trial_list(manifests, trials_path, data_folder=None):
 
     Arguments
     ---------
-    manifests : list of str or os.PathLike
-        CSV manifests holding the trial utterances (e.g. enrol and test).
+    manifests : list of str or os.PathLike, or dict
+        CSV manifests holding the trial utterances (e.g. enrol and test), or their
+        ``{ID: row}`` rows.
     trials_path : str or os.PathLike
         VoxCeleb-format trial list.
     data_folder : str, optional
@@ -230,6 +231,8 @@ def read_trial_list(manifests, trials_path, data_folder=None):
     ValueError: ID 'u1' names different audio in two manifests: a.wav in .../enrol.csv and b.wav in .../test.csv; give each recording its own ID
     """
     rows, source = {}, {}
+    if isinstance(manifests, dict):  # rows already read (e.g. from --folder)
+        rows, manifests = dict(manifests), []
     for path in manifests:
         for uid, row in read_manifest(path, data_folder).items():
             if uid in rows and _audio_of(rows[uid]) != _audio_of(row):

@@ -66,7 +66,6 @@ __all__ = [
     "onnx_parity",
     "OnnxEncoder",
     "inference_session",
-    "run_export",
 ]
 
 

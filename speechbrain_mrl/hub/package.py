@@ -7,13 +7,13 @@ folder: ``hyperparams.yaml``, the checkpoints, ``calibration.json``,
 ``model_info.json``, ``custom_interface.py``, ``results.json`` and a
 ``README.md`` model card (YAML front matter, a results table per Matryoshka
 size, usage, training recipe, citation). Then it uploads the folder with
-``huggingface_hub`` (token from ``$HF_TOKEN``), unless ``--dry-run``.
+``huggingface_hub`` (token from ``$HF_TOKEN``), unless ``--dry_run``.
 
 Usage::
 
     speechbrain-mrl package --recipe_output results/mrl_b2/1986 \\
         --scores results/scoring_b2 [--official_scores results/scoring_official] \\
-        --output_folder hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry-run]
+        --output_folder hub/mrl-redimnet-b2 --repo_id user/mrl-redimnet-b2 [--private] [--dry_run]
 
 Authors
 -------
@@ -34,6 +34,8 @@ from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, shorten
 #: What a hub repository receives beside the model folder: the repository's hub_upload/.
 TEMPLATES = importlib.resources.files("speechbrain_mrl.templates")
 INTERFACE_FILE = "custom_interface.py"
+#: The model card, a template filled by :func:`model_card`.
+CARD_TEMPLATE = "model_card.md"
 
 CITATIONS = """\
 ```bibtex
@@ -247,75 +249,23 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
     ]
     thr = calibration.get("thresholds", {})
     thr_line = ", ".join(f"{d}: {float(v):.3f}" for d, v in sorted(thr.items(), key=lambda x: int(x[0])))
-    trials = scoring_info.get("trials", "the evaluation trial list")
-    repo = repo_id or "<this folder>"
-    body = f"""
-# Matryoshka ReDimNet speaker embeddings (speechbrain-mrl)
-
-A ReDimNet speaker-embedding model (`F={cfg.get('F')}`, `C={cfg.get('C')}`) with a
-Matryoshka projection head: one forward pass gives a {model_info['embed_dim']}-dimensional
-embedding whose first `d` coordinates are themselves speaker embeddings, for
-`d` in {dims}. Small prefixes serve fast search and compact storage; the full
-vector keeps the accuracy. Input: 16 kHz mono audio (other rates are resampled,
-channels averaged).
-
-## Results
-
-Cosine scoring on `{pathlib.Path(str(trials)).name}` ({scoring_info.get('n_trials', '?')} trials){
-' with s-norm / adaptive s-norm (top-' + str(scoring_info.get('cohort_topk')) + ' cohort)' if 's-norm' in next(iter(results.values())) else ''}:
-
-{results_table(results, official)}
-
-minDCF is unnormalised (c_miss = c_fa = 1), as `speechbrain.utils.metric_stats.minDCF`
-returns it. Default verification thresholds (cosine, calibrated at training time):
-{thr_line or 'none'}.
-
-{validation_section(model_info)}
-## Usage
-
-```bash
-# the lobe, front end and interface live in the speechbrain-mrl package, which is not on
-# PyPI: install it from a checkout of its repository
-pip install /path/to/speechbrain-mrl
-```
-
-```python
-from speechbrain_mrl.inference.interface import MRLEncoderClassifier
-
-model = MRLEncoderClassifier.from_hparams(source="{repo}", savedir="pretrained_models/mrl")
-emb = model.encode_file("speech.wav", target_dim={dims[len(dims) // 2]})   # [1, 1, {dims[len(dims) // 2]}]
-# wavs: [batch, time] at 16 kHz, wav_lens: relative lengths in (0, 1]
-all_sizes = model.encode_batch_all(wavs, wav_lens)        # {{d: [batch, d]}} from one pass
-score, same = model.verify_files("a.wav", "b.wav", target_dim={dims[0]})  # calibrated threshold
-```
-
-Or through SpeechBrain's `foreign_class` (the package must still be installed):
-
-```python
-from speechbrain.inference.interfaces import foreign_class
-
-model = foreign_class(source="{repo}", pymodule_file="custom_interface.py",
-                      classname="CustomInterface", savedir="pretrained_models/mrl")
-```
-
-## Training
-
-{trained_on} the recipe of speechbrain-mrl (`recipes/VoxCeleb/MRL`):
-
-```bash
-{command or "# the training command was not recorded"}
-```
-"""
-    if provenance:
-        body += "\n" + "\n".join(provenance) + "\n"
+    details = "\n" + "\n".join(provenance) + "\n" if provenance else ""
     if extra:
-        body += "\nTraining details:\n\n" + "\n".join(
+        details += "\nTraining details:\n\n" + "\n".join(
             f"- {k}: {json.dumps(v) if not isinstance(v, str) else v}" for k, v in extra.items()) + "\n"
-    body += "\n## Citation\n\n" + CITATIONS + "\n## License\n\n" + (
-        f"{license_id}. The ReDimNet architecture (and, when the backbone was initialised "
-        "from them, its weights) come from IDR&D's official ReDimNet release; see its "
-        "license as well.\n")
-    return "\n".join(front) + "\n" + body
+    norms = ""
+    if "s-norm" in next(iter(results.values())):
+        norms = f" with s-norm / adaptive s-norm (top-{scoring_info.get('cohort_topk')} cohort)"
+    return (TEMPLATES / CARD_TEMPLATE).read_text().format(
+        front_matter="\n".join(front) + "\n", F=cfg.get("F"), C=cfg.get("C"),
+        embed_dim=model_info["embed_dim"], dims=dims,
+        trials=pathlib.Path(str(scoring_info.get("trials", "the evaluation trial list"))).name,
+        n_trials=scoring_info.get("n_trials", "?"), norms=norms,
+        results_table=results_table(results, official), thresholds=thr_line or "none",
+        validation=validation_section(model_info), repo=repo_id or "<this folder>",
+        mid_dim=dims[len(dims) // 2], small_dim=dims[0], trained_on=trained_on,
+        command=command or "# the training command was not recorded", details=details,
+        citations=CITATIONS, license_id=license_id)
 
 
 def hub_files():

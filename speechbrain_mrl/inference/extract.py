@@ -48,7 +48,7 @@ from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
 from speechbrain_mrl.data.manifests import write_manifest
 from speechbrain_mrl.inference.embeddings import PRECISIONS, embed_manifest
 
-__all__ = ["extract", "load_embeddings", "run_extract"]
+__all__ = ["extract", "load_embeddings"]
 
 INDEX_FIELDS = ["ID", "shard", "row", "duration", "wav", "spk_id"]
 

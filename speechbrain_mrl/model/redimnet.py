@@ -86,7 +86,8 @@ def _preset(F_, C, b1d, b2d, stages, gdiv, gca=True):
     return cfg
 
 
-#: Official ReDimNet layouts by name (``b0``..``b6`` and the default ``M``).
+#: ReDimNet layouts by name: the official ``b0``..``b6`` and the default ``M``, and ``small``
+#: (the demo's CPU-sized backbone).
 #: Each entry is an official ``model_config`` dict; a checkpoint's own
 #: ``model_config`` always takes precedence over these.
 REDIMNET_PRESETS = {
@@ -111,6 +112,10 @@ REDIMNET_PRESETS = {
                   [(1, 4, 4, 32), (2, 6, 2, 32), (1, 6, 2, 24), (3, 8, 1, 24), (1, 8, 1, 16),
                    (2, 8, 1, 16)], 32),
     "M": copy.deepcopy(_DEFAULTS),
+    # not an official layout: the demo's CPU-sized backbone (0.24 M parameters), for training
+    # from scratch on a CPU (scratch_redimnet.yaml --redimnet_preset small)
+    "small": _preset(40, 8, "conv", "basic_resnet", [(2, 1, 1, None), (2, 2, 1, None), (2, 2, 1, None)],
+                     1, gca=False),
 }
 
 BLOCK_1D_TYPES = ("att", "fc", "conv", "conv+att")

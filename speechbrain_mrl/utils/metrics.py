@@ -112,8 +112,10 @@ def verification_metrics(scores, labels, toolkit_max_trials=5000):
     Returns
     -------
     dict
-        ``EER`` (%), ``minDCF@<p>`` and ``minDCF@<p>_normalized`` (divided by
-        ``min(p, 1 - p)``) for ``p`` in :data:`P_TARGETS`, ``EER_threshold``,
+        ``EER`` (%), ``minDCF@<p>`` (normalised: divided by ``min(p, 1 - p)``, the cost
+        of the best system that always or never accepts, as NIST and wespeaker report it)
+        and ``minDCF@<p>_unnormalized`` (as ``speechbrain.utils.metric_stats.minDCF``
+        returns it) for ``p`` in :data:`P_TARGETS`, ``EER_threshold``,
         ``n_trials``, ``n_target``, ``metric_backend``.
 
     Raises
@@ -126,7 +128,7 @@ def verification_metrics(scores, labels, toolkit_max_trials=5000):
     -------
     >>> m = verification_metrics([0.9, 0.4, 0.5, 0.2], [1, 1, 0, 0])
     >>> m["EER"], round(m["minDCF@0.01"], 4), m["n_target"], m["metric_backend"]
-    (50.0, 0.005, 2, 'speechbrain.utils.metric_stats')
+    (50.0, 0.5, 2, 'speechbrain.utils.metric_stats')
     >>> verification_metrics([0.9, float("nan"), 0.1], [1, 0, 0])
     Traceback (most recent call last):
      ...
@@ -155,10 +157,10 @@ def verification_metrics(scores, labels, toolkit_max_trials=5000):
         res = error_rates(pos, neg)
         backend = "sorted"
     out = {"EER": 100.0 * res["EER"]}
+    for p in P_TARGETS:  # normalised by the cost of the best trivial system, as NIST reports it
+        out[f"minDCF@{p:g}"] = res[f"minDCF@{p:g}"] / min(p, 1 - p)
     for p in P_TARGETS:
-        out[f"minDCF@{p:g}"] = res[f"minDCF@{p:g}"]
-    for p in P_TARGETS:  # normalised by the cost of the best trivial system
-        out[f"minDCF@{p:g}_normalized"] = res[f"minDCF@{p:g}"] / min(p, 1 - p)
+        out[f"minDCF@{p:g}_unnormalized"] = res[f"minDCF@{p:g}"]
     out["EER_threshold"] = res["EER_threshold"]
     out["n_trials"] = int(scores.numel())
     out["n_target"] = int(pos.numel())

@@ -277,12 +277,16 @@ def report(table, times, scratch, mrl, finetune, out, long_table=None, search=No
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_folder", required=True,
                    help="folder with speech_commands/ (+ librispeech_train_clean_100/)")
-    p.add_argument("--output_folder", default="results/demo")
-    p.add_argument("--scratch_epochs", type=int, default=None)
-    p.add_argument("--mrl_epochs", type=int, default=None)
+    p.add_argument("--output_folder", default="results/demo",
+                   help="where every stage writes (a rerun continues the stages not done)")
+    p.add_argument("--scratch_epochs", type=int, default=None,
+                   help="epochs of the from-scratch backbone (default: demo_scratch.yaml's 40)")
+    p.add_argument("--mrl_epochs", type=int, default=None,
+                   help="epochs of the Matryoshka head (default: demo_mrl.yaml's 5)")
     p.add_argument("--no_finetune_timing", action="store_true",
                    help="skip the one-epoch full fine-tuning run used for the timing comparison")
     p.add_argument("--train_test", action="store_true",
