@@ -30,6 +30,13 @@ def shared_data(request):
 
 
 @pytest.fixture(scope="session")
+def shared_data_or_none(request):
+    """The real-speech folder, or None (the test then makes synthetic voices)."""
+    path = request.config.getoption("--shared-data")
+    return pathlib.Path(path) if path and pathlib.Path(path, "speech_commands").is_dir() else None
+
+
+@pytest.fixture(scope="session")
 def test_data():
     """Folder of data files shipped with the tests (ReDimNet reference outputs)."""
     return TEST_DATA

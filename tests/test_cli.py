@@ -51,7 +51,7 @@ def test_every_option_of_every_command_has_help_and_a_default_shown():
 
 def _run(*args, check_rc=None):
     exe = shutil.which("speechbrain-mrl")
-    cmd = [exe] if exe else [sys.executable, "-m", "speechbrain_mrl.cli.main"]
+    cmd = [exe] if exe else [sys.executable, "-m", "speechbrain_mrl.cli"]
     proc = subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, timeout=300,
                           env=dict(os.environ, OMP_NUM_THREADS="1"))
     if check_rc is not None:

@@ -107,7 +107,7 @@ def test_torchrun_two_processes_share_the_shards(corpus):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-         "-m", "speechbrain_mrl.inference.extract", "--model_folder", str(folder), "--folder", str(audio),
+         "-m", "speechbrain_mrl.cli", "extract", "--model_folder", str(folder), "--folder", str(audio),
          "--output_folder", str(out), "--shard_size", "2", "--num_workers", "0"],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]

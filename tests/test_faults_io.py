@@ -230,11 +230,11 @@ def test_one_speaker_preparation_fails_from_the_command_line(tmp_path):
     """Regression: one speaker folder gave train/dev manifests of one speaker and exit status 0."""
     make_voxceleb(tmp_path / "data", speakers=("id10001",))
     for extra in ([], ["--valid_trials", str(tmp_path / "out" / "valid.txt")]):
-        done = subprocess.run([sys.executable, "-m", "speechbrain_mrl.data.voxceleb",
+        done = subprocess.run([sys.executable, "-m", "speechbrain_mrl.cli", "prepare-voxceleb",
                                str(tmp_path / "data"), "--save_folder", str(tmp_path / "out"),
                                *extra], capture_output=True, text=True, timeout=120)
-        assert done.returncode != 0
+        assert done.returncode == 1
         assert done.stderr.strip().splitlines()[-1].startswith(
-            "ValueError: only 1 training speaker (id10001) under ")
-        assert "need at least 2 speakers" in done.stderr
+            "speechbrain-mrl prepare-voxceleb: error: only 1 training speaker (id10001) under ")
+        assert "need at least 2 speakers" in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "out" / "train.csv").exists()

@@ -124,3 +124,13 @@ def test_every_option_of_the_recipe_scripts_has_help():
             if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
                     and node.func.attr == "add_argument"):
                 assert any(k.arg == "help" for k in node.keywords), f"{path.name}:{node.lineno}"
+
+
+def test_api_page_is_generated_from_the_package():
+    """docs/api.md is what docs/make_api.py writes from the package, never kept by hand."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, str(ROOT / "docs" / "make_api.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr

@@ -293,7 +293,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys, caplog):
     with pytest.raises(ValueError, match="built with another model"):
         cli.main(["identify", "--model_folder", str(other), "--index", str(index_dir),
                          "--files", files[0]])
-    proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.cli.search", "identify", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "speechbrain_mrl.cli", "identify", "--help"],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "--stages" in proc.stdout
 

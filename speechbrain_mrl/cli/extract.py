@@ -1,15 +1,16 @@
 """The ``extract`` command: embed audio into resumable shards."""
 from speechbrain_mrl.data.sources import read_sources
 from speechbrain_mrl.inference.extract import extract
-from speechbrain_mrl.cli.options import Command, add_sources, model_options, positive_int
+from speechbrain_mrl.cli.options import Command, add_sources, load_model, model_options, positive_int
 
 
 
 def run_extract(args):
     """The ``speechbrain-mrl extract`` job: :func:`extract` of the audio the command line names."""
     rows = read_sources(args.csv, args.folder, args.files, args.file_list)
+    model = load_model(args) if args.runtime != "pytorch" else None
     return extract(args.model_folder, rows, args.output_folder, args.shard_size, args.batch_size,
-                   args.num_workers, args.device, args.precision, args.dtype)
+                   args.num_workers, args.device, args.precision, args.dtype, model=model)
 
 
 def _arguments(parser):

@@ -23,7 +23,7 @@ import warnings
 
 from speechbrain_mrl.utils.files import write_text_atomic
 
-__all__ = ["Command", "OptionError", "build_parser", "check_option", "main", "run"]
+__all__ = ["Command", "OptionError", "build_parser", "check_option", "load_model", "main", "run"]
 
 #: A sub-command: its one-line help, a function adding its options to a parser, its job,
 #: the shared option groups it takes, and ``report(args, result)``: the JSON ``--report``
@@ -137,6 +137,9 @@ def model_options():
     p.add_argument("--num_workers", type=int, default=0, help="DataLoader workers reading audio")
     p.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "bf16"],
                    help="autocast precision of the model")
+    p.add_argument("--runtime", default="pytorch", choices=["pytorch", "openvino"],
+                   help="openvino: OpenVINO in bf16 on the CPU (fp32 where the CPU has no bf16), "
+                        "the fast path on x86; falls back to PyTorch, saying so, without OpenVINO")
     return p
 
 
@@ -149,6 +152,18 @@ def index_options(lock=False):
         p.add_argument("--lock_timeout", type=finite_float, default=60.0,
                        help="seconds to wait for another process writing the index")
     return p
+
+
+def load_model(args):
+    """The ``MRLEncoderClassifier`` of ``--model_folder`` on ``--device`` and ``--runtime``."""
+    from speechbrain_mrl.inference.interface import load_model as load
+
+    model = load(args.model_folder, args.device)
+    if args.runtime == "openvino":
+        from speechbrain_mrl.export.openvino import use_openvino
+
+        logging.getLogger(__name__).info("runtime: %s", use_openvino(model))
+    return model
 
 
 def add_sources(parser, kinds=("csv", "folder", "files", "file_list")):

@@ -1,5 +1,5 @@
 """The ``score`` command: a verification trial list scored at every Matryoshka size."""
-from speechbrain_mrl.cli.options import Command, model_options, positive_int
+from speechbrain_mrl.cli.options import Command, load_model, model_options, positive_int
 from speechbrain_mrl.data.sources import read_sources
 from speechbrain_mrl.inference.scoring import score_trial_list
 from speechbrain_mrl.utils.metrics import NORMS
@@ -15,7 +15,8 @@ def run_score(args):
         cohort_csv=args.cohort_csv, score_norm=args.score_norm, sizes=args.sizes,
         batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
         device=args.device, save_embeddings=args.save_embeddings, cohort_type=args.cohort_type,
-        cohort_max_utts=args.cohort_max_utts, cohort_topk=args.cohort_topk, seed=args.seed)
+        cohort_max_utts=args.cohort_max_utts, cohort_topk=args.cohort_topk, seed=args.seed,
+        model=load_model(args))
     kinds = ["cosine"] + [k for k in NORMS if k in next(iter(results.values()))]
     print("| size | " + " | ".join(f"EER % ({k}) | minDCF@0.01 ({k})" for k in kinds) + " |")
     print("|---:|" + "---:|" * (2 * len(kinds)))

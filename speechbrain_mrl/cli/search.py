@@ -28,7 +28,7 @@ from speechbrain_mrl.inference.embeddings import embed_manifest
 from speechbrain_mrl.search.locations import (copy_index, index_exists, index_for_model, open_index,
                                      writing_index)
 from speechbrain_mrl.cli.options import (Command, add_sources, check_option, finite_float,
-                                         index_options, model_options, positive_int, rate,
+                                         index_options, load_model, model_options, positive_int, rate,
                                          size_list, threshold_or_index)
 from speechbrain_mrl.model.sizes import check_target_dim
 from speechbrain_mrl.search.cosine import _prefix_cosine
@@ -41,13 +41,6 @@ __all__ = ["COMMANDS", "enrol", "calibrate", "identify", "evaluate", "cascade", 
            "copy"]
 
 logger = logging.getLogger(__name__)
-
-
-def load_model(args):
-    """The ``MRLEncoderClassifier`` of ``--model_folder`` on ``--device``."""
-    from speechbrain_mrl.inference.interface import load_model as load
-
-    return load(args.model_folder, args.device)
 
 
 def fingerprint(args):

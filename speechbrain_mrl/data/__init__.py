@@ -1,4 +1,9 @@
-"""Data preparation: manifests and trial lists for speaker verification.
+"""Data: audio in, manifests and trial lists, audio sources, dataset preparations.
+
+* :mod:`speechbrain_mrl.data.audio`: the one audio reader and waveform check.
+* :mod:`speechbrain_mrl.data.manifests`, :mod:`speechbrain_mrl.data.sources`: CSV manifests,
+  trial lists, and the one reader of ``--csv``/``--folder``/``--files``/``--file_list``.
+* :mod:`speechbrain_mrl.data.charts`: the chart of prepared data.
 
 * :mod:`speechbrain_mrl.data.preparation`: helpers every preparation shares (scanning,
   manifest rows, trial lists, skip-when-unchanged).
@@ -11,6 +16,6 @@
   (Speech Commands regrouped by speaker, optional LibriSpeech readers),
   :func:`~speechbrain_mrl.data.speech_commands.prepare_demo`.
 
-The preparations run as scripts too (``python -m speechbrain_mrl.data.voxceleb --help``,
-``python -m speechbrain_mrl.data.librispeech --help``).
+The preparations run as commands too (``speechbrain-mrl prepare-voxceleb --help``,
+``prepare-librispeech``, ``prepare-demo``).
 """

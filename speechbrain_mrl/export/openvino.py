@@ -29,6 +29,7 @@ Authors
 """
 import collections
 import importlib
+import logging
 import math
 import pathlib
 
@@ -39,7 +40,10 @@ from speechbrain_mrl.data.audio import check_waveforms
 from speechbrain_mrl.model.encoder import merge_window_stats, window_bounds
 from speechbrain_mrl.utils.files import atomic_output
 
-__all__ = ["PRECISIONS", "OpenVinoEncoder", "cpu_has_bf16", "export_openvino", "split_at_pooling"]
+logger = logging.getLogger(__name__)
+
+__all__ = ["PRECISIONS", "OpenVinoEncoder", "cpu_has_bf16", "export_openvino", "split_at_pooling",
+           "use_openvino"]
 
 #: OpenVINO ``INFERENCE_PRECISION_HINT`` of each precision name.
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}
@@ -249,3 +253,76 @@ class OpenVinoEncoder:
                 rows[i] = [e[j] for e in embs]
         return {name: np.stack([rows[i][k] for i in range(len(samples))])
                 for k, name in enumerate(self.output_names)}
+
+
+class _OpenVinoEmbedding:
+    """What the one embedding path asks of an encoder (``embed``, sizes, ``min_samples``), on
+    OpenVINO: a model's :attr:`~speechbrain_mrl.inference.interface.MRLEncoderClassifier.encoder`
+    replaced by the fast runtime."""
+
+    def __init__(self, runtime, encoder):
+        self.runtime = runtime
+        self.embed_dim, self.mrl_dims = encoder.embed_dim, list(encoder.mrl_dims)
+        self.min_samples = encoder.min_samples
+        self.output = f"embedding_{encoder.embed_dim}"
+        self.training = False
+
+    def embed(self, wavs, wav_lens=None, long_samples=None, window_samples=None):
+        """``[B, embed_dim]`` float32 on the CPU (long audio windowed by the runtime, as configured)."""
+        out = self.runtime(wavs.detach().float().cpu(), None if wav_lens is None else wav_lens.cpu())
+        return torch.from_numpy(out[self.output])
+
+    def eval(self):
+        return self
+
+    def train(self, mode=True):
+        return self
+
+
+def use_openvino(model, precision="bf16", folder=None):
+    """Runs ``model`` (an ``MRLEncoderClassifier``) on OpenVINO: every later embedding of it
+    (``encode_*``, ``verify_*``, the commands) goes through :class:`OpenVinoEncoder`.
+
+    The encoder is exported to ONNX once (into ``folder``, else a temporary folder kept
+    for the process). Where OpenVINO is not installed, or the CPU has no bf16, a one-line
+    warning says so and the model runs as before (PyTorch) or in OpenVINO fp32.
+
+    Arguments
+    ---------
+    model : MRLEncoderClassifier
+        A model on the CPU.
+    precision : str
+        ``bf16`` (the fast path on CPUs with AVX-512 BF16 or AMX) or ``fp32``.
+    folder : str, optional
+        Where the ONNX file goes.
+
+    Returns
+    -------
+    str
+        The runtime now used: ``openvino-bf16``, ``openvino-fp32`` or ``pytorch``.
+    """
+    import tempfile
+
+    from speechbrain_mrl.export.onnx import export_onnx
+
+    try:
+        core = _openvino().Core()
+    except ModuleNotFoundError as err:
+        logger.warning("%s; embedding with PyTorch", err)
+        return "pytorch"
+    if str(model.device) != "cpu":
+        logger.warning("--runtime openvino runs on the CPU; embedding with PyTorch on %s", model.device)
+        return "pytorch"
+    if precision == "bf16" and not cpu_has_bf16(core):
+        logger.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): OpenVINO in fp32")
+        precision = "fp32"
+    folder = pathlib.Path(folder or tempfile.mkdtemp(prefix="mrl-openvino-"))
+    encoder = model.encoder
+    onnx_path = export_onnx(encoder, folder / "model.onnx")
+    runtime = OpenVinoEncoder(onnx_path, precision=precision, sample_rate=model.sample_rate,
+                              min_samples=encoder.min_samples,
+                              hop_length=encoder.compute_features.hop_length,
+                              long_seconds=model.long_audio_seconds or 1e9,
+                              window_seconds=model.window_seconds)
+    model.encoder = _OpenVinoEmbedding(runtime, encoder)
+    return f"openvino-{precision}"

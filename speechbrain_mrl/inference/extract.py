@@ -113,7 +113,7 @@ def _merge(out, n_shards, info):
 
 
 def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_workers=0,
-            device="cpu", precision="fp32", dtype="float32"):
+            device="cpu", precision="fp32", dtype="float32", model=None):
     """Embeds ``rows`` (see :func:`speechbrain_mrl.data.sources.read_sources`) into shards under ``out``; resumable.
 
     Arguments
@@ -134,6 +134,8 @@ def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_worker
         ``fp32``, or ``fp16``/``bf16`` autocast.
     dtype : str
         Storage of the embeddings: ``float32`` or ``float16``.
+    model : MRLEncoderClassifier, optional
+        ``model_folder`` already loaded (e.g. on another runtime); default: loaded here.
 
     Returns
     -------
@@ -156,7 +158,7 @@ def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_worker
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if distributed and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-    model = load_model(model_folder, device)
+    model = model if model is not None else load_model(model_folder, device)
     info = {"model_folder": str(model_folder), "model_sha256": model_fingerprint(model_folder),
             "embed_dim": model.embed_dim, "mrl_dims": model.mrl_dims, "dtype": dtype,
             "precision": precision,

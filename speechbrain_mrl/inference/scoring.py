@@ -34,10 +34,11 @@ from speechbrain_mrl.utils.metrics import NORMS, cohort_groups, score_trials, ve
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["score_trial_list", "load_encoder", "sample_cohort_rows"]
+__all__ = ["score_trial_list", "scoring_encoder", "sample_cohort_rows"]
 
 
-def load_encoder(model_folder=None, official_checkpoint=None, device="cpu", sample_rate=16000):
+def scoring_encoder(model_folder=None, official_checkpoint=None, device="cpu", sample_rate=16000,
+                 model=None):
     """``(encoder, name, embed_options, short_duration)`` for the Matryoshka model or the
     official checkpoint.
 
@@ -61,7 +62,7 @@ def load_encoder(model_folder=None, official_checkpoint=None, device="cpu", samp
 
     from speechbrain_mrl.inference.interface import load_model
 
-    model = load_model(model_folder, device)
+    model = model if model is not None else load_model(model_folder, device)
     return (model.encoder, f"Matryoshka ReDimNet ({model_folder})", model.embedding_options(),
             max(model.min_duration, model.short_duration))
 
@@ -114,7 +115,7 @@ def score_trial_list(trials, manifests, output_folder, model_folder=None, offici
                      num_workers=0, precision="fp32", device="cpu", save_embeddings=False,
                      cohort_type="speaker", cohort_max_utts=20000, cohort_topk=300,
                      trial_chunk_size=200000, toolkit_metrics_max_trials=5000, seed=1986,
-                     sample_rate=16000):
+                     sample_rate=16000, model=None):
     """Scores a trial list at every size; writes the reports; returns ``results``.
 
     Arguments
@@ -150,6 +151,8 @@ def score_trial_list(trials, manifests, output_folder, model_folder=None, offici
         Seed of the cohort sample.
     sample_rate : int
         Rate of an official checkpoint.
+    model : MRLEncoderClassifier, optional
+        ``model_folder`` already loaded (e.g. on another runtime); default: loaded here.
 
     Returns
     -------
@@ -162,8 +165,8 @@ def score_trial_list(trials, manifests, output_folder, model_folder=None, offici
     unknown = [k for k in norms if k not in NORMS]
     if unknown:
         raise ValueError(f"score_norm entries must be in {NORMS}, got {unknown}")
-    encoder, name, embed_options, cohort_min = load_encoder(model_folder, official_checkpoint, device,
-                                                            sample_rate)
+    encoder, name, embed_options, cohort_min = scoring_encoder(model_folder, official_checkpoint, device,
+                                                            sample_rate, model)
     fingerprint = model_fingerprint(model_folder) if model_folder else None
     dims = list(encoder.mrl_dims)
     if sizes:
