@@ -213,3 +213,19 @@ def test_documented_command_lines_use_real_options():
                         assert word.split("=")[0] in flags, f"{doc.name}: {word} in {line!r}"
                 seen += 1
     assert seen >= 5, "the README and docs show the commands"
+
+
+def test_errors_name_the_flag_not_the_python_call(model_and_voices, tmp_path):
+    """An error reaching the command line gives its advice as flags (--rebuild, --threshold),
+    not as Python (index.rebuild(...), threshold=); bad values found against the model exit 2."""
+    root, folder, _ = model_and_voices
+    index = tmp_path / "idx"
+    _run("enrol", "--model_folder", folder, "--folder", root / "speakers", "--index", index,
+         check_rc=0)
+    settings = _run("enrol", "--model_folder", folder, "--folder", root / "speakers", "--index",
+                    index, "--replace", "--first_stage", "hnsw", check_rc=1)
+    assert "--rebuild" in settings.stderr and "index.rebuild(" not in settings.stderr
+    wav = next(iter(sorted((root / "speakers").rglob("*.wav"))))
+    size = _run("verify", "--model_folder", folder, wav, wav, "--target_dim", "512", check_rc=2)
+    assert "argument --target_dim" in size.stderr and "Traceback" not in size.stderr
+    assert len(size.stderr.strip().splitlines()) == 1

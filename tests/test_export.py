@@ -460,3 +460,55 @@ def test_export_writes_any_subset_and_refuses_nothing_to_write(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "nothing to write" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+def test_runtime_openvino_embeds_as_pytorch_does(tmp_path, caplog):
+    """use_openvino (--runtime openvino): the same embeddings through every path of the model,
+    windowed long audio included; the fallback without OpenVINO is one warning."""
+    from speechbrain_mrl.export import openvino as ov
+    from speechbrain_mrl.inference import MRLEncoderClassifier
+
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    wavs = torch.stack([speaker_voice(s, 0, 1.5) for s in range(2)])
+    lens = torch.tensor([1.0, 0.6])
+    reference = model.encode_batch(wavs, lens)
+    sf.write(str(tmp_path / "a.wav"), wavs[0].numpy(), 16000)
+    file_reference = model.encode_file(tmp_path / "a.wav")
+    model.long_audio_seconds, model.window_seconds = 1.0, 0.5
+    long_reference = model.encode_batch(wavs[:1])
+    model.long_audio_seconds, model.window_seconds = 60.0, 30.0
+    assert ov.use_openvino(model, precision="fp32", folder=tmp_path / "ov") == "openvino-fp32"
+    torch.testing.assert_close(model.encode_batch(wavs, lens), reference, atol=1e-4, rtol=0)
+    torch.testing.assert_close(model.encode_file(tmp_path / "a.wav"), file_reference, atol=1e-4, rtol=0)
+
+    windowed = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    windowed.long_audio_seconds, windowed.window_seconds = 1.0, 0.5
+    ov.use_openvino(windowed, precision="fp32", folder=tmp_path / "ov2")
+    torch.testing.assert_close(windowed.encode_batch(wavs[:1]), long_reference, atol=1e-4, rtol=0)
+
+    def missing():
+        raise ModuleNotFoundError("OpenVINO deployment needs the 'openvino' package")
+
+    plain = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    with caplog.at_level("WARNING"):
+        original = ov._openvino
+        ov._openvino = missing
+        try:
+            assert ov.use_openvino(plain) == "pytorch"
+        finally:
+            ov._openvino = original
+    assert "needs the 'openvino' package" in caplog.text
+    torch.testing.assert_close(plain.encode_batch(wavs, lens), reference)
+
+
+@pytest.mark.skipif(not HAVE_OPENVINO, reason="OpenVINO is not installed (pip install -e '.[openvino]')")
+def test_runtime_flag_of_the_commands(tmp_path):
+    folder, _, _ = write_tiny_model(tmp_path / "model")
+    for name, (s, u) in {"a.wav": (0, 0), "b.wav": (0, 1)}.items():
+        sf.write(str(tmp_path / name), speaker_voice(s, u, 1.2).numpy(), 16000)
+    common = ["verify", "--model_folder", str(folder), str(tmp_path / "a.wav"), str(tmp_path / "b.wav")]
+    torch_result = cli.main(common)
+    ov_result = cli.main(common + ["--runtime", "openvino"])
+    assert abs(ov_result["score"] - torch_result["score"]) < 0.05  # bf16 where the CPU has it

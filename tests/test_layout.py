@@ -134,3 +134,23 @@ def test_api_page_is_generated_from_the_package():
     proc = subprocess.run([sys.executable, str(ROOT / "docs" / "make_api.py"), "--check"],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_the_wheel_ships_the_model_and_the_hub_templates(tmp_path):
+    """A plain (non-editable) install has the shipped model and hub_upload/'s templates."""
+    import subprocess
+    import sys
+    import zipfile
+
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                           "-q", "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    names = set(zipfile.ZipFile(next(tmp_path.glob("*.whl"))).namelist())
+    model = "speechbrain_mrl/model/pretrained/demo-sc/"
+    for name in ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt", "calibration.json",
+                 "model_info.json", "README.md"):
+        assert model + name in names, name
+    for name in ("hyperparams.yaml", "custom_interface.py", "model_card.md", "__init__.py"):
+        assert "speechbrain_mrl/templates/" + name in names, name
+    assert not any(n.startswith(("tests/", "recipes/", "hub_upload/")) for n in names)

@@ -13,6 +13,7 @@ import pytest
 
 from recipe_data import ROOT, TINY_REDIMNET, make_librispeech, voice, write_wav
 
+from speechbrain_mrl import cli
 from speechbrain_mrl.data import librispeech as ls
 from speechbrain_mrl.utils.download import ChecksumError, download
 from speechbrain_mrl.data.manifests import read_trials
@@ -153,8 +154,8 @@ def test_prepare_errors(libri, capsys):
         ls.prepare_librispeech(tmp / "data", tmp / "p", test_splits=["test-clean", "test-other"])
     # the command line: one line on error, status 1
     with pytest.raises(SystemExit) as exit_info:
-        ls.main([str(tmp / "data"), "--save_folder", str(tmp / "p"), "--train_splits",
-                 "train-clean-360"])
+        cli.run(["prepare-librispeech", str(tmp / "data"), "--save_folder", str(tmp / "p"),
+                 "--train_splits", "train-clean-360"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 1 and len(err.strip().splitlines()) == 1
     assert "error: LibriSpeech split(s) train-clean-360 not found" in err
@@ -163,10 +164,10 @@ def test_prepare_errors(libri, capsys):
 def test_command_line(libri, capsys):
     tmp, _ = libri
     with pytest.raises(SystemExit) as exit_info:
-        ls.main(["--help"])
+        cli.main(["prepare-librispeech", "--help"])
     assert exit_info.value.code == 0 and "--same_sex_nontarget" in capsys.readouterr().out
-    out = ls.main([str(tmp / "data" / "LibriSpeech"), "--save_folder", str(tmp / "p"),
-                   "--test_splits", "--n_valid_trials", "10"])
+    out = cli.main(["prepare-librispeech", str(tmp / "data" / "LibriSpeech"), "--save_folder",
+                    str(tmp / "p"), "--test_splits", "--n_valid_trials", "10"])
     assert set(out) == {"train", "dev", "valid_trials", "n_skipped"}
     assert len(read_trials(out["valid_trials"])) == 10
 

@@ -9,6 +9,7 @@ from recipe_data import make_speech_commands, make_voxceleb, voice, write_wav
 
 from speechbrain_mrl.data.audio import read_audio
 from speechbrain_mrl.data.manifests import read_trials
+from speechbrain_mrl import cli
 from speechbrain_mrl.data import speech_commands
 from speechbrain_mrl.data import preparation as common
 from speechbrain_mrl.data import voxceleb as vp
@@ -124,12 +125,13 @@ def test_prepare_voxceleb_valid_trials(vox):
 
 def test_prepare_command_lines(vox, capsys):
     tmp, folders, trials = vox
-    vp.main(folders + ["--save_folder", str(tmp / "prep"), "--verification_pairs_file", str(trials),
-                       "--dev_split", "speaker", "--valid_trials", str(tmp / "prep" / "val.txt")])
+    cli.main(["prepare-voxceleb", *folders, "--save_folder", str(tmp / "prep"),
+              "--verification_pairs_file", str(trials), "--dev_split", "speaker", "--valid_trials",
+              str(tmp / "prep" / "val.txt")])
     assert "'n_skipped': 4" in capsys.readouterr().out
     assert (tmp / "prep" / "test.csv").is_file() and read_trials(tmp / "prep" / "val.txt")
     data = make_speech_commands(tmp / "data")
-    speech_commands.main(["--data_folder", str(data), "--save_folder", str(tmp / "demo")])
+    cli.main(["prepare-demo", "--data_folder", str(data), "--save_folder", str(tmp / "demo")])
     assert (tmp / "demo" / "val_trials.txt").is_file()
 
 

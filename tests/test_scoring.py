@@ -104,7 +104,7 @@ def test_prefix_metrics_by_hand():
         dcf, _ = minDCF(s[lab == 1], s[lab == 0], p_target=0.01)
         assert got[d]["EER"] == pytest.approx(100 * eer, abs=1e-9)
         assert got[d]["threshold"] == pytest.approx(thr, abs=1e-6)
-        assert got[d]["minDCF"] == pytest.approx(dcf, abs=1e-9)
+        assert got[d]["minDCF"] == pytest.approx(dcf / 0.01, abs=1e-7)  # normalised
     # the output of resolve_trials plus an ID -> row index
     ids = [f"s{int(spk[i])}/u{i}" for i in range(12)]
     index = {u: i for i, u in enumerate(ids)}
@@ -345,9 +345,11 @@ def test_missing_files_are_reported_before_any_embedding(scoring_setup, tmp_path
         with open(tmp_path / name, "w", newline="") as f:
             csv.writer(f).writerows(rows)
     import speechbrain_mrl.inference.embeddings as embeddings
+    import speechbrain_mrl.inference.scoring as scoring
 
     calls = []
-    monkeypatch.setattr(svc, "embed_manifest", lambda *a, **k: calls.append(1) or embeddings.embed_manifest(*a, **k))
+    monkeypatch.setattr(scoring, "embed_manifest",
+                        lambda *a, **k: calls.append(1) or embeddings.embed_manifest(*a, **k))
     argv = _argv(root, tmp_path / "out", f"--model_folder={folder}")
     for name in names:
         argv = [a.replace(str(root / name), str(tmp_path / name)) for a in argv]

@@ -21,6 +21,7 @@ import os
 import sys
 import warnings
 
+from speechbrain_mrl.utils.errors import cli_message
 from speechbrain_mrl.utils.files import write_text_atomic
 
 __all__ = ["Command", "OptionError", "build_parser", "check_option", "load_model", "main", "run"]
@@ -269,7 +270,8 @@ def run(commands, argv):
     except Exception as err:  # noqa: BLE001 - every failure becomes one line
         if args.debug:
             raise
-        message = "; ".join(line.strip() for line in str(err).strip().splitlines() if line.strip())
+        message = "; ".join(line.strip() for line in cli_message(err).strip().splitlines()
+                            if line.strip())
         message = message or type(err).__name__
         if isinstance(err, KeyError):
             message = message.strip("'\"")

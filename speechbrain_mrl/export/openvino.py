@@ -255,28 +255,23 @@ class OpenVinoEncoder:
                 for k, name in enumerate(self.output_names)}
 
 
-class _OpenVinoEmbedding:
+class _OpenVinoEmbedding(torch.nn.Module):
     """What the one embedding path asks of an encoder (``embed``, sizes, ``min_samples``), on
     OpenVINO: a model's :attr:`~speechbrain_mrl.inference.interface.MRLEncoderClassifier.encoder`
     replaced by the fast runtime."""
 
     def __init__(self, runtime, encoder):
+        super().__init__()
         self.runtime = runtime
         self.embed_dim, self.mrl_dims = encoder.embed_dim, list(encoder.mrl_dims)
         self.min_samples = encoder.min_samples
         self.output = f"embedding_{encoder.embed_dim}"
-        self.training = False
+        self.eval()
 
     def embed(self, wavs, wav_lens=None, long_samples=None, window_samples=None):
         """``[B, embed_dim]`` float32 on the CPU (long audio windowed by the runtime, as configured)."""
         out = self.runtime(wavs.detach().float().cpu(), None if wav_lens is None else wav_lens.cpu())
         return torch.from_numpy(out[self.output])
-
-    def eval(self):
-        return self
-
-    def train(self, mode=True):
-        return self
 
 
 def use_openvino(model, precision="bf16", folder=None):

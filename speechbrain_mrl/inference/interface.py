@@ -38,6 +38,7 @@ from speechbrain_mrl.data.audio import AudioError, check_waveforms, load_audio, 
 from speechbrain_mrl.model.encoder import SpeechBrainEmbedding
 from speechbrain_mrl.model.folder import resolve_model_source
 from speechbrain_mrl.model.sizes import check_target_dim, check_threshold, check_thresholds
+from speechbrain_mrl.utils.errors import hinted
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class MRLEncoderClassifier(EncoderClassifier):
     Example
     -------
     >>> import tempfile
+    >>> from speechbrain_mrl.model.encoder import MRLEncoder
     >>> from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
     >>> from speechbrain_mrl.model.folder import write_model_folder
     >>> cfg = dict(F=16, C=4, stages_setup=[(1, 1, 1, [(3, 3)], 4)], group_divisor=2, embed_dim=8)
@@ -278,9 +280,11 @@ class MRLEncoderClassifier(EncoderClassifier):
         if threshold is not None:
             return check_threshold(threshold)
         if d not in self.thresholds:
-            raise ValueError(
-                f"no calibrated threshold for target_dim={d} (calibrated sizes: "
-                f"{sorted(self.thresholds)}); pass threshold= explicitly")
+            problem = (f"no calibrated threshold for target_dim={d} (calibrated sizes: "
+                       f"{sorted(self.thresholds)})")
+            raise hinted(ValueError(f"{problem}; pass threshold= explicitly"),
+                         f"{problem}: choose a calibrated size, or give --threshold where the "
+                         "command has it")
         return self.thresholds[d]
 
     # ------------------------------------------------------------ audio

@@ -46,6 +46,7 @@ import numpy as np
 from speechbrain_mrl.search.cosine import _normalised
 from speechbrain_mrl.utils.files import remove_stale_staging, staging_folder, swap_folder
 from speechbrain_mrl.model.sizes import is_int
+from speechbrain_mrl.utils.errors import hinted
 
 __all__ = ["IndexFolder", "IndexLockedError", "IndexChangedError", "IndexExistsError"]
 
@@ -232,16 +233,18 @@ class IndexFolder:
         present = target if target.exists() else _aside(target)
         exists = present.is_dir() and any(present.iterdir())
         if exists and overwrite and not (present / "index.json").exists():
-            raise ValueError(f"{target} exists and is not a speaker index (no index.json): "
-                             "it is not replaced, even with overwrite=True")
+            problem = f"{target} exists and is not a speaker index (no index.json)"
+            raise hinted(ValueError(f"{problem}: it is not replaced, even with overwrite=True"),
+                         f"{problem}: it is not replaced, even with --overwrite")
         if overwrite:
             return
         if str(target) not in self._known:
             if exists:
-                raise IndexExistsError(
-                    f"{target} already holds a speaker index that this one was not loaded "
-                    "from: load it and add to it (SpeakerIndex.load), or pass overwrite=True "
-                    "to replace it")
+                problem = f"{target} already holds a speaker index that this one was not loaded from"
+                raise hinted(IndexExistsError(
+                    f"{problem}: load it and add to it (SpeakerIndex.load), or pass "
+                    "overwrite=True to replace it"),
+                    f"{problem}: enrol into it, or add --overwrite to replace it")
             return
         if not exists:
             raise IndexChangedError(f"{target} was removed after this index read or wrote it: "

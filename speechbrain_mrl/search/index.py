@@ -39,6 +39,7 @@ from speechbrain_mrl.model.sizes import check_threshold, check_thresholds, valid
 from speechbrain_mrl.search.thresholds import (  # noqa: F401 (re-exported)
     _check_rate, _check_size, _score_at_rate, _trial_sides, calibrate_margin,
     calibrate_thresholds, cascade_verify, open_set_rates)
+from speechbrain_mrl.utils.errors import hinted
 
 __all__ = ["SpeakerIndex", "SpeakerIndexBase", "IndexLockedError", "IndexChangedError",
            "IndexExistsError", "calibrate_thresholds", "cascade_verify", "calibrate_margin",
@@ -290,10 +291,12 @@ class SpeakerIndexBase:
         """
         final_dim = self.embed_dim if final_dim is None else int(final_dim)
         if final_dim not in self.thresholds:
-            raise ValueError(
-                f"no open-set threshold for size {final_dim} (the index has "
-                f"{sorted(self.thresholds)}): calibrate one (calibrate_thresholds, "
-                "set_thresholds) or pass threshold=")
+            problem = (f"no open-set threshold for size {final_dim} (the index has "
+                       f"{sorted(self.thresholds)})")
+            raise hinted(ValueError(f"{problem}: calibrate one (calibrate_thresholds, "
+                                    "set_thresholds) or pass threshold="),
+                         f"{problem}: run 'speechbrain-mrl calibrate' on the index, or give "
+                         "--threshold a number")
         return self.thresholds[final_dim]
 
 
@@ -426,9 +429,12 @@ class SpeakerIndex(IndexFolder, SpeakerIndexBase):
             have = " and ".join(f"{n}={getattr(self, n)!r}" for n in differ)
             asked = " and ".join(repr(v) for v in differ.values())
             args = ", ".join(f"{n}={v!r}" for n, v in differ.items())
-            raise ValueError(f"the speaker index {where} has {have}, not the requested {asked}: "
-                             f"rebuild it with index.rebuild({args}) (then save), or leave the "
-                             "setting out to keep the index's")
+            problem = f"the speaker index {where} has {have}, not the requested {asked}"
+            flags = " ".join(f"--{n} {v}" for n, v in differ.items())
+            raise hinted(ValueError(f"{problem}: rebuild it with index.rebuild({args}) (then save), "
+                                    "or leave the setting out to keep the index's"),
+                         f"{problem}: add --rebuild to rebuild it with {flags}, or leave the "
+                         "option out to keep the index's")
 
     def rebuild(self, first_stage=None, dtype=None, hnsw_m=None):
         """Changes the first stage or the storage of the vectors (None: unchanged).

@@ -38,6 +38,7 @@ import numpy as np
 from speechbrain_mrl.search.cosine import _normalised
 from speechbrain_mrl.search.folder import IndexLockedError
 from speechbrain_mrl.search.index import SpeakerIndexBase, _check_dtype
+from speechbrain_mrl.utils.errors import hinted
 
 __all__ = ["QdrantSpeakerIndex", "QdrantLocation", "parse_qdrant_location", "EXTRA_HINT"]
 
@@ -235,9 +236,11 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
             name = self.location.collection
             if client.collection_exists(name):
                 if not overwrite:
-                    raise ValueError(f"{self.location.text} already exists: open it "
-                                     "(QdrantSpeakerIndex.open or open_index) and add to it, or "
-                                     "pass overwrite=True to replace it")
+                    raise hinted(ValueError(f"{self.location.text} already exists: open it "
+                                            "(QdrantSpeakerIndex.open or open_index) and add to "
+                                            "it, or pass overwrite=True to replace it"),
+                                 f"{self.location.text} already exists: enrol into it, or add "
+                                 "--overwrite to replace it")
                 client.delete_collection(name)
             client.create_collection(
                 name, vectors_config={
@@ -364,10 +367,13 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
         if first_stage is not None:
             _check_first_stage(first_stage)
             if first_stage != self.first_stage:
-                raise ValueError(f"the speaker index {self.location.text} has first_stage="
-                                 f"{self.first_stage!r}, not the requested {first_stage!r}: "
-                                 f"rebuild it with index.rebuild(first_stage={first_stage!r}), "
-                                 "or leave the setting out to keep the index's")
+                problem = (f"the speaker index {self.location.text} has first_stage="
+                           f"{self.first_stage!r}, not the requested {first_stage!r}")
+                raise hinted(ValueError(f"{problem}: rebuild it with index.rebuild(first_stage="
+                                        f"{first_stage!r}), or leave the setting out to keep the "
+                                        "index's"),
+                             f"{problem}: add --rebuild to rebuild it with --first_stage "
+                             f"{first_stage}, or leave the option out to keep the index's")
 
     def rebuild(self, first_stage=None, dtype=None, hnsw_m=None):
         """Changes the first stage (nothing is rebuilt: Qdrant keeps its HNSW graphs)."""

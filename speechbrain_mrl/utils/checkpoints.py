@@ -141,7 +141,7 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
             raise RuntimeError(f"{len(bad)} model tensors hold NaN/Inf (e.g. {bad[:4]}); no "
                                f"checkpoint saved, the last good one is in {self.checkpoints_dir}")
 
-    def save_checkpoint(self, meta=None, end_of_epoch=True, name=None, verbosity=logging.INFO):
+    def save_checkpoint(self, meta={}, end_of_epoch=True, name=None, verbosity=logging.INFO):  # noqa: B006 (SpeechBrain's signature)
         """As ``Checkpointer.save_checkpoint``, but never a model with NaN/Inf tensors, and the
         checkpoint appears only once complete."""
         self.check_finite()
@@ -149,7 +149,7 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
             for stale in self.checkpoints_dir.glob(f"{_STAGING}*"):  # from a killed save
                 shutil.rmtree(stale, ignore_errors=True)
         try:
-            saved = super().save_checkpoint(meta or {}, end_of_epoch, name, verbosity)
+            saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         except OSError as err:
             if if_main_process():
                 for staged in self.checkpoints_dir.glob(f"{_STAGING}*"):
