@@ -97,7 +97,7 @@ def test_incremental_enrol_replace_remove_equal_the_faiss_index(tmp_path):
         assert len(qdrant) == len(faiss_index) == 18
         assert qdrant.speakers == faiss_index.speakers  # enrolment order, replaced one last
         assert qdrant.counts == faiss_index.counts and qdrant.counts[-1] == 1
-        got, want = qdrant._export(), faiss_index._export()
+        got, want = qdrant.speaker_means(), faiss_index.speaker_means()
         np.testing.assert_allclose(got[2], want[2], atol=1e-6)
         assert qdrant.search(queries[:1], k=1, stages=[])[0] == [["spk0003"]]
         for stages in ([], [8], [8, 16]):
@@ -108,10 +108,10 @@ def test_incremental_enrol_replace_remove_equal_the_faiss_index(tmp_path):
 @needs_qdrant
 def test_a_collection_of_some_sizes_searches_with_those_only(both, tmp_path):
     faiss_index, _, queries = both
-    speakers, counts, vectors = faiss_index._export()
+    speakers, counts, vectors = faiss_index.speaker_means()
     location = f"qdrant+local:{tmp_path}/store/speakers"
     with QdrantSpeakerIndex(32, DIMS, location=location, sizes=[8]) as index:
-        index._put(speakers, counts, vectors)
+        index.add_speaker_means(speakers, counts, vectors)
     with open_index(location) as index:
         assert index.sizes == [8, 32]
         got = index.search(queries, k=3, stages=[8], shortlist=10)
@@ -202,6 +202,32 @@ def test_copy_a_folder_to_a_collection_and_back(tmp_path, dtype, first_stage):
         copy_index(tmp_path / "index", qdrant)
     with pytest.raises(Exception, match="already holds a speaker index"):
         copy_index(qdrant, tmp_path / "back")
+
+
+@needs_qdrant
+def test_a_copy_stopped_midway_is_refused_not_served(tmp_path, monkeypatch):
+    """Regression (issue 28): a copy-index into Qdrant killed mid-copy left a partial collection
+    that opened and searched without a warning. Now it is marked complete only at the end."""
+    ids, emb, queries = clustered_speakers(n_spk=30)
+    index = SpeakerIndex(32, DIMS, model_sha256="abc")
+    index.enrol(ids, emb)
+    index.save(tmp_path / "index")
+    qdrant = f"qdrant+local:{tmp_path}/store/speakers"
+    real = QdrantSpeakerIndex.add_speaker_means
+
+    def stopped(self, speakers, counts, means):
+        real(self, speakers[:7], counts[:7], means[:7])
+        raise KeyboardInterrupt  # as a kill after the first points
+
+    monkeypatch.setattr(QdrantSpeakerIndex, "add_speaker_means", stopped)
+    with pytest.raises(KeyboardInterrupt):
+        copy_index(tmp_path / "index", qdrant)
+    monkeypatch.setattr(QdrantSpeakerIndex, "add_speaker_means", real)
+    with pytest.raises(ValueError, match="incomplete copy.*overwrite"):
+        open_index(qdrant)
+    assert copy_index(tmp_path / "index", qdrant, overwrite=True)["speakers"] == 30
+    with open_index(qdrant, model_sha256="abc") as copy:
+        assert copy.speakers == index.speakers
 
 
 @needs_qdrant

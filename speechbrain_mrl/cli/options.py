@@ -144,9 +144,19 @@ def model_options():
     return p
 
 
+def index_location(text):
+    """An index location, parsed once for the whole command (a bad ``qdrant...`` form: exit 2)."""
+    from speechbrain_mrl.search.locations import index_location as parse
+
+    try:
+        return parse(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def index_options(lock=False):
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--index", required=True,
+    p.add_argument("--index", required=True, type=index_location,
                    help="speaker index: a folder (FAISS), qdrant://HOST:PORT/COLLECTION (a "
                         "Qdrant server) or qdrant+local:DIR/COLLECTION (Qdrant local mode)")
     if lock:

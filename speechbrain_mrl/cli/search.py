@@ -28,7 +28,7 @@ from speechbrain_mrl.inference.embeddings import embed_manifest
 from speechbrain_mrl.search.locations import (copy_index, index_exists, index_for_model, open_index,
                                      writing_index)
 from speechbrain_mrl.cli.options import (Command, add_sources, check_option, finite_float,
-                                         index_options, load_model, model_options, positive_int, rate,
+                                         index_location, index_options, load_model, model_options, positive_int, rate,
                                          size_list, threshold_or_index)
 from speechbrain_mrl.model.sizes import check_target_dim
 from speechbrain_mrl.search.cosine import _prefix_cosine
@@ -85,8 +85,7 @@ def enrol(args):
     model = load_model(args)
     ids, emb = embed(model, rows, args, desc="enrol")
     settings = {k: v for k, v in (("first_stage", args.first_stage), ("dtype", args.dtype)) if v}
-    with writing_index(args.index, sha, lambda: index_for_model(args.index, model,
-                                                                args.model_folder, **settings),
+    with writing_index(args.index, sha, lambda: index_for_model(args.index, model, sha, **settings),
                        args.lock_timeout) as index:
         if args.rebuild:
             index.rebuild(first_stage=args.first_stage, dtype=args.dtype)
@@ -372,9 +371,10 @@ def _locked_index():
 
 
 def _copy_arguments(p):
-    p.add_argument("source", help="the index to copy: a folder, qdrant://HOST:PORT/COLLECTION "
+    p.add_argument("source", type=index_location,
+                   help="the index to copy: a folder, qdrant://HOST:PORT/COLLECTION "
                                   "or qdrant+local:DIR/COLLECTION")
-    p.add_argument("dest", help="where the copy goes (same forms)")
+    p.add_argument("dest", type=index_location, help="where the copy goes (same forms)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an index that is already at dest")
     p.add_argument("--lock_timeout", type=finite_float, default=60.0,
@@ -384,7 +384,7 @@ def _copy_arguments(p):
 COMMANDS = {
     "enrol": Command("enrol speakers into a speaker index (created if absent)", _enrol_arguments,
                      enrol, (model_options, _locked_index),
-                     lambda args, index: {"index": args.index, "speakers": len(index.speakers)}),
+                     lambda args, index: {"index": str(args.index), "speakers": len(index.speakers)}),
     "identify": Command("top-k enrolled speakers of each recording", _identify_arguments,
                         identify, (model_options, index_options)),
     "verify": Command("are two recordings of the same speaker?", _verify_arguments, verify,

@@ -194,18 +194,21 @@ class SpeakerIndexBase:
         return q, k, stages, sizes, final_dim
 
     @classmethod
-    def for_model(cls, model, model_folder=None, **kwargs):
+    def for_model(cls, model, model_folder=None, model_sha256=None, **kwargs):
         """An empty index for the sizes of an ``MRLEncoderClassifier``.
 
         ``model_folder`` (the folder the model was loaded from) records its
-        fingerprint, which opening the index then checks; the model's calibrated
+        fingerprint, which opening the index then checks (``model_sha256``: that
+        fingerprint, when the caller has it already); the model's calibrated
         (1:1 verification) thresholds become the open-set thresholds, unless
         ``thresholds`` is given; ``kwargs`` go to the constructor
         (``first_stage``, ``dtype``, ``location``, ...).
         """
         from speechbrain_mrl.model.folder import model_fingerprint
 
-        sha = model_fingerprint(model_folder) if model_folder is not None else None
+        sha = model_sha256
+        if sha is None and model_folder is not None:
+            sha = model_fingerprint(model_folder)
         if "thresholds" not in kwargs:
             kwargs.update(thresholds=getattr(model, "thresholds", None),
                           thresholds_for="verification")
@@ -508,9 +511,9 @@ class SpeakerIndex(IndexFolder, SpeakerIndexBase):
                              "re-enrol them)")
         if known:
             self.remove(sorted(known))
-        self._put(*self._speaker_means(ids, x))
+        self.add_speaker_means(*self._speaker_means(ids, x))
 
-    def _put(self, speakers, counts, means):
+    def add_speaker_means(self, speakers, counts, means):
         """Appends speakers that are not enrolled, with their counts and mean vectors."""
         means = np.asarray(means).astype(self.dtype)
         before = len(self)
@@ -519,7 +522,7 @@ class SpeakerIndex(IndexFolder, SpeakerIndexBase):
         self._vectors = np.concatenate([np.asarray(self._vectors), means])
         self._add_to_stages(means, before)
 
-    def _export(self):
+    def speaker_means(self):
         """``(speakers, counts, mean vectors float32 [N, D])`` in enrolment order."""
         return list(self.speakers), list(self.counts), np.asarray(self._vectors, np.float32)
 

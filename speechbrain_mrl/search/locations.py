@@ -21,7 +21,8 @@ import numpy as np
 from speechbrain_mrl.search.qdrant import parse_qdrant_location
 from speechbrain_mrl.search.index import SpeakerIndex
 
-__all__ = ["open_index", "index_exists", "index_for_model", "writing_index", "copy_index"]
+__all__ = ["index_location", "open_index", "index_exists", "index_for_model", "writing_index",
+           "copy_index"]
 
 #: The settings of an index folder that a Qdrant copy keeps, so that a copy back restores them.
 FAISS_SETTINGS = ("first_stage", "dtype", "hnsw_m", "ivf_nprobe", "hnsw_ef")
@@ -36,6 +37,23 @@ def _qdrant_index():
 def _not_found(location):
     return FileNotFoundError(f"speaker index not found: {location} (create it with "
                              "'speechbrain-mrl enrol')")
+
+
+def index_location(location):
+    """A location parsed once: a :class:`~speechbrain_mrl.search.qdrant.QdrantLocation`, or the
+    index folder's path. Every function here takes either form.
+
+    Raises
+    ------
+    ValueError
+        A ``qdrant...`` location of no known form.
+
+    Example
+    -------
+    >>> str(index_location("qdrant+local:store/speakers")), index_location("idx/")
+    ('qdrant+local:store/speakers', PosixPath('idx'))
+    """
+    return parse_qdrant_location(location) or pathlib.Path(location)
 
 
 def index_exists(location):
@@ -104,20 +122,21 @@ def open_index(location, model_sha256=None, mmap=True):
     return SpeakerIndex.load(location, model_sha256, mmap=mmap)
 
 
-def index_for_model(location, model, model_folder=None, **settings):
+def index_for_model(location, model, model_sha256=None, **settings):
     """A new, empty index at ``location`` for the sizes of an ``MRLEncoderClassifier``.
 
     An index folder is written by its first save; a Qdrant collection is created
-    now. ``settings`` go to the index class (``first_stage``, ``dtype``, ...).
+    now. ``model_sha256`` is the model folder's fingerprint (recorded; opening checks it);
+    ``settings`` go to the index class (``first_stage``, ``dtype``, ...).
     """
     qdrant = parse_qdrant_location(location)
     if qdrant is None:
-        return SpeakerIndex.for_model(model, model_folder, **settings)
+        return SpeakerIndex.for_model(model, model_sha256=model_sha256, **settings)
     settings = dict(settings)
     if settings.pop("dtype", None) not in (None, "float32"):
         raise ValueError(f"{location} would store float32 vectors: --dtype float16 needs an "
                          "index folder")
-    return _qdrant_index().for_model(model, model_folder, location=qdrant, **settings)
+    return _qdrant_index().for_model(model, model_sha256=model_sha256, location=qdrant, **settings)
 
 
 @contextlib.contextmanager
@@ -171,6 +190,11 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
     vectors (to float32 rounding, or float16 when either side stores float16),
     the sizes, the model fingerprint and the thresholds. An index folder copied
     to Qdrant keeps its FAISS settings in the collection, so a copy back has them.
+    A folder copy appears whole or not at all (staged); a collection is marked complete
+    only after its last speaker, and an incomplete one (a copy killed midway) is refused
+    when opened. With ``overwrite`` the old collection is dropped first: killed midway,
+    neither the old one nor an usable copy remains (copy to a new name to keep the old one
+    until the copy is done).
 
     Arguments
     ---------
@@ -206,10 +230,10 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
     >>> SpeakerIndex.load(root / "back", model_sha256="abc").thresholds
     {8: 0.5}
     """
-    if os.fspath(source) == os.fspath(dest):
+    if str(source) == str(dest):
         raise ValueError(f"copy_index: the source and the destination are both {source}")
     with open_index(source) as src:
-        speakers, counts, vectors = src._export()
+        speakers, counts, vectors = src.speaker_means()
         common = dict(embed_dim=src.embed_dim, mrl_dims=src.mrl_dims,
                       model_sha256=src.model_sha256, thresholds=src.thresholds,
                       thresholds_for=src.thresholds_for)
@@ -223,15 +247,16 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
     if qdrant is not None:
         if qdrant_settings["first_stage"] not in ("flat", "hnsw"):
             qdrant_settings["first_stage"] = "hnsw"  # an IVF first stage: the graph instead
-        with _qdrant_index()(**common, location=qdrant, overwrite=overwrite,
+        with _qdrant_index()(**common, location=qdrant, overwrite=overwrite, complete=False,
                              faiss_settings=faiss, **qdrant_settings) as copy:
-            copy._put(speakers, counts, vectors)
+            copy.add_speaker_means(speakers, counts, vectors)
+            copy.mark_complete()
     else:
         copy = SpeakerIndex(**common, **faiss)
-        copy._put(speakers, counts, vectors)
+        copy.add_speaker_means(speakers, counts, vectors)
         copy.save(dest, overwrite=overwrite, lock_timeout=lock_timeout)
     with open_index(dest) as check:
-        got = check._export()
+        got = check.speaker_means()
         meta = dict(embed_dim=check.embed_dim, mrl_dims=check.mrl_dims,
                     model_sha256=check.model_sha256, thresholds=check.thresholds,
                     thresholds_for=check.thresholds_for)
@@ -249,5 +274,5 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
                  if meta[name] != value]
     if problems:
         raise ValueError(f"the copy {dest} of {source} differs from it: {', '.join(problems)}")
-    return {"source": os.fspath(source), "dest": os.fspath(dest), "speakers": len(speakers),
+    return {"source": str(source), "dest": str(dest), "speakers": len(speakers),
             "max_abs_difference": difference, "tolerance": tolerance}

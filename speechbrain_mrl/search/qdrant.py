@@ -51,8 +51,14 @@ FIRST_STAGES = ("flat", "hnsw")
 SPEAKER_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/speechbrain-mrl/speaker")
 BATCH = 256  # points per upsert, queries per batch request, points per scroll page
 
-#: Where a Qdrant collection is: ``url`` (a server) or ``path`` (local mode), and its name.
-QdrantLocation = collections.namedtuple("QdrantLocation", ["text", "url", "path", "collection"])
+class QdrantLocation(collections.namedtuple("QdrantLocation", ["text", "url", "path", "collection"])):
+    """Where a Qdrant collection is: ``url`` (a server) or ``path`` (local mode), and its name;
+    written as the user wrote it (``text``)."""
+
+    __slots__ = ()
+
+    def __str__(self):
+        return self.text
 
 _SCHEMES = {"qdrant://": "http://", "qdrant+https://": "https://"}
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -220,13 +226,14 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
     def __init__(self, embed_dim, mrl_dims, model_sha256=None, thresholds=None,
                  thresholds_for="identification", *, location, first_stage="hnsw", hnsw_ef=256,
                  overwrite=False, faiss_settings=None, sizes=None, vector_options=None,
-                 collection_options=None):
+                 collection_options=None, complete=True):
         _check_first_stage(first_stage)
         self._client = None
         self._init_common(embed_dim, mrl_dims, model_sha256, thresholds, thresholds_for)
         self.sizes = self._checked_sizes(self.mrl_dims if sizes is None else sizes)
         self.first_stage, self.hnsw_ef = first_stage, int(hnsw_ef)
         self.faiss_settings = dict(faiss_settings or {})
+        self.complete = bool(complete)
         self.location = _as_location(location)
         _, models = _qdrant()
         if vector_options is None:
@@ -290,6 +297,12 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
                 raise ValueError(f"{location.text} is not a speaker index of this version (its "
                                  f"collection metadata has no {METADATA_KEY!r} of format "
                                  f"{FORMAT_VERSION})")
+            if meta.get("complete") is False:
+                raise hinted(ValueError(
+                    f"{location.text} is an incomplete copy (its copy_index stopped before the "
+                    "end): copy it again with overwrite=True"),
+                    f"{location.text} is an incomplete copy (its copy-index stopped before the "
+                    "end): copy it again with --overwrite")
             cls._refuse_other_model(location.text, meta.get("model_sha256"), model_sha256)
             index = cls.__new__(cls)
             index._client = None
@@ -312,6 +325,7 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
             raise
         index.first_stage, index.hnsw_ef = meta["first_stage"], int(meta.get("hnsw_ef", 256))
         index.faiss_settings = dict(meta.get("faiss") or {})
+        index.complete = True  # an incomplete copy was refused above
         index.location, index._client = location, client
         return index
 
@@ -341,7 +355,14 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
                 "mrl_dims": self.mrl_dims, "model_sha256": self.model_sha256,
                 "thresholds": {str(d): t for d, t in self.thresholds.items()},
                 "thresholds_for": self.thresholds_for, "first_stage": self.first_stage,
-                "hnsw_ef": self.hnsw_ef, "sizes": self.sizes, "faiss": self.faiss_settings}
+                "hnsw_ef": self.hnsw_ef, "sizes": self.sizes, "faiss": self.faiss_settings,
+                "complete": self.complete}
+
+    def mark_complete(self):
+        """Records that the collection holds every speaker it was created for (a copy opened
+        before this is refused, see :meth:`open`)."""
+        self.complete = True
+        self._write_metadata()
 
     def _write_metadata(self):
         self._live_client().update_collection(self.location.collection,
@@ -410,7 +431,7 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
         """Utterances enrolled per speaker, in the order of :attr:`speakers`."""
         return [int(r.payload["count"]) for r in self._scroll()]
 
-    def _export(self):
+    def speaker_means(self):
         """``(speakers, counts, mean vectors float32 [N, D])`` in enrolment order."""
         records = self._scroll(vectors=True)
         full = _vector_name(self.embed_dim)
@@ -439,9 +460,9 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
         if known and not replace:
             raise ValueError(f"speakers already enrolled: {sorted(known)[:5]} (replace=True to "
                              "re-enrol them)")
-        self._put(*self._speaker_means(ids, x))
+        self.add_speaker_means(*self._speaker_means(ids, x))
 
-    def _put(self, speakers, counts, means):
+    def add_speaker_means(self, speakers, counts, means):
         """Writes speakers with their counts and mean vectors (points of the same IDs are
         overwritten), in enrolment order after those enrolled."""
         _, models = _qdrant()
