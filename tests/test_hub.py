@@ -327,3 +327,25 @@ def test_hub_upload_script_is_the_package_command(hub, tmp_path):
     assert sorted(p.name for p in dest.iterdir()) == sorted(files)
     for name in files:
         assert (dest / name).read_bytes() == (out / name).read_bytes(), name
+
+
+def test_pyannote_takes_our_model_as_its_speaker_embedding(hub):
+    """pyannote.audio's speaker-embedding interface over a model folder: the same embedding
+    as ours, masks honoured (a masked tail is padding)."""
+    pytest.importorskip("pyannote.audio", reason="pyannote.audio is not installed "
+                        '(pip install "speechbrain-mrl[pyannote]")')
+    import numpy as np
+
+    from speechbrain_mrl.inference.pyannote import pyannote_embedding
+
+    root, out, _, lobe, head = hub
+    embedding = pyannote_embedding(out)
+    assert (embedding.sample_rate, embedding.dimension, embedding.metric) == (16000, max(MRL_DIMS), "cosine")
+    assert embedding.min_num_samples <= 400
+    wavs = torch.stack([speaker_voice(s, 2, 1.0) for s in range(3)])[:, None]
+    masks = torch.ones(3, wavs.shape[-1])
+    masks[1, 11000:] = 0
+    got = embedding(wavs, masks=masks)
+    ref = reference_embedding(lobe, head, wavs[1:2, 0, :11000])[0].numpy()
+    assert got.shape == (3, max(MRL_DIMS)) and np.isfinite(got).all()
+    assert float(got[1] @ ref / np.linalg.norm(got[1]) / np.linalg.norm(ref)) > 0.9999
