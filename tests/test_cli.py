@@ -229,3 +229,17 @@ def test_errors_name_the_flag_not_the_python_call(model_and_voices, tmp_path):
     size = _run("verify", "--model_folder", folder, wav, wav, "--target_dim", "512", check_rc=2)
     assert "argument --target_dim" in size.stderr and "Traceback" not in size.stderr
     assert len(size.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [
+    ["verify", "--model_folder", "m", "a.wav", "b.wav", "--threshold", "-5"],
+    ["identify", "--model_folder", "m", "--index", "i", "--files", "a.wav", "--threshold", "5"],
+    ["enrol", "--model_folder", "m", "--index", "i", "--files", "a.wav", "--lock_timeout", "-1"],
+    ["enrol", "--model_folder", "m", "--index", "qdrant+local:", "--files", "a.wav"],
+])
+def test_values_no_cosine_or_clock_can_take_exit_2(argv, capsys):
+    """Regression (issue 28): thresholds outside [-1, 1], a negative lock timeout and a
+    malformed Qdrant location were accepted."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.build_parser().parse_args(argv)
+    assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err

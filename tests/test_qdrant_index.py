@@ -75,7 +75,7 @@ def test_open_set_identification_equals_the_faiss_index(both):
         np.testing.assert_allclose([c for row in got for _, c in row],
                                    [c for row in want for _, c in row], atol=1e-5)
         assert any(len(g) < 3 for g in got) and any(g for g in got)  # the threshold decides
-    assert all(g == [] for g in qdrant.identify(queries, k=1, threshold=1.01))
+    assert all(g == [] for g in qdrant.identify(queries, k=1, threshold=1.0))
     with pytest.raises(ValueError, match="no open-set threshold for size 8"):
         qdrant.identify(queries, k=1, final_dim=8)
 

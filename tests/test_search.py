@@ -149,7 +149,9 @@ def test_open_set_identification_with_thresholds_per_size(tmp_path):
         want = [[(s, float(c)) for s, c in zip(f, sc) if c >= threshold]
                 for f, sc in zip(found, scores)]
         assert got == want and any(len(g) < 3 for g in got) and any(g for g in got)
-    assert all(g == [] for g in index.identify(queries, k=1, threshold=1.01))
+    assert all(g == [] for g in index.identify(queries, k=1, threshold=1.0))
+    with pytest.raises(ValueError, match=r"cosine in \[-1, 1\]"):  # no cosine reaches it
+        index.identify(queries, k=1, threshold=1.01)
     loaded = SpeakerIndex.load(index.save(tmp_path / "index"))
     assert loaded.thresholds == {16: 0.5, 32: 0.6}
 
@@ -223,7 +225,7 @@ def test_enrol_identify_evaluate_commands(tmp_path, capsys, caplog):
     saved = json.loads((tmp_path / "id.json").read_text())
     assert saved == json.loads(json.dumps(out))
     above = cli.main(["identify", "--model_folder", str(folder), "--index", str(index_dir),
-                             "--files", *files, "--threshold", "2.0"])  # above any cosine
+                             "--files", *files, "--threshold", "1.0"])  # above these cosines
     assert all(v == [] for v in above.values()) and "unknown speaker" in capsys.readouterr().out
     # the index starts with the model's calibrated thresholds; calibrate replaces them
     assert SpeakerIndex.load(index_dir).thresholds == THRESHOLDS

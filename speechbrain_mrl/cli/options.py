@@ -87,9 +87,25 @@ def positive_int(text):
     return value
 
 
+def cosine(text):
+    """A cosine threshold: a number in [-1, 1]."""
+    value = finite_float(text)
+    if not -1.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be a cosine in [-1, 1], got {text!r}")
+    return value
+
+
+def non_negative(text):
+    """A finite number of at least 0 (seconds)."""
+    value = finite_float(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
 def threshold_or_index(text):
-    """A finite cosine threshold, or ``index`` (the index's own threshold)."""
-    return "index" if text == "index" else finite_float(text)
+    """A cosine threshold in [-1, 1], or ``index`` (the index's own threshold)."""
+    return "index" if text == "index" else cosine(text)
 
 
 def size_list(text):
@@ -160,7 +176,7 @@ def index_options(lock=False):
                    help="speaker index: a folder (FAISS), qdrant://HOST:PORT/COLLECTION (a "
                         "Qdrant server) or qdrant+local:DIR/COLLECTION (Qdrant local mode)")
     if lock:
-        p.add_argument("--lock_timeout", type=finite_float, default=60.0,
+        p.add_argument("--lock_timeout", type=non_negative, default=60.0,
                        help="seconds to wait for another process writing the index")
     return p
 

@@ -27,9 +27,9 @@ from speechbrain_mrl.data.manifests import check_audio_files, read_trial_list
 from speechbrain_mrl.inference.embeddings import embed_manifest
 from speechbrain_mrl.search.locations import (copy_index, index_exists, index_for_model, open_index,
                                      writing_index)
-from speechbrain_mrl.cli.options import (Command, add_sources, check_option, finite_float,
-                                         index_location, index_options, load_model, model_options, positive_int, rate,
-                                         size_list, threshold_or_index)
+from speechbrain_mrl.cli.options import (Command, add_sources, check_option, cosine, index_location,
+                                         index_options, load_model, model_options, non_negative,
+                                         positive_int, rate, size_list, threshold_or_index)
 from speechbrain_mrl.model.sizes import check_target_dim
 from speechbrain_mrl.search.cosine import _prefix_cosine
 from speechbrain_mrl.utils.metrics import verification_metrics
@@ -325,7 +325,7 @@ def _verify_arguments(p):
     p.add_argument("test_file", help="second recording")
     p.add_argument("--target_dim", type=positive_int, default=None,
                    help="embedding size (default: full size)")
-    p.add_argument("--threshold", type=finite_float, default=None,
+    p.add_argument("--threshold", type=cosine, default=None,
                    help="cosine threshold (default: the model's calibrated one for --target_dim)")
 
 
@@ -377,7 +377,7 @@ def _copy_arguments(p):
     p.add_argument("dest", type=index_location, help="where the copy goes (same forms)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an index that is already at dest")
-    p.add_argument("--lock_timeout", type=finite_float, default=60.0,
+    p.add_argument("--lock_timeout", type=non_negative, default=60.0,
                    help="seconds to wait for another process writing a destination folder")
 
 

@@ -140,7 +140,8 @@ def check_target_dim(target_dim, embed_dim):
 
 
 def check_threshold(value, name="threshold"):
-    """One cosine threshold as a finite float: NaN/Inf, booleans and non-numbers refused.
+    """One cosine threshold as a float in [-1, 1]: NaN/Inf, booleans, non-numbers and values
+    no cosine can reach refused.
 
     Arguments
     ---------
@@ -161,6 +162,10 @@ def check_threshold(value, name="threshold"):
     Traceback (most recent call last):
      ...
     ValueError: threshold must be a finite number, got inf
+    >>> check_threshold(5)
+    Traceback (most recent call last):
+     ...
+    ValueError: threshold must be a cosine in [-1, 1], got 5.0
     """
     number = value
     if not isinstance(number, numbers.Real) and hasattr(number, "item"):  # a tensor or array
@@ -169,6 +174,8 @@ def check_threshold(value, name="threshold"):
     if (isinstance(number, bool) or type(number).__name__ == "bool_"
             or not isinstance(number, numbers.Real) or not math.isfinite(number)):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if not -1.0 <= float(number) <= 1.0:
+        raise ValueError(f"{name} must be a cosine in [-1, 1], got {float(number)!r}")
     return float(number)
 
 
