@@ -1,0 +1,242 @@
+"""Loading the official ReDimNet2 checkpoints (PalabraAI/redimnet2 releases).
+
+A released file ``{model}-{dataset}-{train_type}.pt`` (e.g. ``b2-vox2-lm.pt``,
+``b6-vb2+vox2_v0-lm.pt``) is a dict ``{'model_config': ..., 'state_dict': ...}``
+holding the keyword arguments and the state dict of the official
+``ReDimNet2Wrap``. :func:`load_official_redimnet2` builds an
+:class:`~speechbrain_mrl.model.encoder.MRLEncoder` (front end + ReDimNet2 lobe,
+no Matryoshka head) from the file's own config and checks that every tensor is
+present and fits; :func:`save_official_redimnet2` writes one back in that
+format. The lobe's state-dict keys are the official ones; the front end's
+``spec.*`` buffers map to those of
+:class:`~speechbrain_mrl.model.features.ReDimNetFbank` (``feat_type='pt'``) or
+:class:`~speechbrain_mrl.model.features_tf.TFMelFbank` (``feat_type='tf'``).
+
+Authors
+-------
+ * speechbrain-mrl developers
+"""
+import os
+import pathlib
+import re
+
+import torch
+
+from speechbrain_mrl.utils.download import download
+from speechbrain_mrl.utils.files import save_torch_atomic
+from speechbrain_mrl.model.encoder import MRLEncoder
+from speechbrain_mrl.model.features_tf import TFMelFbank
+from speechbrain_mrl.model.redimnet import plain_config
+from speechbrain_mrl.model.redimnet2 import ReDimNet2, redimnet2_config, redimnet2_frontend
+
+__all__ = [
+    "load_official_redimnet2",
+    "save_official_redimnet2",
+    "read_official_redimnet2",
+    "resolve_official_redimnet2",
+    "redimnet2_encoder",
+    "official2_state_dict",
+    "OFFICIAL2_BASE_URL",
+    "RELEASE2_NAME_PATTERN",
+    "RELEASE2_SHA256",
+]
+
+#: Where the official releases are downloaded from (``{base}/{name}.pt``).
+#: Overridable per call (``base_url=``) or with ``$REDIMNET2_BASE_URL``.
+OFFICIAL2_BASE_URL = "https://github.com/PalabraAI/redimnet2/releases/download/v1.0.0"
+#: ``{model}-{dataset}-{train_type}``, e.g. ``b2-vox2-lm`` or ``b6-vb2+vox2_v0-ptn``.
+RELEASE2_NAME_PATTERN = re.compile(r"^(b[0-6])-([A-Za-z0-9_+]+)-([A-Za-z0-9_]+)$")
+#: Known SHA-256 of released files by name; a download of a listed name that differs is
+#: refused. Empty: no checksum of the releases has been recorded yet.
+RELEASE2_SHA256 = {}
+_DEFAULT_CACHE = pathlib.Path(
+    os.environ.get("REDIMNET2_CACHE", pathlib.Path.home() / ".cache" / "speechbrain_mrl" / "redimnet2")
+)
+#: Official ``spec.*`` key -> buffer of :class:`ReDimNetFbank` (``feat_type='pt'``).
+PT_SPEC_KEYS = {
+    "spec.torchfbank.1.flipped_filter": "preemph_filter",
+    "spec.torchfbank.2.spectrogram.window": "window",
+    "spec.torchfbank.2.mel_scale.fb": "mel_fb",
+}
+
+
+def _spec_keys(frontend):
+    return TFMelFbank.OFFICIAL_KEYS if isinstance(frontend, TFMelFbank) else PT_SPEC_KEYS
+
+
+def redimnet2_encoder(config="r2-b2", mrl_head=None):
+    """An :class:`MRLEncoder` (front end + :class:`ReDimNet2`) from a preset or ``model_config``.
+
+    Example
+    -------
+    >>> enc = redimnet2_encoder(dict(F=16, C=4, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)],
+    ...                              embed_dim=8)).eval()
+    >>> enc(torch.randn(2, 8000), torch.tensor([1.0, 0.6])).shape
+    torch.Size([2, 8])
+    """
+    cfg = redimnet2_config(config)
+    lobe = ReDimNet2(**cfg)
+    return MRLEncoder(redimnet2_frontend(cfg), lobe, mrl_head)
+
+
+def official2_state_dict(encoder):
+    """A ReDimNet2 :class:`MRLEncoder`'s weights under the official key names (``spec.*`` included).
+
+    Example
+    -------
+    >>> enc = redimnet2_encoder(dict(F=16, C=4, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)]))
+    >>> sorted(official2_state_dict(enc))[-1]
+    'spec.torchfbank.2.spectrogram.window'
+    """
+    sd = dict(encoder.embedding_model.state_dict())
+    fbank = encoder.compute_features.state_dict()
+    for official, ours in _spec_keys(encoder.compute_features).items():
+        sd[official] = fbank[ours]
+    return sd
+
+
+def _split_state_dict(encoder, official_sd):
+    """``(fbank_state, lobe_state)`` of an official state dict, checked against ``encoder``."""
+    expected = {k: tuple(v.shape) for k, v in official2_state_dict(encoder).items()}
+    missing = [k for k in expected if k not in official_sd]
+    unexpected = [k for k in official_sd if k not in expected]
+    mismatched = []
+    for key, shape in expected.items():
+        value = official_sd.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, torch.Tensor):
+            mismatched.append(f"{key}: not a tensor ({type(value).__name__})")
+        elif tuple(value.shape) != shape:
+            mismatched.append(f"{key}: checkpoint {tuple(value.shape)} vs model {shape}")
+    problems = [f"{what}: {keys}" for what, keys in (("missing keys", missing),
+                                                      ("unexpected keys", unexpected),
+                                                      ("mismatched shapes", mismatched)) if keys]
+    if problems:
+        raise ValueError("the state dict does not fit the ReDimNet2 built from its model_config; "
+                         + "; ".join(problems))
+    spec = _spec_keys(encoder.compute_features)
+    fbank_state = {ours: official_sd[off] for off, ours in spec.items()}
+    lobe_state = {k: v for k, v in official_sd.items() if k not in spec}
+    return fbank_state, lobe_state
+
+
+def read_official_redimnet2(path):
+    """Reads an official ReDimNet2 checkpoint safely (``weights_only=True``).
+
+    Returns
+    -------
+    tuple
+        ``(model_config, state_dict)``; tuples in the config become lists.
+
+    Raises
+    ------
+    ValueError
+        If the file is unreadable or not a ``{'model_config', 'state_dict'}`` dict.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - re-raised with context
+        raise ValueError(f"{path} is not a readable ReDimNet2 checkpoint: {err}") from err
+    if not isinstance(ckpt, dict) or not {"model_config", "state_dict"} <= set(ckpt):
+        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not an official ReDimNet2 checkpoint: expected a dict with "
+                         f"'model_config' and 'state_dict', found {found}")
+    if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["state_dict"], dict):
+        raise ValueError(f"{path}: 'model_config' and 'state_dict' must both be dicts")
+    return plain_config(ckpt["model_config"]), ckpt["state_dict"]
+
+
+def resolve_official_redimnet2(source, savedir=None, base_url=None):
+    """Local path of an official ReDimNet2 checkpoint, downloading a release name once.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        Existing file path, or a release name ``{model}-{dataset}-{train_type}``
+        (``.pt`` optional), e.g. ``b2-vox2-lm``.
+    savedir : str or os.PathLike, optional
+        Cache folder (default ``$REDIMNET2_CACHE`` or ``~/.cache/speechbrain_mrl/redimnet2``).
+    base_url : str, optional
+        Release URL prefix (default ``$REDIMNET2_BASE_URL`` or :data:`OFFICIAL2_BASE_URL`).
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = pathlib.Path(source)
+    if path.is_file():
+        return path
+    name = str(source)
+    if name.endswith(".pt"):
+        name = name[:-3]
+    if os.sep in name or "/" in name or not RELEASE2_NAME_PATTERN.match(name):
+        raise ValueError(
+            f"{source!r} is neither an existing file nor an official ReDimNet2 release name of the "
+            "form '{model}-{dataset}-{train_type}' (model b0..b6, e.g. 'b2-vox2-lm', "
+            "'b6-vb2+vox2_v0-lm')"
+        )
+    cache = pathlib.Path(savedir) if savedir is not None else _DEFAULT_CACHE
+    dest = cache / f"{name}.pt"
+    if dest.is_file():
+        return dest
+    base = base_url or os.environ.get("REDIMNET2_BASE_URL") or OFFICIAL2_BASE_URL
+    return download(f"{base.rstrip('/')}/{name}.pt", dest, sha256=RELEASE2_SHA256.get(name), hint=(
+        f"download {name}.pt yourself and pass its path instead of the release name"))
+
+
+def load_official_redimnet2(source, savedir=None, base_url=None, map_location="cpu"):
+    """Builds an :class:`MRLEncoder` (no Matryoshka head) from an official ReDimNet2 checkpoint.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        Path to an official ``.pt`` file (read offline) or a release name such as
+        ``b2-vox2-lm`` (downloaded once into ``savedir``).
+    savedir : str or os.PathLike, optional
+        Download cache folder.
+    base_url : str, optional
+        Overrides the release URL prefix (see :func:`resolve_official_redimnet2`).
+    map_location : str or torch.device
+        Device of the returned model.
+
+    Returns
+    -------
+    MRLEncoder
+        In ``eval()`` mode; its lobe's ``model_config`` is the checkpoint's (completed
+        with the official defaults, lists instead of tuples).
+
+    Raises
+    ------
+    ValueError
+        Not a checkpoint, bad release name, an option this code cannot build, or a
+        state dict that does not fit (the message names the keys).
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> enc = redimnet2_encoder(dict(F=16, C=4, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)]))
+    >>> path = save_official_redimnet2(enc, os.path.join(tempfile.mkdtemp(), "tiny.pt"))
+    >>> loaded = load_official_redimnet2(path)
+    >>> loaded.embed_dim, loaded.training, type(loaded.embedding_model).__name__
+    (192, False, 'ReDimNet2')
+    """
+    path = resolve_official_redimnet2(source, savedir, base_url)
+    config, state_dict = read_official_redimnet2(path)
+    encoder = redimnet2_encoder(config)
+    fbank_state, lobe_state = _split_state_dict(encoder, state_dict)
+    encoder.compute_features.load_state_dict(fbank_state, strict=True)
+    encoder.embedding_model.load_state_dict(lobe_state, strict=True)
+    return encoder.to(map_location).eval()
+
+
+def save_official_redimnet2(encoder, path):
+    """Writes a ReDimNet2 :class:`MRLEncoder`'s front end and lobe as an official checkpoint.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    state = {k: v.detach().cpu().clone() for k, v in official2_state_dict(encoder).items()}
+    return save_torch_atomic({"model_config": plain_config(encoder.model_config),
+                              "state_dict": state}, path)
