@@ -29,6 +29,7 @@ import shutil
 from huggingface_hub import CommitOperationAdd, HfApi, get_session
 
 from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
+from speechbrain_mrl.utils.json_files import read_json
 from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, shorten_paths
 
 #: What a hub repository receives beside the model folder: the repository's hub_upload/.
@@ -94,7 +95,7 @@ def read_results(scores):
         path = path / "results.json"
     if not path.is_file():
         raise FileNotFoundError(f"scoring results not found: {path}")
-    data = json.loads(path.read_text())
+    data = read_json(path)
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected {{'<dim>': {{'EER': ..}}}}")
     for dim, res in data.items():
@@ -112,7 +113,7 @@ def read_results(scores):
                     raise ValueError(f"{path}: {name} ({kind}) of size {dim} is {value!r}, not a "
                                      "finite number; score the model again")
     info_path = path.parent / "scoring_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info = read_json(info_path) if info_path.is_file() else {}
     return data, info
 
 
@@ -325,8 +326,8 @@ def build_hub_folder(recipe_output, scores, out, repo_id=None, official_scores=N
     results, scoring_info = read_results(scores)
     check_scores_match(model, scoring_info, scores)
     official = read_results(official_scores)[0] if official_scores else None
-    info = json.loads((model / "model_info.json").read_text())
-    calibration = json.loads((model / "calibration.json").read_text())
+    info = read_json(model / "model_info.json")
+    calibration = read_json(model / "calibration.json")
     unknown = [d for d in results if int(d) not in info["mrl_dims"]]
     if unknown:
         raise ValueError(f"scores for sizes {unknown} that the model does not have ({info['mrl_dims']})")

@@ -89,6 +89,10 @@ class SpeakerIndexBase:
     @staticmethod
     def _refuse_other_model(where, recorded, wanted):
         """Raises unless ``wanted`` (None: any) is the recorded model fingerprint."""
+        if wanted is not None and recorded is None:
+            raise ValueError(f"{where} records no model fingerprint (it was built without a "
+                             "model folder), so queries of this model cannot be checked against "
+                             "it: enrol again through the model")
         if wanted is not None and recorded != wanted:
             raise ValueError(f"{where} was built with another model (model_sha256 "
                              f"{recorded!r}); embed with that model or enrol again")

@@ -13,12 +13,15 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import json
+import logging
 import math
 import os
 
 from speechbrain_mrl.utils.files import write_text_atomic
 from speechbrain_mrl.data.charts import figure, save_figure
+from speechbrain_mrl.utils.json_files import dumps, read_json
+
+logger = logging.getLogger(__name__)
 
 HISTORY_FILE = "train_history.json"
 CURVES_FILE = "training_curves.png"
@@ -47,17 +50,25 @@ def read_history(path, last_epoch=None):
     >>> write_history(path, [{"epoch": 0}, {"epoch": 1}, {"epoch": 2}])
     >>> [r["epoch"] for r in read_history(path, last_epoch=1)], read_history(path + ".none")
     ([0, 1], [])
+    >>> _ = open(path, "w").write('{"epochs": [{"epoch": 0}')     # cut short, e.g. a full disk
+    >>> read_history(path), os.path.isfile(path + ".damaged")
+    ([], True)
     """
     if not os.path.isfile(path):
         return []
-    with open(path) as f:
-        rows = json.load(f)["epochs"]
-    return [r for r in rows if last_epoch is None or r["epoch"] <= last_epoch]
+    try:
+        rows = read_json(path)["epochs"]
+        return [r for r in rows if last_epoch is None or r["epoch"] <= last_epoch]
+    except (ValueError, KeyError, TypeError) as err:
+        os.replace(path, f"{path}.damaged")
+        logger.warning("%s is damaged (%s): kept as %s.damaged; the history restarts with this "
+                       "run's epochs", path, err, path)
+        return []
 
 
 def write_history(path, rows):
     """Writes the per-epoch ``rows`` to ``path`` (JSON, atomically)."""
-    write_text_atomic(path, json.dumps({"epochs": rows}, indent=1) + "\n")
+    write_text_atomic(path, dumps({"epochs": rows}) + "\n")
 
 
 # ----------------------------------------------------------------- drawing
