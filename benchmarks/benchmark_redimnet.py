@@ -7,7 +7,11 @@ of audio; steadier on a busy machine) for each preset, batch size and
 utterance duration.  With
 ``--official-repo PATH`` (your own checkout of https://github.com/IDRnD/ReDimNet)
 the official model is built from the same config, loaded with identical
-weights, checked to give the same embeddings, and timed side by side.
+weights, checked to give the same embeddings, and timed side by side. ReDimNet2
+presets (``r2-b0`` .. ``r2-b6``) are timed against the official ReDimNet2 code with
+``--official-repo2 PATH`` (a folder holding the ``redimnet2`` package of
+https://github.com/PalabraAI/redimnet2). ``--flops`` prints the multiply-accumulates of
+one 3-s utterance for each variant (``torch.utils.flop_counter``; no timing).
 
 With ``--onnx-dir`` the ONNX Runtime fp32 export and its static int8
 quantisation, and OpenVINO on the same file in fp32 and bf16, are timed beside
@@ -49,7 +53,12 @@ from speechbrain_mrl.model.official import official_state_dict
 def random_encoder(variant, seed=0):
     """Encoder of a preset with random but realistic weights (BN statistics too)."""
     torch.manual_seed(seed)
-    enc = MRLEncoder.from_config(variant)
+    if variant.startswith("r2-"):
+        from speechbrain_mrl.model.official2 import redimnet2_encoder
+
+        enc = redimnet2_encoder(variant)
+    else:
+        enc = MRLEncoder.from_config(variant)
     with torch.no_grad():
         for mod in enc.modules():
             if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
@@ -64,7 +73,21 @@ def random_encoder(variant, seed=0):
 
 
 def official_model(repo, encoder):
-    """The official ``ReDimNetWrap`` with ``encoder``'s config and weights."""
+    """The official ``ReDimNetWrap`` (or ``ReDimNet2Wrap``) with ``encoder``'s config and weights."""
+    if repo not in sys.path:
+        sys.path.insert(0, repo)
+    if type(encoder.embedding_model).__name__ == "ReDimNet2":
+        import contextlib
+        import io
+
+        from redimnet2.redimnet2 import ReDimNet2Wrap  # noqa: E402  (user's checkout)
+
+        from speechbrain_mrl.model.official2 import official2_state_dict
+
+        with contextlib.redirect_stdout(io.StringIO()):  # the official code prints its layout
+            model = ReDimNet2Wrap(**encoder.model_config)
+        model.load_state_dict(official2_state_dict(encoder))
+        return model.eval()
     if repo not in sys.path:
         sys.path.insert(0, repo)
     from redimnet.model import ReDimNetWrap  # noqa: E402  (user's checkout)
@@ -155,6 +178,10 @@ def main(argv=None):
                         help="minimum number of timed calls per measurement")
     parser.add_argument("--max-time", type=float, default=60.0,
                         help="stop repeating after this many seconds (at least one call)")
+    parser.add_argument("--official-repo2", default=None,
+                        help="folder holding the official redimnet2 package (for r2-* variants)")
+    parser.add_argument("--flops", action="store_true",
+                        help="only count the multiply-accumulates of a 3-s utterance per variant")
     parser.add_argument("--official-repo", default=None,
                         help="path of a checkout of IDRnD/ReDimNet to compare with")
     parser.add_argument("--onnx-dir", default=None,
@@ -186,6 +213,8 @@ def main(argv=None):
               "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
               "rows": []}
     variants = list(args.variants) + (["model"] if args.model_folder else [])
+    if args.flops:
+        return count_macs(variants, args.output)
     for variant in variants:
         if variant == "model":
             from speechbrain_mrl.export.onnx import load_encoder
@@ -194,8 +223,9 @@ def main(argv=None):
         else:
             ours = random_encoder(variant)
         paths = {"pytorch": ours}
-        if args.official_repo and variant != "model":
-            paths["official"] = official_model(args.official_repo, ours)
+        repo = args.official_repo2 if variant.startswith("r2-") else args.official_repo
+        if repo and variant != "model":
+            paths["official"] = official_model(repo, ours)
         if args.onnx_dir:
             paths.update(onnx_paths(ours, variant, args.onnx_dir, calibration, args.threads,
                                     not args.no_openvino))
@@ -227,6 +257,24 @@ def main(argv=None):
                     write_text_atomic(args.output, json.dumps(report, indent=1) + "\n")
     print_table(report)
     return report
+
+
+def count_macs(variants, output=None):
+    """Multiply-accumulates (GMACs) and parameters of each variant on one 3-s utterance."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    rows = []
+    for variant in variants:
+        encoder = random_encoder(variant)
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            encoder(torch.randn(1, 48000) * 0.1)
+        rows.append({"variant": variant, "gmacs_3s": counter.get_total_flops() / 2e9,
+                     "params_m": sum(p.numel() for p in encoder.parameters()) / 1e6})
+        print(f"| {variant} | {rows[-1]['params_m']:.2f} M | {rows[-1]['gmacs_3s']:.3f} GMACs |",
+              flush=True)
+    if output:
+        write_text_atomic(output, json.dumps({"macs_per_3s_utterance": rows}, indent=1) + "\n")
+    return rows
 
 
 def print_table(report):

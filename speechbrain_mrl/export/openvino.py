@@ -260,9 +260,10 @@ class _OpenVinoEmbedding(torch.nn.Module):
     OpenVINO: a model's :attr:`~speechbrain_mrl.inference.interface.MRLEncoderClassifier.encoder`
     replaced by the fast runtime."""
 
-    def __init__(self, runtime, encoder):
+    def __init__(self, runtime, encoder, folder=None):
         super().__init__()
         self.runtime = runtime
+        self._folder = folder  # a TemporaryDirectory holding the ONNX file: removed with this object
         self.embed_dim, self.mrl_dims = encoder.embed_dim, list(encoder.mrl_dims)
         self.min_samples = encoder.min_samples
         self.output = f"embedding_{encoder.embed_dim}"
@@ -278,8 +279,8 @@ def use_openvino(model, precision="bf16", folder=None):
     """Runs ``model`` (an ``MRLEncoderClassifier``) on OpenVINO: every later embedding of it
     (``encode_*``, ``verify_*``, the commands) goes through :class:`OpenVinoEncoder`.
 
-    The encoder is exported to ONNX once (into ``folder``, else a temporary folder kept
-    for the process). Where OpenVINO is not installed, or the CPU has no bf16, a one-line
+    The encoder is exported to ONNX once (into ``folder``, else a temporary folder removed
+    with the model). Where OpenVINO is not installed, or the CPU has no bf16, a one-line
     warning says so and the model runs as before (PyTorch) or in OpenVINO fp32.
 
     Arguments
@@ -311,7 +312,8 @@ def use_openvino(model, precision="bf16", folder=None):
     if precision == "bf16" and not cpu_has_bf16(core):
         logger.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): OpenVINO in fp32")
         precision = "fp32"
-    folder = pathlib.Path(folder or tempfile.mkdtemp(prefix="mrl-openvino-"))
+    temporary = None if folder else tempfile.TemporaryDirectory(prefix="mrl-openvino-")
+    folder = pathlib.Path(folder or temporary.name)
     encoder = model.encoder
     onnx_path = export_onnx(encoder, folder / "model.onnx")
     runtime = OpenVinoEncoder(onnx_path, precision=precision, sample_rate=model.sample_rate,
@@ -319,5 +321,5 @@ def use_openvino(model, precision="bf16", folder=None):
                               hop_length=encoder.compute_features.hop_length,
                               long_seconds=model.long_audio_seconds or 1e9,
                               window_seconds=model.window_seconds)
-    model.encoder = _OpenVinoEmbedding(runtime, encoder)
+    model.encoder = _OpenVinoEmbedding(runtime, encoder, temporary)
     return f"openvino-{precision}"
