@@ -330,3 +330,37 @@ def test_against_a_real_qdrant_server():
         client = connect(parse_qdrant_location(location))
         client.delete_collection(parse_qdrant_location(location).collection)
         client.close()
+
+
+@needs_qdrant
+def test_server_faults_name_the_server(tmp_path):
+    """Regression (issue 28): a refused connection, a port that is not Qdrant's and a bad port
+    said 'Connection refused', 'Expecting value', 'Failed to parse', naming no server."""
+    import http.server
+    import socket
+    import threading
+
+    class NotQdrant(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>not qdrant</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), NotQdrant)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    closed_port = free.getsockname()[1]
+    free.close()
+    try:
+        for location in (f"qdrant://127.0.0.1:{closed_port}/speakers",
+                         f"qdrant://127.0.0.1:{server.server_address[1]}/speakers",
+                         "qdrant://127.0.0.1:99999/speakers"):
+            with pytest.raises(ConnectionError, match="Qdrant server http://127.0.0.1:") as caught:
+                open_index(location)
+            assert location in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    finally:
+        server.shutdown()

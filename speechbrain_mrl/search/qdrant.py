@@ -132,8 +132,12 @@ def connect(location):
     """
     qdrant_client, _ = _qdrant()
     if location.url is not None:
-        return qdrant_client.QdrantClient(url=location.url,
-                                          api_key=os.environ.get("QDRANT_API_KEY") or None)
+        try:
+            client = qdrant_client.QdrantClient(url=location.url,
+                                                api_key=os.environ.get("QDRANT_API_KEY") or None)
+        except Exception as err:  # noqa: BLE001 - named below
+            raise _server_error(location, err) from err
+        return _ServerClient(client, location)
     try:
         return qdrant_client.QdrantClient(path=location.path)
     except RuntimeError as err:
@@ -143,6 +147,40 @@ def connect(location):
             f"the Qdrant folder {location.path} of {location.text} is open in another client "
             "(qdrant-client's local mode allows one process and client at a time): close that "
             "one first, or use a Qdrant server for concurrent access") from None
+
+
+def _server_error(location, err):
+    """A connection, protocol or address fault of a Qdrant server, naming the server."""
+    return ConnectionError(f"Qdrant server {location.url} ({location.text}) failed: "
+                           f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''} "
+                           "(is a Qdrant server listening there?)")
+
+
+class _ServerClient:
+    """A ``QdrantClient`` of a server whose transport faults (refused connection, an answer
+    that is not Qdrant's, a bad address) name the server; Qdrant's own answers pass as they are."""
+
+    _TRANSPORT = ("httpx", "httpcore", "urllib3", "json", "qdrant_client.http.exceptions")
+
+    def __init__(self, client, location):
+        self._client, self._location = client, location
+
+    def __getattr__(self, name):
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args, **kwargs):
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as err:
+                transport = (isinstance(err, OSError)
+                             or type(err).__module__.startswith(self._TRANSPORT))
+                if not transport or type(err).__name__ == "UnexpectedResponse":
+                    raise
+                raise _server_error(self._location, err) from err
+
+        return call
 
 
 def speaker_point_id(speaker):
