@@ -94,8 +94,15 @@ def test_a_killed_extraction_resumes_without_duplicates(corpus, monkeypatch):
     order = {u: i for i, u in enumerate(ref_ids)}
     np.testing.assert_allclose(emb, ref[[order[u] for u in ids]], atol=2e-3)
     other, _, _ = write_tiny_model(root / "other", seed=1)
-    with pytest.raises(ValueError, match="another model"):
+    from speechbrain_mrl.inference import interface
+
+    def must_not_load(*args, **kwargs):
+        raise AssertionError("the model's hyperparams ran before the folder was refused")
+
+    monkeypatch.setattr(interface.MRLEncoderClassifier, "from_hparams", must_not_load)
+    with pytest.raises(ValueError, match="another model"):  # checked before the model loads
         _extract(["--model_folder", str(other), "--folder", str(audio), "--output_folder", str(out)])
+    monkeypatch.undo()
     with pytest.raises(SystemExit):  # argparse: one audio source
         _extract(["--model_folder", str(folder), "--csv", "a.csv", "--folder", "b",
                  "--output_folder", str(out)])

@@ -45,6 +45,7 @@ import torch
 from tqdm import tqdm
 
 from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
+from speechbrain_mrl.utils.json_files import read_json
 from speechbrain_mrl.data.manifests import write_manifest
 from speechbrain_mrl.inference.embeddings import PRECISIONS, embed_manifest
 
@@ -82,9 +83,7 @@ def _plan(rows, shard_size, info, out):
     ids = sorted(rows, key=lambda u: (-float(rows[u]["duration"]), u))
     shards = [ids[i:i + shard_size] for i in range(0, len(ids), shard_size)]
     if path.is_file():
-        plan = json.loads(path.read_text())
-        if plan["model_sha256"] != info["model_sha256"]:
-            raise ValueError(f"{out} holds embeddings of another model; use a new --output_folder")
+        plan = read_json(path)
         for key in ("dtype", "precision"):
             started = plan.get(key, info[key])  # older plans hold no precision
             if started != info[key]:
@@ -95,6 +94,13 @@ def _plan(rows, shard_size, info, out):
         return plan["shards"]
     write_text_atomic(path, json.dumps(dict(info, shards=shards)))
     return shards
+
+
+def _refuse_another_models_folder(out, sha):
+    """Refuses an output folder that holds another model's extraction (checked from its plan)."""
+    path = out / "plan.json"
+    if path.is_file() and read_json(path).get("model_sha256") != sha:
+        raise ValueError(f"{out} holds embeddings of another model; use a new --output_folder")
 
 
 def _merge(out, n_shards, info):
@@ -158,8 +164,10 @@ def extract(model_folder, rows, out, shard_size=10000, batch_size=16, num_worker
         torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
     if distributed and device == "cuda":
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+    sha = model_fingerprint(model_folder)
+    _refuse_another_models_folder(pathlib.Path(out), sha)  # before the model's hyperparams run
     model = model if model is not None else load_model(model_folder, device)
-    info = {"model_folder": str(model_folder), "model_sha256": model_fingerprint(model_folder),
+    info = {"model_folder": str(model_folder), "model_sha256": sha,
             "embed_dim": model.embed_dim, "mrl_dims": model.mrl_dims, "dtype": dtype,
             "precision": precision,
             "note": "full-size embeddings; the size-d embedding is the first d columns"}
