@@ -238,3 +238,22 @@ def test_one_speaker_preparation_fails_from_the_command_line(tmp_path):
             "speechbrain-mrl prepare-voxceleb: error: only 1 training speaker (id10001) under ")
         assert "need at least 2 speakers" in done.stderr and "Traceback" not in done.stderr
         assert not (tmp_path / "out" / "train.csv").exists()
+
+
+@pytest.mark.parametrize("text, message", [
+    ("ID,wav\nu1,a.wav,extra\n", r"m\.csv, line 2: 3 fields where the header has 2"),
+    ("ID,wav\nu1,a.wav\nu1,b.wav\n", r"m\.csv, line 3: ID 'u1' is given twice \(first on line 2\)"),
+    ("wav,spk_id\na.wav,s\n", r"m\.csv, line 1: no 'ID' column"),
+    ("ID,wav\nu1,$data_root/a.wav\n", r"m\.csv, line 2: .* needs \$data_root"),
+])
+def test_a_malformed_manifest_is_named_with_its_line(tmp_path, text, message):
+    """Regression (issue 28): an extra column, a duplicate ID or a missing ID column gave a
+    message without the file or line; a UTF-8 byte-order mark was refused."""
+    from speechbrain_mrl.data.manifests import read_manifest
+
+    path = tmp_path / "m.csv"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        read_manifest(path)
+    path.write_text("\ufeffID,wav\nu1,a.wav\n", encoding="utf-8")
+    assert read_manifest(path) == {"u1": {"wav": "a.wav"}}

@@ -15,6 +15,7 @@ import csv
 import io
 import logging
 import os
+import re
 
 import numpy as np
 
@@ -31,11 +32,55 @@ CSV_HEADER = ["ID", "duration", "wav", "start", "stop", "spk_id"]
 
 
 def read_manifest(csv_path, data_folder=None):
-    """Manifest rows ``{ID: row}`` (``$data_root`` in paths replaced by ``data_folder``)."""
-    from speechbrain.dataio.dataio import load_data_csv
+    r"""Manifest rows ``{ID: row}`` (``$data_root`` in paths replaced by ``data_folder``).
 
+    SpeechBrain's CSV format (``load_data_csv``: an ``ID`` column, ``$name`` placeholders); a
+    UTF-8 byte-order mark is accepted. A malformed file is a ``ValueError`` naming the file
+    and the line: no ``ID`` column, a row of more or fewer fields than the header, an ID
+    given twice, a placeholder without a value, text that is not UTF-8.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "m.csv")
+    >>> _ = open(path, "w").write("ID,wav\nu1,$data_root/a.wav\nu1,b.wav\n")
+    >>> read_manifest(path, "/data")
+    Traceback (most recent call last):
+     ...
+    ValueError: .../m.csv, line 3: ID 'u1' is given twice (first on line 2)
+    """
     replacements = {"data_root": str(data_folder)} if data_folder else {}
-    return load_data_csv(str(csv_path), replacements=replacements)
+    try:
+        with open(csv_path, encoding="utf-8-sig", newline="") as f:
+            lines = list(csv.reader(f, skipinitialspace=True))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{csv_path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
+    if not lines or "ID" not in lines[0]:
+        raise ValueError(f"{csv_path}, line 1: no 'ID' column (header: {','.join(lines[0]) if lines else 'empty'})")
+    header, rows, first_line = lines[0], {}, {}
+    for number, fields in enumerate(lines[1:], start=2):
+        if not fields:
+            continue
+        if len(fields) != len(header):
+            raise ValueError(f"{csv_path}, line {number}: {len(fields)} fields where the header "
+                             f"has {len(header)} ({','.join(header)})")
+        row = dict(zip(header, fields))
+        uid = row.pop("ID")
+        if uid in rows:
+            raise ValueError(f"{csv_path}, line {number}: ID {uid!r} is given twice (first on "
+                             f"line {first_line[uid]})")
+        for key, value in row.items():
+            try:
+                row[key] = _PLACEHOLDER.sub(lambda match: str(replacements[match[1]]), value)
+            except KeyError as err:
+                raise ValueError(f"{csv_path}, line {number}: {value!r} needs ${err.args[0]} "
+                                 "(give the data folder)") from None
+        rows[uid], first_line[uid] = row, number
+    return rows
+
+
+#: A ``$name`` placeholder in a manifest value (SpeechBrain's ``load_data_csv`` syntax).
+_PLACEHOLDER = re.compile(r"\$([\w.]+)")
 
 
 def check_audio_files(rows, what="manifest"):
