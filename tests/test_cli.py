@@ -243,3 +243,24 @@ def test_values_no_cosine_or_clock_can_take_exit_2(argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.build_parser().parse_args(argv)
     assert exit_info.value.code == 2 and "error: argument" in capsys.readouterr().err
+
+
+def test_search_settings_are_checked_before_any_audio_is_embedded(model_and_voices, tmp_path,
+                                                                   monkeypatch):
+    """Regression (issue 28): a bad --final_dim/--stages, an index without thresholds for
+    --threshold index, or a bad funnel failed only after every file was embedded."""
+    from speechbrain_mrl.cli import search as search_cli
+
+    root, folder, _ = model_and_voices
+    index = tmp_path / "idx"
+    cli.main(["enrol", "--model_folder", str(folder), "--folder", str(root / "speakers"),
+              "--index", str(index)])
+    monkeypatch.setattr(search_cli, "embed", lambda *a, **k: pytest.fail("embedded first"))
+    files = [str(p) for p in sorted((root / "speakers").rglob("*.wav"))[:2]]
+    common = ["--model_folder", str(folder), "--index", str(index)]
+    with pytest.raises(ValueError, match="final_dim must be one of the sizes"):
+        cli.main(["identify", *common, "--files", *files, "--final_dim", "7"])
+    with pytest.raises(ValueError, match="stages must be increasing sizes"):
+        cli.main(["identify", *common, "--files", *files, "--stages", "8", "4"])
+    with pytest.raises(ValueError, match="stages must be increasing sizes"):
+        cli.main(["evaluate", *common, "--folder", str(root / "speakers"), "--funnels", "16"])

@@ -310,3 +310,46 @@ def test_a_manifest_without_a_wav_column_is_named(tmp_path):
     (tmp_path / "m.csv").write_text("ID,path\nu1,a.wav\n")
     with pytest.raises(ValueError, match=r"m\.csv: a manifest needs the columns ID and wav"):
         read_sources(csv=tmp_path / "m.csv")
+
+
+# ------------------------------------------------------------------ round three (issue 28)
+def test_two_first_writers_of_a_new_folder_both_land(tmp_path):
+    """Regression: two writers creating an index through writing_index always collided
+    (IndexExistsError): the existence check ran before the lock."""
+    import threading
+
+    from speechbrain_mrl.search.locations import writing_index
+
+    folder, errors, barrier = tmp_path / "idx", [], threading.Barrier(2)
+
+    def writer(name):
+        try:
+            barrier.wait()
+            with writing_index(folder, create=lambda: SpeakerIndex(8, [4, 8])) as index:
+                index.enrol([name], np.eye(8, dtype=np.float32)[:1] + len(name))
+        except Exception as err:  # noqa: BLE001 - collected for the assertion
+            errors.append(err)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in ("ann", "bo")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and sorted(SpeakerIndex.load(folder).speakers) == ["ann", "bo"]
+
+
+def test_an_all_zero_vectors_file_and_a_linked_lock_are_refused(tmp_path):
+    """Regression: an all-zero vectors.npy loaded (every speaker scored 0); a .idx.lock
+    symlink was followed."""
+    index = SpeakerIndex(8, [4, 8])
+    index.enrol(["a", "b"], np.eye(8, dtype=np.float32)[:2])
+    index.save(tmp_path / "idx")
+    np.save(tmp_path / "idx" / "vectors.npy", np.zeros((2, 8), np.float32))
+    with pytest.raises(ValueError, match=r"vectors\.npy: rows \[0, 1\] .* are all zero"):
+        SpeakerIndex.load(tmp_path / "idx")
+    victim = tmp_path / "victim"
+    victim.write_text("not a lock")
+    (tmp_path / ".other.lock").symlink_to(victim)
+    with pytest.raises(OSError, match="is a symbolic link: refused"):
+        index.save(tmp_path / "other")
+    assert victim.read_text() == "not a lock" and not (tmp_path / "other").exists()

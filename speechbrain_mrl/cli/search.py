@@ -151,6 +151,9 @@ def identify(args):
     """
     rows = _audio_rows(args)
     with _existing_index(args, fingerprint(args)) as index:
+        index.check_search(min(args.k, max(len(index), 1)), args.stages, args.shortlist, args.final_dim)
+        if args.threshold == "index":
+            index.open_set_threshold(args.final_dim)  # raises before any audio is embedded
         model = load_model(args)
         ids, emb = embed(model, rows, args, desc="identify")
         return _identify(args, index, ids, emb)
@@ -207,6 +210,8 @@ def evaluate(args):
     """
     rows = _audio_rows(args, need_speakers=True)
     with _existing_index(args, fingerprint(args)) as index:
+        for stages in [[], *args.funnels]:  # every funnel checked before any audio is embedded
+            index.check_search(min(5, max(len(index), 1)), stages, args.shortlist)
         model = load_model(args)
         ids, emb = embed(model, rows, args, desc="evaluate")
         return _evaluate(args, index, rows, ids, emb)

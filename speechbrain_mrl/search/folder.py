@@ -44,7 +44,7 @@ import warnings
 import numpy as np
 
 from speechbrain_mrl.search.cosine import _normalised
-from speechbrain_mrl.utils.files import remove_stale_staging, staging_folder, swap_folder
+from speechbrain_mrl.utils.files import aside_folder, remove_stale_staging, staging_folder, swap_folder
 from speechbrain_mrl.model.sizes import is_int
 from speechbrain_mrl.utils.errors import hinted
 
@@ -79,7 +79,7 @@ def _resolved(folder):
 
 def _aside(folder):
     """Where :func:`swap_folder` keeps the previous index while it swaps in a new one."""
-    return folder.parent / f".{folder.name}.old"
+    return aside_folder(folder)
 
 
 def _lock_file(folder):
@@ -146,7 +146,15 @@ def _write_lock(folder, timeout):
             _HELD[key][1] += 1
         else:
             lock.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0), 0o666)
+            except OSError:
+                if lock.is_symlink():
+                    raise OSError(f"the lock file {lock} of the speaker index {folder} is a "
+                                  "symbolic link: refused (a lock is never taken through a link; "
+                                  "remove it)") from None
+                raise
             try:
                 if deadline is None:
                     fcntl.flock(fd, fcntl.LOCK_EX)
@@ -466,11 +474,18 @@ class IndexFolder:
             raise ValueError(f"{where} has shape {vectors.shape} for {len(speakers)} speakers "
                              f"of size {index.embed_dim}")
         for start in range(0, len(vectors), 1 << 16):
-            bad = ~np.isfinite(vectors[start:start + (1 << 16)]).all(axis=1)
+            block = vectors[start:start + (1 << 16)]
+            bad = ~np.isfinite(block).all(axis=1)
             if bad.any():
                 rows = (start + np.flatnonzero(bad)[:5]).tolist()
                 raise ValueError(f"{where}: rows {rows} (speakers "
                                  f"{[speakers[r] for r in rows]}) hold NaN/Inf")
+            zero = ~block.any(axis=1)
+            if zero.any():  # a mean of unit embeddings has a direction: all-zero is damage
+                rows = (start + np.flatnonzero(zero)[:5]).tolist()
+                raise ValueError(f"{where}: rows {rows} (speakers "
+                                 f"{[speakers[r] for r in rows]}) are all zero: the file is "
+                                 "damaged; enrol those speakers again")
         index.speakers, index.counts = list(speakers), list(counts)
         index._vectors = vectors
         index._read_stages(folder, meta.get("stages", []), mmap)

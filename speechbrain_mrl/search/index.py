@@ -172,6 +172,13 @@ class SpeakerIndexBase:
         np.add.at(counts, [rows[s] for s in ids], 1)
         return new, counts.tolist(), sums / counts[:, None]
 
+    def check_search(self, k=1, stages=None, shortlist=100, final_dim=None):
+        """Raises what :meth:`search` would raise for these settings, before any query exists
+        (an empty index, ``k``, ``stages``, ``final_dim``): the commands check them before
+        embedding the audio."""
+        self._funnel_plan(np.ones((1, self.embed_dim), np.float32), k, stages, shortlist,
+                          final_dim, len(self))
+
     def _funnel_plan(self, queries, k, stages, shortlist, final_dim, n_speakers):
         """Checks a search's settings: ``(queries float32, k, stages, shortlist size per
         stage, final_dim)``; ``stages`` ``[]`` is exact search at ``final_dim``."""

@@ -177,7 +177,8 @@ def writing_index(location, model_sha256=None, create=None, lock_timeout=60.0):
             yield index
         return
     with SpeakerIndex.writing(location, timeout=lock_timeout):
-        index = SpeakerIndex.load(location, model_sha256) if exists else create()
+        # looked at again under the lock: another first writer may have created it meanwhile
+        index = SpeakerIndex.load(location, model_sha256) if index_exists(location) else create()
         yield index
         index.save(location)
 
