@@ -106,9 +106,12 @@ def test_failed_model_write_keeps_the_previous_folder(tiny, tmp_path, monkeypatc
 def test_model_write_after_a_kill_between_renames(tiny, tmp_path):
     """Item 2: what a kill inside the folder swap leaves is never loaded as a model, and the
     next write cleans it up; a folder holding other files is never replaced."""
+    from speechbrain_mrl.utils.files import STAGING_MARKER, aside_folder, staging_folder
+
     folder = tmp_path / "model"
-    shutil.copytree(tiny[0], tmp_path / ".model.old")  # moved aside, new one not yet in place
-    shutil.copytree(tiny[0], tmp_path / ".model.x1x2x3x4")
+    shutil.copytree(tiny[0], aside_folder(folder))  # moved aside, new one not yet in place
+    (aside_folder(folder) / STAGING_MARKER).touch()
+    shutil.copytree(tiny[0], staging_folder(folder), dirs_exist_ok=True)
     with pytest.raises(FileNotFoundError, match="model folder not found"):
         MRLEncoderClassifier.from_hparams(source=str(folder))
     encoder = tiny_encoder(*tiny_modules(seed=3))

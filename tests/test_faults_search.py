@@ -93,10 +93,14 @@ def test_enrol_into_a_file_is_refused_before_embedding(model_and_voices, tmp_pat
 def test_a_save_removes_staging_folders_of_killed_saves(tmp_path):
     index = _index()
     index.save(tmp_path / "index")
-    for stale in (".index.k1ll_d9x", ".index.abcd1234"):  # as tempfile.mkdtemp names them
-        (tmp_path / stale).mkdir()
-        np.save(tmp_path / stale / "vectors.npy", np.zeros((2, 16), "float32"))
-    kept = [".index.notes", ".index.abcd12345", ".other.abcd1234", ".index.x.abcd1234"]
+    from speechbrain_mrl.utils.files import staging_folder
+
+    for _ in range(2):  # as killed saves leave them: marked staging folders
+        stale = staging_folder(tmp_path / "index")
+        np.save(stale / "vectors.npy", np.zeros((2, 16), "float32"))
+    # not staging folders of this index: the user's own, even when named like one
+    kept = [".index.notes", ".index.abcd12345", ".other.abcd1234", ".index.x.abcd1234",
+            ".index.abcd1234"]
     for other in kept:  # not a staging folder of this index
         (tmp_path / other).mkdir()
     (tmp_path / ".index.zzzz9999").write_text("a file, not a staging folder")

@@ -95,7 +95,10 @@ def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".index.lock", "index"]
     assert json.loads((folder / "index.json").read_text())["dtype"] == "float16"
     # killed between its two renames: the previous index is found beside the folder
-    os.replace(folder, tmp_path / ".index.old")
+    from speechbrain_mrl.utils.files import STAGING_MARKER, aside_folder
+
+    (folder / STAGING_MARKER).touch()
+    os.replace(folder, aside_folder(folder))
     assert SpeakerIndex.load(folder).speakers == index.speakers
 
 

@@ -43,19 +43,21 @@ import logging
 import os
 import pathlib
 import shutil
-import tarfile
 
 from speechbrain_mrl.data.preparation import (
     SKIPPED_FILE,
+    extract_tar,
     input_fingerprint,
     make_rows,
     make_trials,
     report_skipped,
     save_opts,
     skip,
+    walk_files,
     write_data_chart,
 )
 from speechbrain_mrl.utils.download import ChecksumError, download, sha256_of
+from speechbrain_mrl.utils.files import remove_stale_staging, staging_folder
 from speechbrain_mrl.data.manifests import write_manifest, write_trials
 
 logger = logging.getLogger(__name__)
@@ -155,12 +157,14 @@ def scan_split(split_folder):
     >>> [(c, name) for c, name, _ in scan_split(split)["84"]]
     [('121123', '84-121123-0001.flac'), ('121550', '84-121550-0000.flac')]
     """
+    split_folder = pathlib.Path(split_folder)
     out = {}
-    for path in sorted(pathlib.Path(split_folder).glob("*/*/*.flac")):
-        reader, chapter = path.parent.parent.name, path.parent.name
-        if not reader.startswith("."):
-            out.setdefault(reader, []).append((chapter, path.name, path))
-    return out
+    for path in walk_files(split_folder, (".flac",)):  # as input_fingerprint reads the split
+        path = pathlib.Path(path)
+        parts = path.relative_to(split_folder).parts
+        if len(parts) == 3 and path.suffix == ".flac" and not parts[0].startswith("."):
+            out.setdefault(parts[0], []).append((parts[1], path.name, path))
+    return {reader: sorted(out[reader], key=lambda item: item[2]) for reader in sorted(out)}
 
 
 # ----------------------------------------------------------------- download
@@ -216,21 +220,27 @@ def download_librispeech(data_folder, splits, url=OPENSLR_URL):
 
 
 def _extract_split(archive, root, split):
-    """Extracts ``LibriSpeech/<split>`` (and the notes) of ``archive`` into ``root``."""
-    tmp = root.parent / f".extract-{split}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    src = tmp / "LibriSpeech"
-    if not (src / split).is_dir():
+    """Extracts ``LibriSpeech/<split>`` (and the notes) of ``archive`` into ``root``.
+
+    Through a fresh private folder beside ``root/<split>`` (made by
+    :func:`tempfile.mkdtemp`, never a predictable path a planted link could
+    take), removed afterwards, as the one of an extraction killed before
+    (:func:`~speechbrain_mrl.utils.files.remove_stale_staging`). A member
+    leaving it is refused (:func:`~speechbrain_mrl.data.preparation.extract_tar`).
+    """
+    remove_stale_staging(root / split)
+    tmp = staging_folder(root / split)
+    try:
+        extract_tar(archive, tmp)
+        src = tmp / "LibriSpeech"
+        if not (src / split).is_dir() or (src / split).is_symlink():
+            raise OSError(f"{archive} holds no LibriSpeech/{split}/ folder")
+        for note in src.glob("*.TXT"):
+            if note.is_file() and not note.is_symlink() and not (root / note.name).exists():
+                os.replace(note, root / note.name)
+        os.replace(src / split, root / split)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise OSError(f"{archive} holds no LibriSpeech/{split}/ folder")
-    root.mkdir(parents=True, exist_ok=True)
-    for note in src.glob("*.TXT"):
-        if not (root / note.name).exists():
-            os.replace(note, root / note.name)
-    os.replace(src / split, root / split)
-    shutil.rmtree(tmp, ignore_errors=True)
 
 
 # ----------------------------------------------------------------- manifests

@@ -14,7 +14,9 @@ import json
 import logging
 import os
 import pathlib
+import posixpath
 import random
+import tarfile
 
 from speechbrain_mrl.data.audio import AudioError, audio_info, load_audio, signal_problem
 from speechbrain_mrl.utils.files import write_text_atomic
@@ -28,6 +30,165 @@ SKIPPED_FILE = "skipped_files.txt"
 # sub-folders that hold the speaker folders in the official archives
 _AUDIO_SUBDIRS = ("wav", "aac", os.path.join("dev", "aac"), os.path.join("dev", "wav"))
 _NOT_SPEAKERS = ("splits", "_background_noise_")
+
+
+# ----------------------------------------------------------------- walking
+_WARNED_LINKS = set()  # links to folders already named in a warning (each is named once)
+
+
+def walk_files(folder, extensions=AUDIO_EXTENSIONS):
+    """The files below ``folder`` with one of ``extensions``, each folder read once.
+
+    The tree is read as :func:`speechbrain_mrl.data.sources.folder_rows`
+    (``--folder``) reads it: ``folder`` itself may be a link, but below it a
+    link to a folder is never followed. Its target is either inside the tree,
+    read once under its own name, or outside it; and a loop of links (``ln -s
+    ..``) cannot make the walk run forever. Each link left out is named in a
+    logged warning (once per process). A link to a file is read as the file.
+    A folder reached twice (a bind mount) is read once: folders are tracked
+    by device and inode.
+
+    Arguments
+    ---------
+    folder : str or os.PathLike
+        The top of the tree.
+    extensions : sequence of str
+        File extensions to keep (case-insensitive).
+
+    Returns
+    -------
+    list of str
+        The files' paths below ``folder`` (``os.path.join`` of ``folder`` and
+        the names; links not resolved), sorted.
+
+    Example
+    -------
+    >>> import tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / "s1" / "v").mkdir(parents=True)
+    >>> (root / "s1" / "v" / "a.wav").touch()
+    >>> (root / "s1" / "v" / "loop").symlink_to("..")
+    >>> [os.path.relpath(p, root) for p in walk_files(root)]
+    ['s1/v/a.wav']
+    """
+    top = os.fspath(folder)
+    exts = tuple(e.lower() for e in extensions)
+    files, links, seen = [], [], set()
+    pending = [top]
+    while pending:
+        current = pending.pop()
+        try:
+            st = os.stat(current)
+            if (st.st_dev, st.st_ino) in seen:
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(current) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:  # unreadable or gone: left out, as os.walk does
+            continue
+        for entry in entries:
+            path = os.path.join(current, entry.name)
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(path)
+                elif entry.is_symlink() and entry.is_dir():
+                    links.append(path)
+                elif entry.name.lower().endswith(exts) and entry.is_file():
+                    files.append(path)
+            except OSError:
+                continue
+    new = sorted(p for p in links if p not in _WARNED_LINKS)
+    if new:
+        _WARNED_LINKS.update(new)
+        logger.warning("%s: %d link(s) to folders not followed (a linked folder inside the data "
+                       "folder is read under its own name; none outside it, none twice): %s%s",
+                       top, len(new), ", ".join(new[:20]),
+                       f" and {len(new) - 20} more" if len(new) > 20 else "")
+    return sorted(files)
+
+
+# ----------------------------------------------------------------- archives
+class _RefusedMember(tarfile.FilterError):
+    def __init__(self, tarinfo, why):
+        super().__init__(f"{why}")
+        self.tarinfo = tarinfo
+
+
+def _outside(path):
+    """True for a normalised relative POSIX path that leaves its folder."""
+    return path == ".." or path.startswith("../")
+
+
+def _escape_of(member):
+    """Why ``member`` would leave the folder it is extracted into (None: it stays inside)."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or os.path.isabs(member.name):
+        return "an absolute path"
+    if ".." in name.split("/"):
+        return "'..' in its path"
+    if member.issym() or member.islnk():
+        target = member.linkname.replace("\\", "/")
+        if target.startswith("/") or os.path.isabs(member.linkname):
+            return f"a link to the absolute path {member.linkname!r}"
+        # a symlink's target is relative to its folder, a hard link's to the archive's top
+        base = posixpath.dirname(name) if member.issym() else ""
+        if _outside(posixpath.normpath(posixpath.join(base, target))):
+            return f"a link out of the folder (to {member.linkname!r})"
+    return None
+
+
+def _member_filter(member, dest):
+    why = _escape_of(member)
+    if why:
+        raise _RefusedMember(member, why)
+    return tarfile.data_filter(member, dest)
+
+
+def extract_tar(archive, folder):
+    """Extracts ``archive`` into ``folder`` (new and empty: see below), refusing any member
+    that would leave it.
+
+    A member with an absolute path or ``..`` in its path, or a link to an
+    absolute path or out of ``folder``, stops the extraction with a one-line
+    :class:`OSError` naming it; then tarfile's ``"data"`` filter checks each
+    member as it is written (no device files, no link leaving the folder
+    through other links). Give a fresh private folder (e.g.
+    :func:`speechbrain_mrl.utils.files.staging_folder`), never a predictable
+    path, and delete it when this raises: what was extracted before the
+    refused member is left there.
+
+    Arguments
+    ---------
+    archive : str or os.PathLike
+        A tar archive (compressed or not).
+    folder : str or os.PathLike
+        Where its members go.
+
+    Raises
+    ------
+    OSError
+        A member that would leave ``folder`` (named, in one line).
+
+    Example
+    -------
+    >>> import io, tempfile
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> with tarfile.open(root / "a.tar", "w") as tar:
+    ...     info = tarfile.TarInfo("../up.txt")
+    ...     tar.addfile(info, io.BytesIO(b""))
+    >>> try:
+    ...     extract_tar(root / "a.tar", tempfile.mkdtemp(dir=root))
+    ... except OSError as err:
+    ...     print(str(err).split(": ", 1)[1])
+    archive member '../up.txt' refused ('..' in its path): the archive is not used
+    """
+    with tarfile.open(archive) as tar:
+        try:
+            tar.extractall(folder, filter=_member_filter)
+        except tarfile.FilterError as err:
+            why = " ".join(str(err).split())
+            raise OSError(f"{archive}: archive member {err.tarinfo.name!r} refused ({why}): "
+                          "the archive is not used") from None
 
 
 # ----------------------------------------------------------------- scanning
@@ -64,6 +225,8 @@ def scan_speakers(folder, extensions=AUDIO_EXTENSIONS):
     dict of str to list of (str, pathlib.Path)
         ``{spk_id: [(relative_path, absolute_path), ...]}``, sorted;
         ``relative_path`` is relative to :func:`audio_root` (as in trial lists).
+        The tree is read by :func:`walk_files`: a link to a folder (a
+        speaker folder too) is not followed, but named in a warning.
 
     Raises
     ------
@@ -83,15 +246,15 @@ def scan_speakers(folder, extensions=AUDIO_EXTENSIONS):
     root = audio_root(folder)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {folder}")
-    exts = tuple(e.lower() for e in extensions)
     out = {}
-    for spk_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        if spk_dir.name.startswith(".") or spk_dir.name in _NOT_SPEAKERS:
+    for path in walk_files(root, extensions):
+        path = pathlib.Path(path)
+        rel = path.relative_to(root)
+        spk = rel.parts[0]
+        if len(rel.parts) < 2 or spk.startswith(".") or spk in _NOT_SPEAKERS:
             continue
-        files = sorted(p for p in spk_dir.rglob("*") if p.is_file() and p.suffix.lower() in exts)
-        if files:
-            out[spk_dir.name] = [(p.relative_to(root).as_posix(), p) for p in files]
-    return out
+        out.setdefault(spk, []).append((rel.as_posix(), path))
+    return {spk: sorted(out[spk], key=lambda item: item[1]) for spk in sorted(out)}
 
 
 # ----------------------------------------------------------------- manifest rows
@@ -353,7 +516,8 @@ def input_fingerprint(folders, extensions=AUDIO_EXTENSIONS, lists=()):
     Arguments
     ---------
     folders : list of str
-        Data folders (searched recursively for ``extensions``).
+        Data folders (searched recursively for ``extensions`` by :func:`walk_files`,
+        as the preparations read them).
     extensions : sequence of str
         Audio file extensions.
     lists : sequence of str or None
@@ -373,13 +537,8 @@ def input_fingerprint(folders, extensions=AUDIO_EXTENSIONS, lists=()):
     False
     """
     digest = hashlib.sha256()
-    exts = tuple(e.lower() for e in extensions)
     for folder in folders:
-        listing = []
-        for root, dirs, files in os.walk(folder, followlinks=True):  # as scan_speakers sees them
-            dirs.sort()
-            listing += [os.path.join(root, f) for f in files if f.lower().endswith(exts)]
-        for path in sorted(listing):
+        for path in walk_files(folder, extensions):  # as scan_speakers sees them
             st = os.stat(path)
             digest.update(f"{path}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     for path in lists:

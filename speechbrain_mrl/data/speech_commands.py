@@ -43,13 +43,14 @@ import os
 import pathlib
 import random
 import shutil
-import tarfile
 
 from speechbrain_mrl.utils.download import download
-from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.utils.files import (aside_folder, remove_stale_staging, staging_folder,
+                                         swap_folder, write_text_atomic)
 from speechbrain_mrl.data.manifests import read_trials, write_manifest, write_trials
 from speechbrain_mrl.data.preparation import (
     AUDIO_EXTENSIONS,
+    extract_tar,
     input_fingerprint,
     make_rows,
     make_trials,
@@ -111,12 +112,21 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
 
 
 def _extract(archive, folder):
-    """Extracts ``archive`` into ``folder`` through a temporary folder and a rename."""
-    tmp = folder.with_name(folder.name + ".part")
-    shutil.rmtree(tmp, ignore_errors=True)
-    with tarfile.open(archive) as tar:
-        tar.extractall(tmp, filter="data")
-    os.replace(tmp, folder)
+    """Extracts ``archive`` into ``folder`` through a temporary folder and a rename.
+
+    The temporary folder is fresh and private (made by :func:`tempfile.mkdtemp`
+    beside ``folder``, never a predictable path a planted link could take);
+    one left by a killed extraction is removed
+    (:func:`~speechbrain_mrl.utils.files.remove_stale_staging`). A member
+    leaving it is refused (:func:`~speechbrain_mrl.data.preparation.extract_tar`).
+    """
+    remove_stale_staging(folder)
+    tmp = staging_folder(folder)
+    try:
+        extract_tar(archive, tmp)
+        swap_folder(tmp, folder, aside_folder(folder))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def regroup_speech_commands(raw, out):

@@ -264,6 +264,18 @@ def _dwconv_time(x, weight, bias, groups):
     """'same' Conv1d along time of a time-major ``[B, T, D]`` tensor."""
     k = weight.shape[-1]
     x4 = x.transpose(1, 2).unsqueeze(2)  # [B, D, 1, T], channels-last memory
+    low = (torch.bfloat16, torch.float16)
+    if x4.device.type == "cpu" and (x4.dtype in low or weight.dtype in low
+                                    or torch.is_autocast_enabled("cpu")):
+        # PyTorch 2.11's CPU bf16 depthwise conv2d of this channels-last view never returns
+        # for some shapes (16 channels, kernel 19, 41 frames): run it in fp32 (its output in
+        # the dtype it had), so fp32 runs take the path they always took, bit for bit
+        dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x4.dtype
+        with torch.autocast("cpu", enabled=False):
+            y = F.conv2d(x4.float(), weight.unsqueeze(2).float(),
+                         None if bias is None else bias.float(), padding=(0, k // 2),
+                         groups=groups)
+        return y.to(dtype).squeeze(2).transpose(1, 2)
     y = F.conv2d(x4, weight.unsqueeze(2), bias, padding=(0, k // 2), groups=groups)
     return y.squeeze(2).transpose(1, 2)
 

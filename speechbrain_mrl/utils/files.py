@@ -5,7 +5,9 @@ created temporary file beside the target (a symlink planted at its name is
 never followed), with the permissions the umask gives a new file, renamed over
 the target only once complete (a file or link at the target is replaced, not
 written through). :func:`staging_folder` and :func:`swap_folder` do the same
-for whole folders.
+for whole folders. A folder this code stages (or moves aside) carries the file
+:data:`STAGING_MARKER`, and the cleanup removes only folders that carry it:
+never a folder of the user's, however it is named.
 
 Authors
 -------
@@ -17,6 +19,7 @@ import os
 import pathlib
 import re
 import shutil
+import stat
 import tempfile
 
 __all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "staging_folder", "remove_stale_staging",
@@ -115,11 +118,65 @@ def save_torch_atomic(obj, path):
     return path
 
 
+#: The file inside every folder :func:`staging_folder` makes and :func:`swap_folder` moves
+#: aside (a name no user picks): :func:`remove_stale_staging` and :func:`swap_folder` delete
+#: a folder only when it carries it (not in ``__all__``: a name for the callers of this module).
+STAGING_MARKER = ".speechbrain-mrl-staging"
+
+
+def _mark(folder):
+    """Puts :data:`STAGING_MARKER` in ``folder`` (never through a link planted at its name)."""
+    fd = os.open(pathlib.Path(folder) / STAGING_MARKER,
+                 os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o666 & ~current_umask())
+    with os.fdopen(fd, "w") as f:
+        f.write("a folder speechbrain-mrl stages or keeps aside while it saves; a save removes "
+                "it once it is stale\n")
+
+
+def _unmark(folder):
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(pathlib.Path(folder) / STAGING_MARKER)
+
+
+def is_staging(path):
+    """True for a folder (not a link) holding :data:`STAGING_MARKER`: made by this module.
+
+    Example
+    -------
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> (root / ".m.backup_1").mkdir()
+    >>> is_staging(staging_folder(root / "m")), is_staging(root / ".m.backup_1")
+    (True, False)
+    >>> shutil.rmtree(root)
+    """
+    path = pathlib.Path(path)
+    try:
+        return (not path.is_symlink() and path.is_dir()
+                and stat.S_ISREG(os.lstat(path / STAGING_MARKER).st_mode))
+    except OSError:
+        return False
+
+
+def aside_folder(final):
+    """Where :func:`swap_folder` keeps the previous ``final`` until the new one is in place:
+    ``.<name>.speechbrain-mrl-old`` beside it (a name no user picks; it carries the marker).
+
+    Example
+    -------
+    >>> aside_folder("/data/index").name
+    '.index.speechbrain-mrl-old'
+    """
+    final = pathlib.Path(final)
+    return final.parent / f".{final.name}.speechbrain-mrl-old"
+
+
 def staging_folder(final):
     """A new empty hidden folder ``.<name>.<8 random characters>`` beside the folder ``final``,
-    with the permissions the umask gives a new folder (not :func:`tempfile.mkdtemp`'s 0o700).
+    with the permissions the umask gives a new folder (not :func:`tempfile.mkdtemp`'s 0o700),
+    holding only the marker :data:`STAGING_MARKER` (so that a killed writer's folder is known
+    for this module's, and removed by :func:`remove_stale_staging`).
 
-    Fill it, then move it into place with :func:`swap_folder`.
+    Fill it, then move it into place with :func:`swap_folder` (which removes the marker).
 
     Example
     -------
@@ -129,11 +186,14 @@ def staging_folder(final):
     >>> _ = os.umask(old)
     >>> staged.name.startswith(".index."), oct(staged.stat().st_mode & 0o777)
     (True, '0o755')
+    >>> [p.name for p in staged.iterdir()] == [STAGING_MARKER]
+    True
     >>> shutil.rmtree(root)
     """
     final = pathlib.Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     staged = pathlib.Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
+    _mark(staged)
     os.chmod(staged, 0o777 & ~current_umask())
     return staged
 
@@ -143,44 +203,67 @@ def remove_stale_staging(folder):
 
     Call it where no live writer can be staging ``folder`` (e.g. holding its
     write lock). A staging folder is named as :func:`staging_folder` names it
-    (``.<name>.`` and 8 characters of :func:`tempfile.mkdtemp`); a lock file
-    and a previous folder waiting at ``.<name>.old`` are not.
+    (``.<name>.`` and 8 characters of :func:`tempfile.mkdtemp`) and carries
+    :data:`STAGING_MARKER`; a folder of the user's (``.<name>.20261207``,
+    ``.<name>.backup_1``, ``.<name>.old``), a lock file and the previous folder
+    waiting at :func:`aside_folder` are left alone.
 
     Example
     -------
     >>> root = pathlib.Path(tempfile.mkdtemp())
-    >>> stale, aside = staging_folder(root / "m"), root / ".m.old"
-    >>> aside.mkdir()
+    >>> stale, users = staging_folder(root / "m"), [root / ".m.old", root / ".m.20261207"]
+    >>> for folder in users:
+    ...     folder.mkdir()
     >>> remove_stale_staging(root / "m")
-    >>> stale.exists(), aside.exists()
-    (False, True)
+    >>> stale.exists(), [folder.exists() for folder in users]
+    (False, [True, True])
     >>> shutil.rmtree(root)
     """
+    folder = pathlib.Path(folder)
     name = re.compile(rf"\.{re.escape(folder.name)}\.[a-z0-9_]{{8}}")
     for path in folder.parent.glob(f".{glob.escape(folder.name)}.*"):
-        if name.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+        if name.fullmatch(path.name) and is_staging(path):
             shutil.rmtree(path, ignore_errors=True)
 
 
 def swap_folder(staged, final, aside):
     """Moves the complete folder ``staged`` to ``final``; an existing ``final`` waits at
-    ``aside`` until the new one is in place, so a kill never leaves neither of them.
+    ``aside`` (:func:`aside_folder`) until the new one is in place, so a kill never leaves
+    neither of them.
+
+    The folder moved aside carries :data:`STAGING_MARKER` (written into ``final`` just
+    before the move), and ``final`` is left without it. A folder already at ``aside`` is
+    deleted only when it carries the marker (the previous folder of a killed swap).
 
     Raises
     ------
     NotADirectoryError
         ``final`` or ``aside`` is a file or a link, not a folder (nothing is moved).
+    FileExistsError
+        A folder without the marker is at ``aside`` (nothing is moved).
     """
     staged, final, aside = pathlib.Path(staged), pathlib.Path(final), pathlib.Path(aside)
     for path in (final, aside):
         if os.path.lexists(path) and (path.is_symlink() or not path.is_dir()):
             raise NotADirectoryError(f"{path} is a file or link, not a folder: nothing was "
                                      f"written over it (move it away to write {final})")
+    if os.path.lexists(aside) and not is_staging(aside):
+        raise FileExistsError(f"{aside} is a folder that speechbrain-mrl did not make: nothing "
+                              f"was written over it (move it away to write {final})")
     if not final.exists():
         os.replace(staged, final)
+        _unmark(final)
+        if is_staging(aside):  # the previous folder of a killed swap: superseded now
+            shutil.rmtree(aside, ignore_errors=True)
         return final
     shutil.rmtree(aside, ignore_errors=True)
-    os.replace(final, aside)
+    _mark(final)
+    try:
+        os.replace(final, aside)
+    except BaseException:
+        _unmark(final)
+        raise
     os.replace(staged, final)
+    _unmark(final)
     shutil.rmtree(aside)
     return final
