@@ -1,8 +1,9 @@
 """TorchScript and ONNX export of a Matryoshka ReDimNet: waveform -> every-size embedding.
 
 The exported graph contains the whole pipeline: the log-mel front end
-(:class:`~speechbrain_mrl.model.features.ReDimNetFbank`),
-the ReDimNet lobe and the Matryoshka head. Inputs ``wavs`` ``[batch, time]``
+(:class:`~speechbrain_mrl.model.features.ReDimNetFbank`, or ReDimNet2's TF-style
+:class:`~speechbrain_mrl.model.features_tf.TFMelFbank`),
+the ReDimNet or ReDimNet2 lobe and the Matryoshka head. Inputs ``wavs`` ``[batch, time]``
 (16 kHz, float32, zero-padded; both axes dynamic) and ``wav_lens``
 ``[batch]`` (relative lengths in ``(0, 1]``, as in SpeechBrain), so one batch
 may mix lengths; outputs ``embedding_<d>`` ``[batch, d]`` for every
@@ -151,8 +152,14 @@ def _example(seconds=2.0, batch=2, sample_rate=16000, seed=0):
 
 @contextlib.contextmanager
 def _graph_front_end(encoder):
-    """While exporting: the front end's spectrogram as a convolution (any runtime reads it)."""
+    """While exporting: the front end's spectrogram as a convolution (any runtime reads it).
+
+    ReDimNet2's TF-style front end (``TFMelFbank``) always is one: nothing to switch.
+    """
     fbank = encoder.compute_features
+    if not hasattr(fbank, "stft_as_matmul"):
+        yield
+        return
     before, fbank.stft_as_matmul = fbank.stft_as_matmul, True
     try:
         yield

@@ -163,7 +163,7 @@ def validation_section(model_info):
     return "\n".join(lines) + "\n"
 
 
-def provenance_lines(backbone, data, frozen):
+def provenance_lines(backbone, data, frozen, lobe="ReDimNet"):
     """Model-card lines on the backbone and the prepared data, as the recipe recorded them.
 
     Arguments
@@ -176,6 +176,9 @@ def provenance_lines(backbone, data, frozen):
         ``train`` and ``valid`` speaker and utterance counts.
     frozen : bool or None
         ``extra_info["frozen_backbone"]``.
+    lobe : str
+        The lobe's family, ``ReDimNet`` or ``ReDimNet2`` (a release name such as
+        ``b2-vox2-ptn`` exists in both).
 
     Returns
     -------
@@ -194,9 +197,9 @@ def provenance_lines(backbone, data, frozen):
         if backbone.get("trained_from_scratch"):
             text = "trained from scratch"
         elif "release" in backbone:
-            text = f"the official ReDimNet release `{backbone['release']}`"
+            text = f"the official {lobe} release `{backbone['release']}`"
         else:
-            text = f"the official-format ReDimNet checkpoint `{backbone.get('file')}`"
+            text = f"the official-format {lobe} checkpoint `{backbone.get('file')}`"
         if backbone.get("unfrozen_from_epoch"):
             text += f", fine-tuned from epoch {backbone['unfrozen_from_epoch']}"
         elif frozen:
@@ -231,7 +234,8 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
     command = extra.pop("command", None)
     command = None if command is None else shorten_paths(command)
     provenance = provenance_lines(extra.pop("backbone", None), extra.pop("training_data", None),
-                                  extra.get("frozen_backbone"))
+                                  extra.get("frozen_backbone"),
+                                  str(model_info.get("model") or "ReDimNet").split(" ")[0])
     trained_on = f"Trained on {', '.join(datasets)} with" if datasets else "Trained with"
     front = [
         "---",

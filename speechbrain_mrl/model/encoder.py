@@ -1,7 +1,7 @@
 """The one waveform -> nested-embedding encoder of the package.
 
 :class:`MRLEncoder` chains the log-mel front end (``compute_features``), the
-ReDimNet lobe (``embedding_model``) and, optionally, the Matryoshka head
+ReDimNet or ReDimNet2 lobe (``embedding_model``) and, optionally, the Matryoshka head
 (``mrl_head``). Without a head the embedding is the lobe's own
 (``bn -> linear (-> bn2)`` on the pooled statistics), a single size.
 
@@ -24,6 +24,8 @@ from torch import nn
 from speechbrain_mrl.model.features import ReDimNetFbank
 from speechbrain_mrl.model.sizes import check_target_dim
 from speechbrain_mrl.model.redimnet import ReDimNet, redimnet_config
+from speechbrain_mrl.model.redimnet2 import (ReDimNet2, is_redimnet2_config, redimnet2_config,
+                                             redimnet2_frontend)
 
 __all__ = ["MRLEncoder", "Passthrough", "SpeechBrainEmbedding", "merge_window_stats", "window_bounds"]
 
@@ -70,9 +72,9 @@ class MRLEncoder(nn.Module):
 
     Arguments
     ---------
-    compute_features : ReDimNetFbank
+    compute_features : ReDimNetFbank or TFMelFbank
         Front end.
-    embedding_model : ReDimNet
+    embedding_model : ReDimNet or ReDimNet2
         The lobe.
     mrl_head : MatryoshkaProjection, optional
         Matryoshka head on the pooled statistics; None: the lobe's own
@@ -116,20 +118,45 @@ class MRLEncoder(nn.Module):
         self.backbone_frozen = False
 
     @classmethod
-    def from_config(cls, config="M", mrl_head=None):
+    def from_config(cls, config="M", mrl_head=None, lobe=None):
         """Front end and lobe from an official ``model_config`` or a preset name.
 
         Arguments
         ---------
         config : str or dict
-            Preset (``b0``..``b6``, ``M``) or ``model_config``.
+            Preset (``b0``..``b6``, ``M``, ``small``; ``r2-b0``..``r2-b6``) or ``model_config``
+            of a ReDimNet or a ReDimNet2.
         mrl_head : MatryoshkaProjection, optional
             Head on the pooled statistics.
+        lobe : str, optional
+            ``"redimnet"`` or ``"redimnet2"``; None: a ReDimNet2 for the ``r2-*`` presets
+            and for configs holding ``causal`` (every official ReDimNet2 ``model_config``
+            does, ReDimNet's never) or striding as ``(freq, time)`` pairs
+            (:func:`~speechbrain_mrl.model.redimnet2.is_redimnet2_config`), else a ReDimNet.
+            A ReDimNet2 gets the front end of its ``feat_type``
+            (:func:`~speechbrain_mrl.model.redimnet2.redimnet2_frontend`).
 
         Returns
         -------
         MRLEncoder
+
+        Example
+        -------
+        >>> type(MRLEncoder.from_config("r2-b0").embedding_model).__name__
+        'ReDimNet2'
+        >>> tf = MRLEncoder.from_config(dict(F=16, C=4, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)],
+        ...                                  feat_type="tf"))
+        >>> type(tf.compute_features).__name__, type(MRLEncoder.from_config("b0").embedding_model).__name__
+        ('TFMelFbank', 'ReDimNet')
         """
+        if lobe is None:
+            lobe = "redimnet2" if is_redimnet2_config(config) else "redimnet"
+        if lobe == "redimnet2":
+            cfg = redimnet2_config(config)
+            return cls(redimnet2_frontend(cfg), ReDimNet2(**cfg), mrl_head)
+        if lobe != "redimnet":
+            raise ValueError(f"lobe must be 'redimnet' or 'redimnet2' (or None: from the config), "
+                             f"got {lobe!r}")
         cfg = redimnet_config(config)
         lobe = ReDimNet(**cfg)
         fbank = ReDimNetFbank(n_mels=lobe.F, hop_length=cfg["hop_length"],

@@ -256,7 +256,12 @@ class TFMelFbank(nn.Module):
         if wav_lens is None:
             return None
         samples = torch.round(wav_lens.detach().float() * num_samples).long().clamp(1, num_samples)
-        return self._frames(samples).float() / self.num_frames(num_samples)
+        if building_graph():  # num_frames' int() and max() would fix a symbolic length
+            pad = self.hop_length // 2
+            total = (num_samples + 2 * pad - self.win_length) // self.hop_length + 1
+        else:
+            total = self.num_frames(num_samples)
+        return self._frames(samples).float() / total
 
     def forward(self, wavs, wav_lens=None):
         """Normalised log-mel features ``[B, frames, n_mels]`` (padded frames zero).

@@ -6,7 +6,8 @@ that :class:`speechbrain_mrl.inference.interface.MRLEncoderClassifier` loads wit
 into a HuggingFace Hub repository):
 
 * ``hyperparams.yaml``: HyperPyYAML building the front end
-  (:class:`~speechbrain_mrl.model.features.ReDimNetFbank`), the ReDimNet lobe and the
+  (:class:`~speechbrain_mrl.model.features.ReDimNetFbank`, or for a ReDimNet2 the one
+  of its ``feat_type``), the ReDimNet or ReDimNet2 lobe and the
   Matryoshka head, plus a ``Pretrainer`` whose loadables carry *no* paths, so
   the files are always collected from the ``source`` given to
   ``from_hparams`` (a local folder or a hub repo id; no ``pretrained_path`` to
@@ -35,13 +36,16 @@ import pathlib
 import re
 import shutil
 
-from speechbrain_mrl.utils.files import (remove_stale_staging, save_torch_atomic, staging_folder,
-                                   swap_folder, write_text_atomic)
+from speechbrain_mrl.utils.files import (STAGING_MARKER, aside_folder, is_staging, remove_stale_staging,
+                                   save_torch_atomic, staging_folder, swap_folder, write_text_atomic)
 from speechbrain_mrl.model.sizes import check_thresholds
-from speechbrain_mrl.model.redimnet import plain_config
+from speechbrain_mrl.model.features import ReDimNetFbank
+from speechbrain_mrl.model.redimnet import ReDimNet, plain_config
+from speechbrain_mrl.model.redimnet2 import ReDimNet2, is_redimnet2_config, redimnet2_frontend_args
 
 __all__ = [
     "SHIPPED_MODELS",
+    "model_parts",
     "resolve_model_source",
     "write_model_folder",
     "model_fingerprint",
@@ -87,16 +91,50 @@ def _yaml_block(kwargs, indent=4):
     return "\n".join(lines) if lines else " " * indent + "{}"
 
 
+def _class_path(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def model_parts(model_config):
+    """``(lobe class, front-end class, front-end kwargs)`` a model folder builds for a config.
+
+    A ReDimNet2 ``model_config`` (:func:`~speechbrain_mrl.model.redimnet2.is_redimnet2_config`)
+    gives :class:`~speechbrain_mrl.model.redimnet2.ReDimNet2` and the front end of its
+    ``feat_type`` (:func:`~speechbrain_mrl.model.redimnet2.redimnet2_frontend_args`); any
+    other gives :class:`~speechbrain_mrl.model.redimnet.ReDimNet` and
+    :class:`~speechbrain_mrl.model.features.ReDimNetFbank`. The kwargs start with
+    ``n_mels`` and ``hop_length``, then the ``spec_params`` the front end takes.
+
+    Example
+    -------
+    >>> [c.__name__ for c in model_parts(dict(F=16, causal="none", feat_type="tf"))[:2]]
+    ['ReDimNet2', 'TFMelFbank']
+    >>> lobe, fbank, kwargs = model_parts(dict(F=16, hop_length=160, spec_params={}))
+    >>> lobe.__name__, fbank.__name__, kwargs
+    ('ReDimNet', 'ReDimNetFbank', {'n_mels': 16, 'hop_length': 160})
+    """
+    cfg = plain_config(dict(model_config))
+    if is_redimnet2_config(cfg):
+        fbank_cls, kwargs = redimnet2_frontend_args(cfg)
+        return ReDimNet2, fbank_cls, kwargs
+    kwargs = {"n_mels": cfg.get("F", 72), "hop_length": cfg.get("hop_length", 160)}
+    kwargs.update(dict(cfg.get("spec_params") or {}))
+    return ReDimNet, ReDimNetFbank, kwargs
+
+
 def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=None,
                        sample_rate=16000, min_duration=0.0, short_duration=0.5,
                        recommended_dim=None):
-    """Inference ``hyperparams.yaml`` text for a Matryoshka ReDimNet.
+    """Inference ``hyperparams.yaml`` text for a Matryoshka ReDimNet or ReDimNet2.
+
+    The lobe and front end classes (and the front end's arguments) are those of
+    :func:`model_parts`.
 
     Arguments
     ---------
     model_config : dict
-        Official-style ReDimNet ``model_config`` (``F``, ``C``, ``stages_setup``,
-        ``hop_length``, ``spec_params``, ...).
+        Official-style ReDimNet or ReDimNet2 ``model_config`` (``F``, ``C``,
+        ``stages_setup``, ``hop_length``, ``spec_params``, ...).
     pool_dim : int
         Size of the pooled statistics (input of the Matryoshka head).
     embed_dim : int
@@ -130,10 +168,10 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
     ([4, 8], {4: 0.3, 8: 0.35})
     """
     cfg = plain_config(dict(model_config))
-    spec_params = dict(cfg.get("spec_params") or {})
-    fbank = {"n_mels": cfg.get("F", 72), "hop_length": cfg.get("hop_length", 160),
+    lobe_cls, fbank_cls, fbank_kwargs = model_parts(cfg)
+    fbank = {"n_mels": fbank_kwargs.pop("n_mels"), "hop_length": fbank_kwargs.pop("hop_length"),
              "sample_rate": int(sample_rate)}
-    fbank.update(spec_params)
+    fbank.update(fbank_kwargs)
     fbank["do_spec_aug"] = False
     lobe = dict(cfg)
     thr = check_thresholds(thresholds, list(mrl_dims))
@@ -146,7 +184,10 @@ def render_hyperparams(model_config, pool_dim, embed_dim, mrl_dims, thresholds=N
         embed_dim=int(embed_dim),
         mrl_dims=json.dumps([int(d) for d in mrl_dims]),
         thresholds=thr_text,
+        fbank_class=_class_path(fbank_cls),
         fbank_kwargs=_yaml_block(fbank),
+        lobe_name=lobe_cls.__name__,
+        lobe_class=_class_path(lobe_cls),
         lobe_kwargs=_yaml_block(lobe),
         pool_dim=int(pool_dim),
     )
@@ -242,10 +283,16 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     """
     if getattr(encoder, "mrl_head", None) is None:
         raise ValueError("write_model_folder needs an MRLEncoder with a Matryoshka head (mrl_head)")
+    lobe_cls, fbank_cls, _ = model_parts(encoder.model_config)
+    built = (type(encoder.embedding_model), type(encoder.compute_features))
+    if built != (lobe_cls, fbank_cls):
+        raise ValueError(f"the encoder's {built[0].__name__} + {built[1].__name__} is not what its "
+                         f"model_config builds ({lobe_cls.__name__} + {fbank_cls.__name__}): the "
+                         "model folder would compute other embeddings")
     mrl_dims = encoder.mrl_dims
     thr = check_thresholds(thresholds, mrl_dims)
     info = {
-        "model": "ReDimNet + Matryoshka projection (speechbrain-mrl)",
+        "model": f"{lobe_cls.__name__} + Matryoshka projection (speechbrain-mrl)",
         "embed_dim": encoder.embed_dim,
         "mrl_dims": mrl_dims,
         "pool_dim": encoder.pool_dim,
@@ -273,12 +320,13 @@ def write_model_folder(folder, encoder, thresholds=None, extra_info=None, valida
     }
     given = pathlib.Path(folder)
     folder = pathlib.Path(os.path.realpath(os.path.expanduser(given)))
-    aside = folder.parent / f".{folder.name}.old"
-    if aside.is_dir() and not folder.exists():  # a write killed between its two renames
+    aside = aside_folder(folder)
+    if is_staging(aside) and not folder.exists():  # a write killed between its two renames
         os.replace(aside, folder)
     if folder.exists() and not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a folder: give a folder for the model")
-    foreign = sorted(p.name for p in folder.glob("*") if p.name not in MODEL_FILES)
+    foreign = sorted(p.name for p in folder.glob("*")
+                     if p.name not in MODEL_FILES and p.name != STAGING_MARKER)
     if foreign:
         raise FileExistsError(f"{folder} holds files that are not a model's ({foreign[:5]}); "
                               "write the model to a new folder or over a model folder")

@@ -12,6 +12,11 @@ format. The lobe's state-dict keys are the official ones; the front end's
 :class:`~speechbrain_mrl.model.features.ReDimNetFbank` (``feat_type='pt'``) or
 :class:`~speechbrain_mrl.model.features_tf.TFMelFbank` (``feat_type='tf'``).
 
+:func:`load_official_backbone` and :func:`save_official_backbone` take either family: a
+local file is built as the ReDimNet or ReDimNet2 its ``model_config`` describes (the
+frozen-backbone recipes' ``pretrained_backbone``), a release name is looked up among the
+releases of the family named.
+
 Authors
 -------
  * speechbrain-mrl developers
@@ -26,10 +31,14 @@ from speechbrain_mrl.utils.download import download
 from speechbrain_mrl.utils.files import save_torch_atomic
 from speechbrain_mrl.model.encoder import MRLEncoder
 from speechbrain_mrl.model.features_tf import TFMelFbank
+from speechbrain_mrl.model.official import load_official_redimnet, save_official_checkpoint
 from speechbrain_mrl.model.redimnet import plain_config
-from speechbrain_mrl.model.redimnet2 import ReDimNet2, redimnet2_config, redimnet2_frontend
+from speechbrain_mrl.model.redimnet2 import (ReDimNet2, is_redimnet2_config, redimnet2_config,
+                                             redimnet2_frontend)
 
 __all__ = [
+    "load_official_backbone",
+    "save_official_backbone",
     "load_official_redimnet2",
     "save_official_redimnet2",
     "read_official_redimnet2",
@@ -240,3 +249,76 @@ def save_official_redimnet2(encoder, path):
     state = {k: v.detach().cpu().clone() for k, v in official2_state_dict(encoder).items()}
     return save_torch_atomic({"model_config": plain_config(encoder.model_config),
                               "state_dict": state}, path)
+
+
+#: Loader of the official releases of each family (:func:`load_official_backbone`).
+FAMILIES = {"redimnet": load_official_redimnet, "redimnet2": load_official_redimnet2}
+
+
+def load_official_backbone(source, savedir=None, base_url=None, map_location="cpu",
+                           family="redimnet"):
+    """An :class:`MRLEncoder` (no Matryoshka head) from an official ReDimNet or ReDimNet2 checkpoint.
+
+    A local file is built as the family its ``model_config`` describes
+    (:func:`~speechbrain_mrl.model.redimnet2.is_redimnet2_config`: ReDimNet2 configs hold
+    ``causal``), whatever ``family`` says; a release name, which does not tell the
+    families apart (``b2-vox2-ptn`` could name either), is a release of ``family``.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        Path to an official ``.pt`` file (read offline), or a release name.
+    savedir : str or os.PathLike, optional
+        Download cache folder.
+    base_url : str, optional
+        Overrides the family's release URL prefix.
+    map_location : str or torch.device
+        Device of the returned model.
+    family : str
+        ``"redimnet"`` (:func:`~speechbrain_mrl.model.official.load_official_redimnet`) or
+        ``"redimnet2"`` (:func:`load_official_redimnet2`): whose release a name is.
+
+    Returns
+    -------
+    MRLEncoder
+        In ``eval()`` mode.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``family``, or what the family's loader refuses.
+
+    Example
+    -------
+    >>> import tempfile, os
+    >>> enc = redimnet2_encoder(dict(F=16, C=4, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)]))
+    >>> path = save_official_backbone(enc, os.path.join(tempfile.mkdtemp(), "tiny.pt"))
+    >>> type(load_official_backbone(path).embedding_model).__name__
+    'ReDimNet2'
+    """
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
+    if pathlib.Path(source).is_file():
+        try:
+            config, _ = read_official_redimnet2(source)
+        except ValueError:
+            config = None  # not a checkpoint: the family's loader says what is wrong
+        if config is not None:
+            family = "redimnet2" if is_redimnet2_config(config) else "redimnet"
+    return FAMILIES[family](source, savedir=savedir, base_url=base_url, map_location=map_location)
+
+
+def save_official_backbone(encoder, path):
+    """Writes an :class:`MRLEncoder`'s front end and lobe as an official checkpoint of its family.
+
+    :func:`save_official_redimnet2` for a ReDimNet2 lobe, else
+    :func:`~speechbrain_mrl.model.official.save_official_checkpoint`; both read back with
+    :func:`load_official_backbone`.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    if isinstance(encoder.embedding_model, ReDimNet2):
+        return save_official_redimnet2(encoder, path)
+    return save_official_checkpoint(encoder, path)

@@ -64,7 +64,7 @@ from speechbrain_mrl.model.redimnet import (
 )
 
 __all__ = ["ReDimNet2", "REDIMNET2_PRESETS", "redimnet2_config", "redimnet2_frontend",
-           "check_redimnet2_config"]
+           "redimnet2_frontend_args", "check_redimnet2_config", "is_redimnet2_config"]
 
 #: Keyword arguments of the official ``ReDimNet2Wrap`` and the values used when absent.
 #: (The official default ``causal=False`` builds nothing: ``'none'`` is the buildable one.)
@@ -262,6 +262,69 @@ def check_redimnet2_config(cfg):
     _stages(cfg.get("stages_setup") or [], int(cfg.get("F", 72)))
 
 
+def is_redimnet2_config(config):
+    """Whether a preset name or ``model_config`` describes a ReDimNet2 (else a ReDimNet).
+
+    ReDimNet2: the ``r2-*`` presets (:data:`REDIMNET2_PRESETS`), and configs holding
+    ``causal``, a keyword of every official ReDimNet2 ``model_config`` (and of every
+    config :func:`redimnet2_config` writes) that ReDimNet's never holds, or whose stages
+    stride as ``(freq, time)`` pairs (ReDimNet's strides are one number).
+
+    Arguments
+    ---------
+    config : str or dict
+        Preset name or (possibly partial) ``model_config``.
+
+    Returns
+    -------
+    bool
+
+    Example
+    -------
+    >>> is_redimnet2_config("r2-b2"), is_redimnet2_config("b2"), is_redimnet2_config(dict(causal="none"))
+    (True, False, True)
+    >>> is_redimnet2_config(dict(F=16, stages_setup=[((1, 2), 1, 1, [(3, 3)], 4)]))
+    True
+    """
+    if isinstance(config, str):
+        return config in REDIMNET2_PRESETS
+    config = dict(config or {})
+    stages = config.get("stages_setup") or []
+    return "causal" in config or any(
+        isinstance(s, (list, tuple)) and s and isinstance(s[0], (list, tuple)) for s in stages)
+
+
+def redimnet2_frontend_args(config):
+    """``(class, kwargs)`` of the front end of a ReDimNet2 ``model_config``.
+
+    :func:`redimnet2_frontend` builds ``class(**kwargs)``; a model folder's
+    ``hyperparams.yaml`` names the same class and arguments.
+
+    Returns
+    -------
+    tuple
+        ``ReDimNetFbank``, ``NormalizedReDimNetFbank`` or ``TFMelFbank``, and its keyword
+        arguments (``n_mels``, ``hop_length``, then the ``spec_params`` it takes).
+
+    Example
+    -------
+    >>> cls, kwargs = redimnet2_frontend_args(redimnet2_config("r2-b0", feat_type="tf"))
+    >>> cls.__name__, kwargs["n_mels"], kwargs["hop_length"]
+    ('TFMelFbank', 72, 160)
+    """
+    cfg = redimnet2_config(config)
+    check_redimnet2_config(cfg)
+    spec = dict(cfg.get("spec_params") or {})
+    spec.pop("do_preemph", None)  # only True (checked)
+    kwargs = dict(n_mels=int(cfg["F"]), hop_length=int(cfg["hop_length"]))
+    if cfg["feat_type"] in ("tf", "tf_mel"):
+        return TFMelFbank, dict(kwargs, **spec)
+    spec.pop("spec_norm", None)  # only 'mn' (checked)
+    if spec.pop("norm_signal", False):
+        return NormalizedReDimNetFbank, dict(kwargs, **spec)
+    return ReDimNetFbank, dict(kwargs, **spec)
+
+
 def redimnet2_frontend(config):
     """The front end of a ReDimNet2 ``model_config`` (its ``feat_type`` and ``spec_params``).
 
@@ -277,17 +340,8 @@ def redimnet2_frontend(config):
     >>> type(redimnet2_frontend(cfg)).__name__
     'TFMelFbank'
     """
-    cfg = redimnet2_config(config)
-    check_redimnet2_config(cfg)
-    spec = dict(cfg.get("spec_params") or {})
-    spec.pop("do_preemph", None)  # only True (checked)
-    common = dict(n_mels=int(cfg["F"]), hop_length=int(cfg["hop_length"]))
-    if cfg["feat_type"] in ("tf", "tf_mel"):
-        return TFMelFbank(**common, **spec)
-    spec.pop("spec_norm", None)  # only 'mn' (checked)
-    if spec.pop("norm_signal", False):
-        return NormalizedReDimNetFbank(**common, **spec)
-    return ReDimNetFbank(**common, **spec)
+    cls, kwargs = redimnet2_frontend_args(config)
+    return cls(**kwargs)
 
 
 # ---------------------------------------------------------------------------
@@ -730,7 +784,7 @@ class ReDimNet2(nn.Module):
         if lengths is not None:
             lengths = torch.as_tensor(lengths, device=feats.device)
         valid = self.valid_frames(lengths, t)
-        feats = feats[:, :(t // s) * s]
+        feats = feats[:, :t - t % s]  # (t // s) * s, in a form torch.export can bound
         x = self.backbone(feats, valid)
         mask = None
         if valid is not None:

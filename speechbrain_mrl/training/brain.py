@@ -1,4 +1,4 @@
-"""Training of Matryoshka speaker embeddings on a ReDimNet backbone (SpeechBrain Brain).
+"""Training of Matryoshka speaker embeddings on a ReDimNet or ReDimNet2 backbone (SpeechBrain Brain).
 
 The code every recipe's ``train.py`` shares: :class:`MRLBrain`, the data
 pipelines (:func:`dataio_prep`), the option checks (:func:`check_options`),
@@ -13,17 +13,20 @@ per-size AAM ``loss``, the augmentation, the learning-rate schedule and the
 data preparation. Two kinds of run:
 
 * ``train_backbone: False`` (``mrl_b0.yaml``, ``mrl_b2.yaml``, ``mrl_b6.yaml``,
-  ``mrl_M.yaml``, ``demo_mrl.yaml``): a pretrained ReDimNet is frozen (no
+  ``mrl_M.yaml``, ``mrl_r2_b0.yaml``, ``mrl_r2_b2.yaml``, ``mrl_r2_b6.yaml``,
+  ``demo_mrl.yaml``): a pretrained ReDimNet or ReDimNet2 is frozen (no
   gradient, not in the optimiser, kept in ``eval()``); the head starts from
   the backbone's embedding layer plus a rotation (``init_ordering``) and the
   classifiers from speaker centroids, so training starts from the backbone's
   accuracy, and the initial head is validated before the first epoch.
   ``unfreeze_epoch`` trains the backbone from that epoch on at
-  ``lr * backbone_lr_factor``.
+  ``lr * backbone_lr_factor``. A local ``pretrained_backbone`` file is built as
+  the family its ``model_config`` describes
+  (:func:`~speechbrain_mrl.model.official2.load_official_backbone`).
 * ``train_backbone: True`` (``scratch_redimnet.yaml``, ``demo_scratch.yaml``):
   the whole network trains from scratch, with or without a Matryoshka head, and
-  can be exported as an official-format checkpoint (``export_backbone``) for
-  a frozen stage.
+  can be exported as an official-format checkpoint of its family
+  (``export_backbone``) for a frozen stage.
 
 ``n_classes: null`` takes the number of speakers of the training manifest; a
 number given is checked against it.
@@ -61,7 +64,7 @@ from speechbrain_mrl.data.manifests import read_manifest, read_trials, resolve_t
 from speechbrain_mrl.training.head_init import ORDERINGS, evaluate_trials, init_head_from_backbone, window_rows
 from speechbrain_mrl.training.loggers import MultiLogger, extra_logger
 from speechbrain_mrl.utils.metrics import id_metrics
-from speechbrain_mrl.model.official import save_official_checkpoint
+from speechbrain_mrl.model.official2 import save_official_backbone
 from speechbrain_mrl.model.folder import shorten_paths, write_model_folder
 
 logger = logging.getLogger(__name__)
@@ -563,7 +566,7 @@ def train_and_evaluate(hparams, run_opts, command):
                                      brain.device, heads))
     if if_main_process():
         if hparams["train_backbone"] and hparams["export_backbone"]:
-            save_official_checkpoint(encoder, hparams["export_backbone"])
+            save_official_backbone(encoder, hparams["export_backbone"])
         if hparams["write_model_folder"] and encoder.mrl_head is not None:
             write_model_folder(hparams["model_folder"], encoder,
                                thresholds={d: m["threshold"] for d, m in val.items()},
