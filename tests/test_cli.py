@@ -28,7 +28,8 @@ def _subparsers(parser):
 def test_every_option_of_every_command_has_help_and_a_default_shown():
     commands = _subparsers(cli.build_parser())
     assert set(commands) == {"extract", "enrol", "identify", "verify", "evaluate", "calibrate",
-                             "cascade", "score", "copy-index", "export", "package",
+                             "cascade", "score", "diarize", "score-diarization", "copy-index",
+                             "export", "package",
                              "prepare-voxceleb", "prepare-librispeech", "prepare-demo"}
     for name, parser in commands.items():
         for action in parser._actions:

@@ -31,7 +31,7 @@ Authors
 """
 import sys
 
-from speechbrain_mrl.cli import export, extract, options, package, prepare, score, search
+from speechbrain_mrl.cli import diarize, export, extract, options, package, prepare, score, search
 
 __all__ = ["COMMANDS", "build_parser", "main", "run"]
 
@@ -39,7 +39,7 @@ __all__ = ["COMMANDS", "build_parser", "main", "run"]
 COMMANDS = {**extract.COMMANDS,
             **{name: search.COMMANDS[name]
                for name in ("enrol", "identify", "verify", "evaluate", "calibrate", "cascade")},
-            **score.COMMANDS, "copy-index": search.COMMANDS["copy-index"],
+            **score.COMMANDS, **diarize.COMMANDS, "copy-index": search.COMMANDS["copy-index"],
             **export.COMMANDS, **package.COMMANDS, **prepare.COMMANDS}
 
 

@@ -54,9 +54,9 @@ def scoring_encoder(model_folder=None, official_checkpoint=None, device="cpu", s
         raise ValueError("give exactly one of --model_folder (Matryoshka model) and "
                          "--official_checkpoint (plain official ReDimNet)")
     if official:
-        from speechbrain_mrl.model.official import load_official_redimnet
+        from speechbrain_mrl.model.official2 import load_official_backbone
 
-        encoder = load_official_redimnet(official).to(device).eval()
+        encoder = load_official_backbone(official).to(device).eval()  # ReDimNet or ReDimNet2
         options = {"sample_rate": int(sample_rate), "device": device}
         return encoder, f"official ReDimNet ({pathlib.Path(str(official)).name})", options, 0.5
 

@@ -51,6 +51,19 @@ from speechbrain_mrl.training.plots import CURVES_FILE
 
 HERE = pathlib.Path(__file__).resolve().parent
 BASELINE_EER = 16.68  # MFCC statistics + cosine on the demo trials
+#: Overrides of demo_scratch.yaml per backbone: the file's own small ReDimNet (0.24 M
+#: parameters), or a ReDimNet2 of about the same size (0.24 M: C=12, 3 stages of 3 blocks,
+#: 192 output channels), with the same front end, 1-D blocks and SpecAugment.
+DEMO_BACKBONES = {
+    "redimnet": [],
+    "redimnet2": ["--redimnet_config", "{F: 40, C: 12, causal: none, block_1d_type: conv, "
+                  "block_2d_type: basic_resnet, global_context_att: False, group_divisor: 1, "
+                  "out_channels: 192, stages_setup: [[[1, 1], 3, 2, [[3, 3]], null], "
+                  "[[2, 1], 3, 1, [[3, 3]], null], [[1, 2], 3, 1, [[3, 3]], null]], "
+                  "embed_dim: 192, hop_length: 160, feat_type: pt, pooling_func: ASTP, "
+                  "emb_bn: False, spec_params: {do_spec_aug: True, freq_mask_width: [0, 6], "
+                  "time_mask_width: [0, 8]}}"],
+}
 
 
 def merge_overrides(*lists):
@@ -294,6 +307,9 @@ def main(argv=None):
                         "speaker_verification_cosine.py anyway)")
     p.add_argument("--download", action="store_true",
                    help="download the Speech Commands test set when data_folder lacks it")
+    p.add_argument("--backbone", default="redimnet", choices=sorted(DEMO_BACKBONES),
+                   help="the small backbone trained from scratch: ReDimNet (0.24 M parameters) "
+                        "or a ReDimNet2 of about the same size")
     p.add_argument("--scratch_overrides", default="",
                    help="extra overrides of demo_scratch.yaml, e.g. '--batch_size 32'")
     p.add_argument("--mrl_overrides", default="",
@@ -313,7 +329,7 @@ def main(argv=None):
     t = time.time()
     if run_stage(out / "scratch" / "results.json", "train.py", HERE / "hparams" / "demo_scratch.yaml",
                  *merge_overrides(["--output_folder", str(out / "scratch")] + common,
-                                  shlex.split(a.scratch_overrides),
+                                  DEMO_BACKBONES[a.backbone], shlex.split(a.scratch_overrides),
                                   ["--number_of_epochs", str(a.scratch_epochs)] if a.scratch_epochs else [])):
         times["scratch_stage_s"] = time.time() - t
     t = time.time()
