@@ -279,7 +279,9 @@ def test_release_name_downloads_once_from_the_release_address(release_server, tm
     assert (cache / "b6-vb2+vox2_v0-lm.pt").is_file() and len(requests) == 1
     assert enc.embed_dim == 8 and not enc.training
     # again: from the cache, no download
-    monkeypatch.setattr(official2, "download", lambda *a, **k: pytest.fail("downloaded twice"))
+    from speechbrain_mrl.model import official
+
+    monkeypatch.setattr(official, "download", lambda *a, **k: pytest.fail("downloaded twice"))
     assert load_official_redimnet2("b6-vb2+vox2_v0-lm.pt", savedir=cache, base_url=base).embed_dim == 8
     assert resolve_official_redimnet2("b6-vb2+vox2_v0-lm", savedir=cache) == cache / "b6-vb2+vox2_v0-lm.pt"
     # the default address is the official release's

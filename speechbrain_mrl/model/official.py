@@ -14,6 +14,7 @@ Authors
 -------
  * speechbrain-mrl developers
 """
+import collections
 import os
 import pathlib
 import re
@@ -40,9 +41,6 @@ __all__ = [
 OFFICIAL_BASE_URL = "https://github.com/IDRnD/ReDimNet/releases/download/latest"
 #: ``{model}-{dataset}-{train_type}``, e.g. ``b2-vox2-ptn`` or ``M-vb2+vox2+cnc-ft_mix``.
 RELEASE_NAME_PATTERN = re.compile(r"^(b[0-6]|M)-([A-Za-z0-9_+]+)-(ptn|ft_lm|ft_mix|[A-Za-z0-9_]+)$")
-_DEFAULT_CACHE = pathlib.Path(
-    os.environ.get("REDIMNET_CACHE", pathlib.Path.home() / ".cache" / "speechbrain_mrl" / "redimnet")
-)
 
 
 # ---------------------------------------------------------------------------
@@ -124,13 +122,15 @@ def convert_official_state_dict(encoder, official_sd):
 # ---------------------------------------------------------------------------
 # config and file handling
 # ---------------------------------------------------------------------------
-def read_official_checkpoint(path):
+def read_official_checkpoint(path, family="ReDimNet"):
     """Reads an official checkpoint file safely (``weights_only=True``).
 
     Arguments
     ---------
     path : str or os.PathLike
         The ``.pt`` file.
+    family : str
+        ``ReDimNet`` or ``ReDimNet2``, for the messages.
 
     Returns
     -------
@@ -142,29 +142,77 @@ def read_official_checkpoint(path):
     ValueError
         If the file is unreadable or not a ``{'model_config', 'state_dict'}`` dict.
     """
-    ckpt = _read_checkpoint(path)
-    return plain_config(ckpt["model_config"]), ckpt["state_dict"]
-
-
-def _read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - re-raised with context
-        raise ValueError(f"{path} is not a readable ReDimNet checkpoint: {err}") from err
+        raise ValueError(f"{path} is not a readable {family} checkpoint: {err}") from err
     if not isinstance(ckpt, dict):
         raise ValueError(
-            f"{path} is not an official ReDimNet checkpoint: expected a dict with "
+            f"{path} is not an official {family} checkpoint: expected a dict with "
             f"'model_config' and 'state_dict', got {type(ckpt).__name__}"
         )
     missing = [k for k in ("model_config", "state_dict") if k not in ckpt]
     if missing:
         raise ValueError(
-            f"{path} is not an official ReDimNet checkpoint: missing {missing} "
+            f"{path} is not an official {family} checkpoint: missing {missing} "
             f"(found keys {sorted(map(str, ckpt))})"
         )
     if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["state_dict"], dict):
         raise ValueError(f"{path}: 'model_config' and 'state_dict' must both be dicts")
-    return ckpt
+    return plain_config(ckpt["model_config"]), ckpt["state_dict"]
+
+
+#: How one family's releases are named, cached and downloaded (:func:`resolve_release`).
+Releases = collections.namedtuple("Releases", ["family", "pattern", "form", "cache_env",
+                                               "cache_name", "base_env", "base_url", "sha256"])
+
+#: The official ReDimNet releases.
+REDIMNET_RELEASES = Releases(
+    "ReDimNet", RELEASE_NAME_PATTERN,
+    "(model b0..b6 or M, e.g. 'b2-vox2-ptn', 'M-vb2+vox2+cnc-ft_mix')",
+    "REDIMNET_CACHE", "redimnet", "REDIMNET_BASE_URL", OFFICIAL_BASE_URL, {})
+
+
+def resolve_release(source, releases, savedir=None, base_url=None):
+    """Local path of an official checkpoint of ``releases``, downloading a release name once.
+
+    Arguments
+    ---------
+    source : str or os.PathLike
+        Existing file path, or a release name ``{model}-{dataset}-{train_type}``
+        (``.pt`` optional).
+    releases : Releases
+        The family's naming, cache and download address.
+    savedir : str or os.PathLike, optional
+        Cache folder (default ``$<cache_env>`` or ``~/.cache/speechbrain_mrl/<cache_name>``).
+    base_url : str, optional
+        Release URL prefix (default ``$<base_env>`` or the family's address); ``file://``
+        URLs work too.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    path = pathlib.Path(source)
+    if path.is_file():
+        return path
+    name = str(source)
+    if name.endswith(".pt"):
+        name = name[:-3]
+    if os.sep in name or "/" in name or not releases.pattern.match(name):
+        raise ValueError(
+            f"{source!r} is neither an existing file nor an official {releases.family} release "
+            f"name of the form '{{model}}-{{dataset}}-{{train_type}}' {releases.form}"
+        )
+    default_cache = pathlib.Path.home() / ".cache" / "speechbrain_mrl" / releases.cache_name
+    cache = pathlib.Path(savedir or os.environ.get(releases.cache_env) or default_cache)
+    dest = cache / f"{name}.pt"
+    if dest.is_file():
+        return dest
+    base = base_url or os.environ.get(releases.base_env) or releases.base_url
+    return download(f"{base.rstrip('/')}/{name}.pt", dest, sha256=releases.sha256.get(name), hint=(
+        f"download {name}.pt yourself and pass its path instead of the release name "
+        f"(e.g. --pretrained_backbone /path/to/{name}.pt)"))
 
 
 def resolve_official_checkpoint(source, savedir=None, base_url=None):
@@ -186,26 +234,7 @@ def resolve_official_checkpoint(source, savedir=None, base_url=None):
     -------
     pathlib.Path
     """
-    path = pathlib.Path(source)
-    if path.is_file():
-        return path
-    name = str(source)
-    if name.endswith(".pt"):
-        name = name[:-3]
-    if os.sep in name or "/" in name or not RELEASE_NAME_PATTERN.match(name):
-        raise ValueError(
-            f"{source!r} is neither an existing file nor an official release name of the "
-            "form '{model}-{dataset}-{train_type}' (model b0..b6 or M, e.g. 'b2-vox2-ptn', "
-            "'M-vb2+vox2+cnc-ft_mix')"
-        )
-    cache = pathlib.Path(savedir) if savedir is not None else _DEFAULT_CACHE
-    dest = cache / f"{name}.pt"
-    if dest.is_file():
-        return dest
-    base = base_url or os.environ.get("REDIMNET_BASE_URL") or OFFICIAL_BASE_URL
-    return download(f"{base.rstrip('/')}/{name}.pt", dest, hint=(
-        f"download {name}.pt yourself and pass its path instead of the release name "
-        "(e.g. --pretrained_backbone /path/to/" f"{name}.pt)"))
+    return resolve_release(source, REDIMNET_RELEASES, savedir, base_url)
 
 
 def load_official_redimnet(source, savedir=None, base_url=None, map_location="cpu"):

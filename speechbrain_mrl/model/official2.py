@@ -21,17 +21,16 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import os
 import pathlib
 import re
 
 import torch
 
-from speechbrain_mrl.utils.download import download
 from speechbrain_mrl.utils.files import save_torch_atomic
 from speechbrain_mrl.model.encoder import MRLEncoder
 from speechbrain_mrl.model.features_tf import TFMelFbank
-from speechbrain_mrl.model.official import load_official_redimnet, save_official_checkpoint
+from speechbrain_mrl.model.official import (Releases, load_official_redimnet, read_official_checkpoint,
+                                           resolve_release, save_official_checkpoint)
 from speechbrain_mrl.model.redimnet import plain_config
 from speechbrain_mrl.model.redimnet2 import (ReDimNet2, is_redimnet2_config, redimnet2_config,
                                              redimnet2_frontend)
@@ -58,9 +57,10 @@ RELEASE2_NAME_PATTERN = re.compile(r"^(b[0-6])-([A-Za-z0-9_+]+)-([A-Za-z0-9_]+)$
 #: Known SHA-256 of released files by name; a download of a listed name that differs is
 #: refused. Empty: no checksum of the releases has been recorded yet.
 RELEASE2_SHA256 = {}
-_DEFAULT_CACHE = pathlib.Path(
-    os.environ.get("REDIMNET2_CACHE", pathlib.Path.home() / ".cache" / "speechbrain_mrl" / "redimnet2")
-)
+#: The official ReDimNet2 releases (:func:`~speechbrain_mrl.model.official.resolve_release`).
+REDIMNET2_RELEASES = Releases(
+    "ReDimNet2", RELEASE2_NAME_PATTERN, "(model b0..b6, e.g. 'b2-vox2-lm', 'b6-vb2+vox2_v0-lm')",
+    "REDIMNET2_CACHE", "redimnet2", "REDIMNET2_BASE_URL", OFFICIAL2_BASE_URL, RELEASE2_SHA256)
 #: Official ``spec.*`` key -> buffer of :class:`ReDimNetFbank` (``feat_type='pt'``).
 PT_SPEC_KEYS = {
     "spec.torchfbank.1.flipped_filter": "preemph_filter",
@@ -131,29 +131,9 @@ def _split_state_dict(encoder, official_sd):
 
 
 def read_official_redimnet2(path):
-    """Reads an official ReDimNet2 checkpoint safely (``weights_only=True``).
-
-    Returns
-    -------
-    tuple
-        ``(model_config, state_dict)``; tuples in the config become lists.
-
-    Raises
-    ------
-    ValueError
-        If the file is unreadable or not a ``{'model_config', 'state_dict'}`` dict.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with context
-        raise ValueError(f"{path} is not a readable ReDimNet2 checkpoint: {err}") from err
-    if not isinstance(ckpt, dict) or not {"model_config", "state_dict"} <= set(ckpt):
-        found = sorted(map(str, ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(f"{path} is not an official ReDimNet2 checkpoint: expected a dict with "
-                         f"'model_config' and 'state_dict', found {found}")
-    if not isinstance(ckpt["model_config"], dict) or not isinstance(ckpt["state_dict"], dict):
-        raise ValueError(f"{path}: 'model_config' and 'state_dict' must both be dicts")
-    return plain_config(ckpt["model_config"]), ckpt["state_dict"]
+    """Reads an official ReDimNet2 checkpoint safely: ``(model_config, state_dict)``
+    (:func:`~speechbrain_mrl.model.official.read_official_checkpoint`)."""
+    return read_official_checkpoint(path, "ReDimNet2")
 
 
 def resolve_official_redimnet2(source, savedir=None, base_url=None):
@@ -173,25 +153,7 @@ def resolve_official_redimnet2(source, savedir=None, base_url=None):
     -------
     pathlib.Path
     """
-    path = pathlib.Path(source)
-    if path.is_file():
-        return path
-    name = str(source)
-    if name.endswith(".pt"):
-        name = name[:-3]
-    if os.sep in name or "/" in name or not RELEASE2_NAME_PATTERN.match(name):
-        raise ValueError(
-            f"{source!r} is neither an existing file nor an official ReDimNet2 release name of the "
-            "form '{model}-{dataset}-{train_type}' (model b0..b6, e.g. 'b2-vox2-lm', "
-            "'b6-vb2+vox2_v0-lm')"
-        )
-    cache = pathlib.Path(savedir) if savedir is not None else _DEFAULT_CACHE
-    dest = cache / f"{name}.pt"
-    if dest.is_file():
-        return dest
-    base = base_url or os.environ.get("REDIMNET2_BASE_URL") or OFFICIAL2_BASE_URL
-    return download(f"{base.rstrip('/')}/{name}.pt", dest, sha256=RELEASE2_SHA256.get(name), hint=(
-        f"download {name}.pt yourself and pass its path instead of the release name"))
+    return resolve_release(source, REDIMNET2_RELEASES, savedir, base_url)
 
 
 def load_official_redimnet2(source, savedir=None, base_url=None, map_location="cpu"):
