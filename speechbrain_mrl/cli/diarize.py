@@ -17,14 +17,14 @@ Authors
 -------
  * speechbrain-mrl developers
 """
-import argparse
 import json
 import logging
 import pathlib
 import re
 
 from speechbrain_mrl.cli.options import (Command, OptionError, add_sources, check_option, cosine, load_model,
-                                         model_options, non_negative, positive_int, rate)
+                                         model_options, non_negative, positive_int, positive_seconds,
+                                         rate, size_or_zero)
 from speechbrain_mrl.data.conversations import read_rttm
 from speechbrain_mrl.data.manifests import check_audio_files
 from speechbrain_mrl.data.sources import read_sources
@@ -36,25 +36,6 @@ logger = logging.getLogger(__name__)
 
 #: The JSON report ``diarize`` writes into its output folder.
 REPORT_FILE = "diarization.json"
-
-
-def positive_seconds(text):
-    """A finite number of seconds above 0."""
-    value = non_negative(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
-    return value
-
-
-def size_or_zero(text):
-    """An embedding size, or 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (full size) or a prefix size, got {text!r}")
-    return value
 
 
 def recording_name(uid):

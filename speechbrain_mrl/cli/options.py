@@ -103,6 +103,25 @@ def non_negative(text):
     return value
 
 
+def positive_seconds(text):
+    """A finite number of seconds above 0."""
+    value = non_negative(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text!r}")
+    return value
+
+
+def size_or_zero(text):
+    """An embedding size, or 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (full size) or a prefix size, got {text!r}")
+    return value
+
+
 def threshold_or_index(text):
     """A cosine threshold in [-1, 1], or ``index`` (the index's own threshold)."""
     return "index" if text == "index" else cosine(text)
