@@ -216,3 +216,16 @@ def test_tagged_override_publishes_no_absolute_path(tiny, tmp_path):
         text = (tmp_path / "hub" / name).read_text()
         assert "/home/alice" not in text and "noise: !ref noise" in text
     assert "/home/alice" in (model / "model_info.json").read_text()  # the model folder as it was
+
+
+def test_the_card_command_hides_secrets_and_outside_paths():
+    """Regression (issue 28): the model card kept ~/ and ../ paths and raw override values
+    (a wandb_key would have been published)."""
+    from speechbrain_mrl.training.brain import training_command
+
+    shown = training_command("/home/me/recipe/hparams/mrl_b2.yaml",
+                             "data_folder: ~/data/vox\nwandb_key: abc123\nnoise: ../shared/noise\n"
+                             "api_token: t0k\nseed: 3\noutput_folder: results/a")
+    assert shown == ("python train.py hparams/mrl_b2.yaml --data_folder vox --wandb_key '<hidden>' "
+                     "--noise noise --api_token '<hidden>' --seed 3 --output_folder results/a")
+    assert "abc123" not in shown and "~" not in shown and ".." not in shown

@@ -74,7 +74,7 @@ FINGERPRINT_FILES = ("hyperparams.yaml", "embedding_model.ckpt", "mrl_head.ckpt"
                      "calibration.json")
 
 #: An absolute path in a command line (at its start or after a space, bracket, comma or quote).
-_ABSOLUTE_PATH = re.compile(r"(?<![^\s\[{(,'\"])/[^\s\]}),'\"]*")
+_ABSOLUTE_PATH = re.compile(r"(?<![^\s\[{(,'\"])(?:/|~/|\.\./)[^\s\]}),'\"]*")
 
 #: Template of the inference ``hyperparams.yaml`` (``{name}`` fields are filled
 #: by :func:`render_hyperparams`), shipped as package data.
@@ -420,7 +420,7 @@ def model_fingerprint(folder):
 
 
 def shorten_paths(text):
-    """``text`` (a command line) with every absolute path cut to its last part.
+    """``text`` (a command line) with every absolute, ``~/`` or ``../`` path cut to its last part.
 
     For a training command shown in ``model_info.json`` and on a model card,
     which should not publish the trainer's folders.
@@ -438,6 +438,8 @@ def shorten_paths(text):
     -------
     >>> shorten_paths("python train.py x.yaml noise: !ref /home/alice/noise lists: [/d/a.csv, b]")
     'python train.py x.yaml noise: !ref noise lists: [a.csv, b]'
+    >>> shorten_paths("--noise ~/data/noise --rir ../shared/rir --out results/x")
+    '--noise noise --rir rir --out results/x'
     """
     return _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(text))
 

@@ -49,6 +49,7 @@ import logging
 import math
 import os
 import random
+import re
 import shlex
 import time
 
@@ -384,14 +385,21 @@ def dataio_prep(hparams):
 
 
 # --------------------------------------------------------------------- main
+#: Overrides whose values a model card never shows (API keys, tokens, passwords).
+_SECRET_KEY = re.compile(r"key|token|secret|password|credential", re.I)
+
+
 def short_path(value):
-    """``value`` as the model card shows it: an absolute path cut to its last part."""
+    """``value`` as the model card shows it: a path outside the run's folder (absolute, from
+    the home folder ``~`` or up through ``..``) cut to its last part."""
     value = str(value)
-    return os.path.basename(value.rstrip("/")) if os.path.isabs(value) else value
+    outside = os.path.isabs(value) or value.startswith("~") or ".." in value.split("/")
+    return os.path.basename(value.rstrip("/")) if outside else value
 
 
 def training_command(hparams_file, overrides):
-    """The command line of this run for the model card, absolute paths cut to their last part."""
+    """The command line of this run for the model card: paths outside the run cut to their last
+    part (:func:`short_path`), the values of secret-looking overrides (``wandb_key``) hidden."""
     def shown(value):
         if isinstance(value, list):
             return "[" + ", ".join(shown(v) for v in value) + "]"
@@ -403,7 +411,7 @@ def training_command(hparams_file, overrides):
     except yaml.YAMLError:  # HyperPyYAML tags: recorded as given, absolute paths cut
         return shlex.join(args) + " " + shorten_paths(" ".join(str(overrides).split()))
     for key, value in pairs:
-        args += [f"--{key}", shown(value)]
+        args += [f"--{key}", "<hidden>" if _SECRET_KEY.search(str(key)) else shown(value)]
     return shlex.join(args)
 
 
