@@ -229,3 +229,31 @@ def test_the_card_command_hides_secrets_and_outside_paths():
     assert shown == ("python train.py hparams/mrl_b2.yaml --data_folder vox --wandb_key '<hidden>' "
                      "--noise noise --api_token '<hidden>' --seed 3 --output_folder results/a")
     assert "abc123" not in shown and "~" not in shown and ".." not in shown
+
+
+def test_one_rule_for_a_model_folder_without_calibration(tiny, tmp_path):
+    """Regression (issue 28): without calibration.json, verify worked but enrol and extract
+    refused the folder (the fingerprint needed the file)."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny[0], model)
+    with_file = model_fingerprint(model)
+    (model / "calibration.json").unlink()
+    assert model_fingerprint(model) != with_file  # another model, but a model
+    MRLEncoderClassifier.from_hparams(source=str(model))
+
+
+def test_runtime_constructor_arguments_are_checked(tmp_path):
+    """Regression (issue 28): OpenVinoEncoder(bucket_samples=0) raised ZeroDivisionError at the
+    first call; a file as the folder of qdrant+local: gave '[Errno 17] File exists'."""
+    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    from speechbrain_mrl.export.openvino import OpenVinoEncoder
+
+    for bad in ({"bucket_samples": 0}, {"window_batch": -1}, {"threads": 0}):
+        with pytest.raises(ValueError, match="must be a positive integer"):
+            OpenVinoEncoder(tmp_path / "unused.onnx", precision="fp32", **bad)
+    pytest.importorskip("qdrant_client", reason="qdrant-client is not installed")
+    from speechbrain_mrl.search.qdrant import QdrantSpeakerIndex
+
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):  # creating a collection
+        QdrantSpeakerIndex(8, [4, 8], location=f"qdrant+local:{tmp_path}/a_file/speakers")

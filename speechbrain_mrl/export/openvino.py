@@ -163,6 +163,14 @@ class OpenVinoEncoder:
         ov = _openvino()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        for name, value in (("sample_rate", sample_rate), ("min_samples", min_samples),
+                            ("hop_length", hop_length), ("bucket_samples", bucket_samples),
+                            ("window_batch", window_batch), ("cache_size", cache_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                    or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if not 0 < window_seconds <= long_seconds:
             raise ValueError(f"need 0 < window_seconds <= long_seconds, got {window_seconds} "
                              f"and {long_seconds}")

@@ -371,7 +371,8 @@ def model_fingerprint(folder):
 
     Covers :data:`FINGERPRINT_FILES` (``hyperparams.yaml``, both checkpoints and
     ``calibration.json``, each with its name and size), so that edited weights
-    or thresholds are another model. The scoring script records it with its
+    or thresholds are another model (a folder without ``calibration.json``, which loads
+    with the hyperparameters' thresholds, has a fingerprint too). The scoring script records it with its
     results (``speechbrain-mrl package`` checks it), and speaker indexes and
     extracted embeddings record the model they were built with. Fingerprints
     recorded before ``calibration.json`` was covered differ: score, enrol or
@@ -410,6 +411,9 @@ def model_fingerprint(folder):
     digest = hashlib.sha256()
     for name in FINGERPRINT_FILES:
         path = pathlib.Path(folder) / name
+        if name == "calibration.json" and not path.exists():
+            digest.update(b"calibration.json\0absent\0")  # optional, as for loading the model
+            continue
         if not path.is_file():
             raise FileNotFoundError(f"{folder} is not a model folder: {name} is missing")
         digest.update(f"{name}\0{path.stat().st_size}\0".encode())

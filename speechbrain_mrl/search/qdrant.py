@@ -138,6 +138,9 @@ def connect(location):
         except Exception as err:  # noqa: BLE001 - named below
             raise _server_error(location, err) from err
         return _ServerClient(client, location)
+    if os.path.exists(location.path) and not os.path.isdir(location.path):
+        raise ValueError(f"{location.text}: {location.path} is a file, not a folder for Qdrant's "
+                         "local mode (give qdrant+local:DIR/COLLECTION with DIR a folder)")
     try:
         return qdrant_client.QdrantClient(path=location.path)
     except RuntimeError as err:
