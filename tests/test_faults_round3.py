@@ -514,3 +514,27 @@ def test_fp32_embeddings_are_bit_identical(monkeypatch):
         monkeypatch.setattr(redimnet, "_dwconv_time", _old_dwconv_time)
         old = (encoder(wavs, lens), lobe(feats))
     assert all(torch.equal(a, b) for a, b in zip(new, old))
+
+
+def test_a_full_disk_names_the_file_and_the_space_left(tmp_path, monkeypatch):
+    """Regression (issue 28): a full disk gave the library's '896000 requested and 499680
+    written' without the file."""
+    import errno
+    import shutil
+
+    import numpy as np
+
+    from speechbrain_mrl.utils import files
+
+    def full(*args, **kwargs):
+        raise OSError("896000 requested and 499680 written")
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    monkeypatch.setattr(np, "save", full)
+    with pytest.raises(OSError) as caught:
+        with files.atomic_output(tmp_path / "vectors.npy") as tmp:
+            np.save(tmp, np.zeros(10))
+    assert caught.value.errno == errno.ENOSPC
+    assert "vectors.npy could not be written: the disk is full, 4096 bytes free" in str(caught.value)
+    assert list(tmp_path.iterdir()) == []

@@ -14,6 +14,7 @@ Authors
  * speechbrain-mrl developers
 """
 import contextlib
+import errno
 import glob
 import os
 import pathlib
@@ -84,9 +85,28 @@ def atomic_output(path):
     try:
         yield pathlib.Path(tmp)
         os.replace(tmp, path)
+    except OSError as err:
+        full = _disk_full(err, path)
+        if full is None:
+            raise
+        raise full from err
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
+
+
+def _disk_full(err, path):
+    """The error of a full disk while writing ``path``, naming the file and the space left, or
+    None for another failure (libraries report a full disk as, e.g., ``896000 requested and
+    499680 written``, naming no file)."""
+    try:
+        free = shutil.disk_usage(pathlib.Path(path).parent).free
+    except OSError:
+        free = None
+    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20)):
+        left = "" if free is None else f", {free} bytes free"
+        return OSError(errno.ENOSPC, f"{path} could not be written: the disk is full{left} ({err})")
+    return None
 
 
 def write_text_atomic(path, text):
