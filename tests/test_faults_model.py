@@ -224,7 +224,7 @@ def test_the_card_command_hides_secrets_and_outside_paths():
     from speechbrain_mrl.training.brain import training_command
 
     shown = training_command("/home/me/recipe/hparams/mrl_b2.yaml",
-                             "data_folder: ~/data/vox\nwandb_key: abc123\nnoise: ../shared/noise\n"
+                             "data_folder: ~/data/vox\nwandb_key: abc123\nnoise: ../corpora/noise\n"
                              "api_token: t0k\nseed: 3\noutput_folder: results/a")
     assert shown == ("python train.py hparams/mrl_b2.yaml --data_folder vox --wandb_key '<hidden>' "
                      "--noise noise --api_token '<hidden>' --seed 3 --output_folder results/a")

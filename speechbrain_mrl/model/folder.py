@@ -442,7 +442,7 @@ def shorten_paths(text):
     -------
     >>> shorten_paths("python train.py x.yaml noise: !ref /home/alice/noise lists: [/d/a.csv, b]")
     'python train.py x.yaml noise: !ref noise lists: [a.csv, b]'
-    >>> shorten_paths("--noise ~/data/noise --rir ../shared/rir --out results/x")
+    >>> shorten_paths("--noise ~/data/noise --rir ../corpora/rir --out results/x")
     '--noise noise --rir rir --out results/x'
     """
     return _ABSOLUTE_PATH.sub(lambda m: os.path.basename(m.group().rstrip("/")), str(text))
