@@ -357,3 +357,16 @@ def test_an_all_zero_vectors_file_and_a_linked_lock_are_refused(tmp_path):
     with pytest.raises(OSError, match="is a symbolic link: refused"):
         index.save(tmp_path / "other")
     assert victim.read_text() == "not a lock" and not (tmp_path / "other").exists()
+
+
+def test_a_users_old_folder_beside_a_new_index_is_not_an_index(tmp_path):
+    """Regression (issue 28): a lone .<index>.old made enrol claim an index existed."""
+    from speechbrain_mrl.search.locations import index_exists, writing_index
+
+    (tmp_path / ".idx.old").mkdir()
+    (tmp_path / ".idx.old" / "index.json").write_text("{}")  # the user's own, not ours
+    assert not index_exists(tmp_path / "idx")
+    with writing_index(tmp_path / "idx", create=lambda: SpeakerIndex(8, [4, 8])) as index:
+        index.enrol(["a"], np.eye(8, dtype=np.float32)[:1])
+    assert SpeakerIndex.load(tmp_path / "idx").speakers == ["a"]
+    assert (tmp_path / ".idx.old" / "index.json").read_text() == "{}"
