@@ -266,12 +266,6 @@ def quiet_libraries(verbose=False):
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", module="torch.onnx")
-        try:  # ONNX Runtime's own C++ log (graph optimiser notes) goes to stderr unless raised
-            import onnxruntime
-
-            onnxruntime.set_default_logger_severity(3)
-        except ImportError:
-            pass
 
 
 def _plain(value):

@@ -435,6 +435,10 @@ def inference_session(onnx_path, threads=None, spinning=False,
     if threads is not None:
         opts.intra_op_num_threads = int(threads)
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+    # ONNX Runtime's C++ log (graph-optimiser notes) follows its Python logger's level, which
+    # the commands raise to errors unless --verbose
+    quiet = logging.getLogger("onnxruntime").getEffectiveLevel() >= logging.ERROR
+    opts.log_severity_level = 3 if quiet else 2
     return ort.InferenceSession(str(onnx_path), opts, providers=list(providers))
 
 
