@@ -929,8 +929,24 @@ def _check_config(cfg):
                          f"known: {BLOCK_2D_TYPES}")
 
 
+class PooledEmbeddingLobe(nn.Module):
+    """What every lobe shares after its pooling: the embedding layer (``bn``, ``linear``,
+    optional ``bn2``, set by the subclass) and ``forward`` = ``embed(pool_features(...))``."""
+
+    def embed(self, stats):
+        """Embedding layer: ``bn -> linear (-> bn2)`` on pooled statistics ``[B, pool_dim]``."""
+        x = self.linear(self.bn(stats))
+        if self.bn2 is not None:
+            x = self.bn2(x)
+        return x
+
+    def forward(self, feats, lengths=None):
+        """Features ``[B, T, F]`` (+ relative lengths ``[B]``) -> embeddings ``[B, embed_dim]``."""
+        return self.embed(self.pool_features(feats, lengths))
+
+
 @register_safe_hooks
-class ReDimNet(nn.Module):
+class ReDimNet(PooledEmbeddingLobe):
     """ReDimNet speaker-embedding lobe (log-mel features -> embedding).
 
     Built from the keyword arguments of the official ``ReDimNetWrap``
@@ -1056,13 +1072,3 @@ class ReDimNet(nn.Module):
         x = self.backbone(feats, mask)
         return self.pool(x, mask)
 
-    def embed(self, stats):
-        """Embedding layer: ``bn -> linear (-> bn2)`` on pooled statistics ``[B, pool_dim]``."""
-        x = self.linear(self.bn(stats))
-        if self.bn2 is not None:
-            x = self.bn2(x)
-        return x
-
-    def forward(self, feats, lengths=None):
-        """Features ``[B, T, F]`` (+ relative lengths ``[B]``) -> embeddings ``[B, embed_dim]``."""
-        return self.embed(self.pool_features(feats, lengths))

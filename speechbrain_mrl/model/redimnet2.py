@@ -43,6 +43,7 @@ from speechbrain_mrl.model.features import ReDimNetFbank, building_graph
 from speechbrain_mrl.model.features_tf import NormalizedReDimNetFbank, TFMelFbank
 from speechbrain_mrl.model.redimnet import (
     ASTP,
+    PooledEmbeddingLobe,
     BLOCK_1D_TYPES,
     BLOCK_2D_TYPES,
     ConvNeXtBlock2d,
@@ -644,7 +645,7 @@ class ReDimNet2Backbone(nn.Module):
 
 
 @register_safe_hooks
-class ReDimNet2(nn.Module):
+class ReDimNet2(PooledEmbeddingLobe):
     """ReDimNet2 speaker-embedding lobe (log-mel features -> embedding).
 
     Built from the keyword arguments of the official ``ReDimNet2Wrap`` (the
@@ -791,13 +792,3 @@ class ReDimNet2(nn.Module):
             mask = torch.arange(x.shape[1], device=x.device)[None, :] < valid[:, None]
         return self.pool(x, mask)
 
-    def embed(self, stats):
-        """Embedding layer: ``bn -> linear (-> bn2)`` on pooled statistics ``[B, pool_dim]``."""
-        x = self.linear(self.bn(stats))
-        if self.bn2 is not None:
-            x = self.bn2(x)
-        return x
-
-    def forward(self, feats, lengths=None):
-        """Features ``[B, T, F]`` (+ relative lengths ``[B]``) -> embeddings ``[B, embed_dim]``."""
-        return self.embed(self.pool_features(feats, lengths))
