@@ -29,8 +29,8 @@ def _export(argv):
     """``speechbrain-mrl export ARGV``; returns the job's result."""
     return cli.main(["export", *argv])
 
-pytest.importorskip("onnxruntime")
-pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime", reason='ONNX export needs the export extra: pip install -e ".[export]"')
+pytest.importorskip("onnxscript", reason='ONNX export needs the export extra: pip install -e ".[export]"')
 
 
 #: Whether the OpenVINO runtime is installed (the ``openvino`` extra; the test extra has it).

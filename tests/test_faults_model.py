@@ -246,7 +246,7 @@ def test_one_rule_for_a_model_folder_without_calibration(tiny, tmp_path):
 def test_runtime_constructor_arguments_are_checked(tmp_path):
     """Regression (issue 28): OpenVinoEncoder(bucket_samples=0) raised ZeroDivisionError at the
     first call; a file as the folder of qdrant+local: gave '[Errno 17] File exists'."""
-    pytest.importorskip("openvino", reason="OpenVINO is not installed")
+    pytest.importorskip("openvino", reason='OpenVINO is not installed (pip install -e ".[openvino]")')
     from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
     for bad in ({"bucket_samples": 0}, {"window_batch": -1}, {"threads": 0}):
