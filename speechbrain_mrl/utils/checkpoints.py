@@ -24,6 +24,7 @@ import pathlib
 import shutil
 
 import torch
+import yaml
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
@@ -101,6 +102,7 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
 
     def __init__(self, checkpoints_dir, recoverables=None, *args, **kwargs):
         super().__init__(checkpoints_dir, None, *args, **kwargs)
+        self.unreadable = []  # checkpoint folders whose CKPT.yaml the last listing could not read
         if recoverables is not None:
             self.add_recoverables(recoverables)
 
@@ -167,12 +169,31 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
         paramfiles = {k: final / pathlib.Path(p).name for k, p in saved.paramfiles.items()}
         return sb_checkpoints.Checkpoint(final, saved.meta, paramfiles)
 
+    def list_checkpoints(self):
+        """As ``Checkpointer.list_checkpoints``, less (and logging) those whose ``CKPT.yaml`` is damaged."""
+        self.unreadable = []
+        checkpoints = []
+        for ckpt_dir in self._list_checkpoint_dirs():
+            meta_file = ckpt_dir / sb_checkpoints.METAFNAME
+            try:
+                meta = yaml.safe_load(meta_file.read_text(encoding="utf-8"))
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a mapping was expected, not {type(meta).__name__}")
+            except (OSError, UnicodeDecodeError, yaml.YAMLError, ValueError) as err:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                logger.warning("skipping checkpoint %s: %s cannot be read (%s)", ckpt_dir, meta_file, reason)
+                self.unreadable.append(str(ckpt_dir))
+                continue
+            paramfiles = {f.stem: f for f in ckpt_dir.iterdir() if f.suffix == sb_checkpoints.PARAMFILE_EXT}
+            checkpoints.append(sb_checkpoints.Checkpoint(ckpt_dir, meta, paramfiles))
+        return checkpoints
+
     def recover_if_possible(self, importance_key=None, max_key=None, min_key=None,
                             ckpt_predicate=None):
         """Loads the best checkpoint that can be read, skipping (and logging) broken ones."""
         candidates = self.find_checkpoints(importance_key, max_key, min_key, ckpt_predicate,
                                            max_num_checkpoints=None)
-        failed = []
+        failed = list(self.unreadable)
         for ckpt in candidates:
             try:
                 self.load_checkpoint(ckpt)
