@@ -7,7 +7,11 @@ folder, a NaN EER and absolute paths of a tagged override reached the card.
 """
 import errno
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -16,6 +20,7 @@ import torch
 from mrl_testutils import (MRL_DIMS, THRESHOLDS, reference_embedding, speaker_voice, tiny_encoder,
                            tiny_modules, write_tiny_model)
 from speechbrain_mrl.hub import package as pkg
+from speechbrain_mrl.inference import interface
 from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, write_model_folder
 from speechbrain_mrl import cli
@@ -163,6 +168,7 @@ def test_mistyped_local_path_names_local_folder_and_hub(tiny, tmp_path, monkeypa
                                       "cache.\nPlease check your connection.")
 
     monkeypatch.setattr(fetching.huggingface_hub, "hf_hub_download", unreachable)
+    monkeypatch.setattr(interface, "_hub_unreachable", lambda endpoint: None)  # the probe passes
     with pytest.raises(FileNotFoundError, match=r"no local folder 'modles/m1' .* could not be "
                        r"reached or has no repository 'modles/m1' \(LocalEntryNotFoundError"):
         MRLEncoderClassifier.from_hparams(source="modles/m1", savedir=tmp_path / "sv")
@@ -258,3 +264,22 @@ def test_runtime_constructor_arguments_are_checked(tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(ValueError, match="is a file, not a folder"):  # creating a collection
         QdrantSpeakerIndex(8, [4, 8], location=f"qdrant+local:{tmp_path}/a_file/speakers")
+
+
+def test_mistyped_local_path_with_the_hub_unreachable_fails_in_seconds(tmp_path):
+    """Issue 28: 'modls/mymodel' (no similar folder) spent 28 s in huggingface_hub's retries."""
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = dict(os.environ, HF_ENDPOINT=f"http://127.0.0.1:{port}")
+    env.pop("HF_HUB_OFFLINE", None)
+    code = ("from speechbrain_mrl.inference.interface import MRLEncoderClassifier\n"
+            "import time\nstart = time.monotonic()\n"
+            "try:\n    MRLEncoderClassifier.from_hparams('modls/mymodel')\n"
+            "except FileNotFoundError as err:\n    print(round(time.monotonic() - start, 1), err)\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=120)
+    seconds, message = out.stdout.strip().split(" ", 1)
+    assert float(seconds) < 10, out.stdout + out.stderr
+    assert "no local folder 'modls/mymodel'" in message
+    assert f"HuggingFace Hub cannot be reached (127.0.0.1:{port}" in message

@@ -27,6 +27,9 @@ import difflib
 import logging
 import os
 import pathlib
+import socket
+import urllib.parse
+import urllib.request
 
 import torch
 import torch.nn.functional as F
@@ -127,7 +130,9 @@ class MRLEncoderClassifier(EncoderClassifier):
         was imported). If that fails, the error names both possibilities (no
         local folder, hub unreachable or no such repo); when a local model
         folder's name differs from it by a typo in the first part, the hub is
-        not asked and the error names that folder.
+        not asked and the error names that folder. Before a download, one quick
+        connection to the hub (3 s at most) decides whether it is reachable: if
+        not, the cached copy is used, or the error comes at once.
 
         Arguments
         ---------
@@ -190,6 +195,12 @@ class MRLEncoderClassifier(EncoderClassifier):
                                         "not fetched from the HuggingFace Hub")
             if fetch_config is None and offline:
                 fetch_config = FetchConfig(allow_network=False)
+            unreachable = None if offline else _hub_unreachable(hf_constants.ENDPOINT)
+            if unreachable and not _hub_cache_has(source, hparams_file):
+                raise FileNotFoundError(f"no local folder {source!r} in {os.getcwd()}, and the "
+                                        f"HuggingFace Hub cannot be reached ({unreachable})")
+            if unreachable and fetch_config is None:
+                fetch_config = FetchConfig(allow_network=False)  # the cached copy, at once
         if fetch_config is None:
             fetch_config = FetchConfig()
         try:
@@ -545,6 +556,33 @@ def _looks_like_a_path(source):
     path = pathlib.Path(source).expanduser()
     return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1
             or path.exists() or path.parent.is_dir())
+
+
+def _hub_unreachable(endpoint, timeout=3.0):
+    """Why the hub at ``endpoint`` cannot be reached (one quick connection), or None.
+
+    Asked once before a hub download, so that a mistyped local path fails in
+    seconds rather than after ``huggingface_hub``'s retries; behind a proxy the
+    download's own connection decides (None).
+    """
+    url = urllib.parse.urlsplit(endpoint)
+    if urllib.request.getproxies().get(url.scheme) or url.hostname is None:
+        return None
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        return f"{url.hostname}:{port}: {err.strerror or err}"
+    return None
+
+
+def _hub_cache_has(repo_id, filename):
+    """True when the HuggingFace cache holds ``filename`` of ``repo_id`` (usable offline)."""
+    from huggingface_hub import try_to_load_from_cache
+    try:
+        return isinstance(try_to_load_from_cache(repo_id, filename), str)
+    except ValueError:  # not a valid repo id
+        return False
 
 
 def _similar_model_folder(source, hparams_file="hyperparams.yaml"):
