@@ -280,9 +280,10 @@ def cascade(args):
 
 def copy(args):
     """Copies a speaker index between an index folder and a Qdrant collection (either
-    way), then reads the copy back and checks it equals the source."""
+    way), then reads the copy back and checks it equals the source; a copy taking more
+    than a few seconds shows its progress on stderr."""
     result = copy_index(args.source, args.dest, overwrite=args.overwrite,
-                        lock_timeout=args.lock_timeout)
+                        lock_timeout=args.lock_timeout, progress=True)
     print(f"copied {result['speakers']} speakers from {args.source} to {args.dest}; checked "
           f"equal: speaker IDs, counts, sizes, fingerprint, thresholds, vectors (max abs "
           f"difference {result['max_abs_difference']:.2g})")

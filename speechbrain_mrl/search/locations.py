@@ -17,8 +17,9 @@ import os
 import pathlib
 
 import numpy as np
+from tqdm import tqdm
 
-from speechbrain_mrl.search.qdrant import parse_qdrant_location
+from speechbrain_mrl.search.qdrant import BATCH, parse_qdrant_location
 from speechbrain_mrl.search.index import SpeakerIndex
 
 __all__ = ["index_location", "open_index", "index_exists", "index_for_model", "writing_index",
@@ -26,6 +27,10 @@ __all__ = ["index_location", "open_index", "index_exists", "index_for_model", "w
 
 #: The settings of an index folder that a Qdrant copy keeps, so that a copy back restores them.
 FAISS_SETTINGS = ("first_stage", "dtype", "hnsw_m", "ivf_nprobe", "hnsw_ef")
+#: Speakers written to a Qdrant collection between two updates of :func:`copy_index`'s progress.
+COPY_CHUNK = BATCH
+#: Seconds before :func:`copy_index`'s progress bar appears: a quick copy shows none.
+PROGRESS_DELAY = 2.0
 
 
 def _qdrant_index():
@@ -183,7 +188,7 @@ def writing_index(location, model_sha256=None, create=None, lock_timeout=60.0):
         index.save(location)
 
 
-def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
+def copy_index(source, dest, overwrite=False, lock_timeout=60.0, progress=False):
     """Copies a speaker index between an index folder and a Qdrant collection (or any two
     locations), then reads the copy back and checks it equals the source.
 
@@ -206,6 +211,9 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
         Replace an index at ``dest``.
     lock_timeout : float
         Seconds to wait for another writer of a destination folder.
+    progress : bool
+        Show a progress bar of the speakers written (on stderr, once the copy has taken
+        ``PROGRESS_DELAY`` seconds; a collection's speakers are written ``COPY_CHUNK`` at a time).
 
     Returns
     -------
@@ -250,11 +258,11 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
             qdrant_settings["first_stage"] = "hnsw"  # an IVF first stage: the graph instead
         with _qdrant_index()(**common, location=qdrant, overwrite=overwrite, complete=False,
                              faiss_settings=faiss, **qdrant_settings) as copy:
-            copy.add_speaker_means(speakers, counts, vectors)
+            _write_speakers(copy, speakers, counts, vectors, COPY_CHUNK, progress)
             copy.mark_complete()
     else:
         copy = SpeakerIndex(**common, **faiss)
-        copy.add_speaker_means(speakers, counts, vectors)
+        _write_speakers(copy, speakers, counts, vectors, max(len(speakers), 1), progress)
         copy.save(dest, overwrite=overwrite, lock_timeout=lock_timeout)
     with open_index(dest) as check:
         got = check.speaker_means()
@@ -277,3 +285,14 @@ def copy_index(source, dest, overwrite=False, lock_timeout=60.0):
         raise ValueError(f"the copy {dest} of {source} differs from it: {', '.join(problems)}")
     return {"source": str(source), "dest": str(dest), "speakers": len(speakers),
             "max_abs_difference": difference, "tolerance": tolerance}
+
+
+def _write_speakers(copy, speakers, counts, vectors, chunk, progress):
+    """Adds the speakers to the new index ``copy``, ``chunk`` at a time, counting them in a
+    progress bar on stderr when ``progress`` (see :func:`copy_index`)."""
+    with tqdm(total=len(speakers), desc="copy-index", unit="speaker", dynamic_ncols=True,
+              delay=PROGRESS_DELAY, disable=not progress) as bar:
+        for start in range(0, len(speakers), chunk):
+            stop = min(start + chunk, len(speakers))
+            copy.add_speaker_means(speakers[start:stop], counts[start:stop], vectors[start:stop])
+            bar.update(stop - start)

@@ -28,8 +28,11 @@ Authors
  * speechbrain-mrl developers
 """
 import collections
+import json
 import os
+import pathlib
 import re
+import sqlite3
 import time
 import uuid
 
@@ -129,6 +132,10 @@ def connect(location):
     ------
     IndexLockedError
         The local folder is open in another client (local mode allows one at a time).
+    ValueError
+        qdrant-client cannot load the local folder: it reads its ``meta.json`` and every
+        collection's ``storage.sqlite`` whichever collection is asked for, so the message
+        names the broken one and what to do (the folder is left as it is).
     """
     qdrant_client, _ = _qdrant()
     if location.url is not None:
@@ -143,13 +150,87 @@ def connect(location):
                          "local mode (give qdrant+local:DIR/COLLECTION with DIR a folder)")
     try:
         return qdrant_client.QdrantClient(path=location.path)
-    except RuntimeError as err:
-        if "already accessed" not in str(err):
-            raise
-        raise IndexLockedError(
-            f"the Qdrant folder {location.path} of {location.text} is open in another client "
-            "(qdrant-client's local mode allows one process and client at a time): close that "
-            "one first, or use a Qdrant server for concurrent access") from None
+    except Exception as err:  # noqa: BLE001 - named below
+        if isinstance(err, RuntimeError) and "already accessed" in str(err):
+            raise IndexLockedError(
+                f"the Qdrant folder {location.path} of {location.text} is open in another client "
+                "(qdrant-client's local mode allows one process and client at a time): close "
+                "that one first, or use a Qdrant server for concurrent access") from None
+        broken = _broken_local_file(location.path)
+        if broken is None and isinstance(err, OSError):
+            raise  # a permission or disk fault: the OS error names the file
+        raise _local_storage_error(location, err, broken) from err
+
+
+def _first_line(err):
+    """``Type: first line of the message`` of an exception."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def _local_storage_error(location, err, broken):
+    """A local-mode folder that qdrant-client could not load: which file is broken (``broken``:
+    ``(file, problem, remedy)`` or None, unknown) and what to do; the folder is left as it is."""
+    start = f"the Qdrant folder {location.path} of {location.text} cannot be opened"
+    if broken is None:
+        return ValueError(
+            f"{start}: qdrant-client failed to load it ({_first_line(err)}); it reads meta.json "
+            "and every collection/NAME/storage.sqlite there whichever collection is asked for: "
+            "restore the broken file from a backup, or move the broken collection's folder out")
+    file, problem, remedy = broken
+    return ValueError(f"{start}: {file} is broken ({problem}), and qdrant-client's local mode "
+                      f"loads the whole folder to open any collection: {remedy}")
+
+
+def _broken_local_file(folder):
+    """``(file, problem, remedy)`` of the first file of a local-mode folder that cannot be
+    read: ``meta.json``, then each listed collection's ``storage.sqlite``; None if all read.
+    Only reads (SQLite opened read-only): the folder is not repaired."""
+    meta_file = os.path.join(folder, "meta.json")
+    try:
+        names = _local_collections(meta_file)
+    except OSError:
+        return None  # missing: qdrant-client writes one; unreadable: its OS error says so
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        return (meta_file, _first_line(err), "restore it from a backup (it lists the folder's "
+                "collections: without it none is found)")
+    base = os.path.realpath(os.path.join(folder, "collection"))
+    for name in names:
+        storage = os.path.join(folder, "collection", name, "storage.sqlite")
+        if not os.path.realpath(storage).startswith(base + os.sep) or not os.path.isfile(storage):
+            continue  # qdrant-client refuses or creates it
+        problem = _sqlite_problem(storage)
+        if problem is not None:
+            collection = os.path.dirname(storage)
+            return (storage, problem, f"move the folder {collection} out of {folder} (collection "
+                    f"{name!r} then opens empty) or restore it from a backup")
+    return None
+
+
+def _local_collections(meta_file):
+    """The collection names a local-mode ``meta.json`` lists (raises if it is not one)."""
+    with open(meta_file, "rb") as file:
+        meta = json.loads(file.read())
+    collections, aliases = meta["collections"], meta["aliases"]
+    if not isinstance(collections, dict) or not isinstance(aliases, dict):
+        raise TypeError("'collections' and 'aliases' must be objects")
+    if not all(isinstance(config, dict) for config in collections.values()):
+        raise TypeError("a collection's configuration is not an object")
+    return list(collections)
+
+
+def _sqlite_problem(file):
+    """Why an SQLite file cannot be read (opened read-only), or None."""
+    try:
+        connection = sqlite3.connect(pathlib.Path(file).resolve().as_uri() + "?mode=ro",
+                                     uri=True)
+        try:
+            answer = connection.execute("PRAGMA quick_check").fetchone()[0]
+        finally:
+            connection.close()
+    except sqlite3.Error as err:
+        return _first_line(err)
+    return None if answer == "ok" else f"SQLite quick_check: {answer}"
 
 
 def _server_error(location, err):
@@ -269,7 +350,7 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
                  overwrite=False, faiss_settings=None, sizes=None, vector_options=None,
                  collection_options=None, complete=True):
         _check_first_stage(first_stage)
-        self._client = None
+        self._client, self._next_seq = None, 0
         self._init_common(embed_dim, mrl_dims, model_sha256, thresholds, thresholds_for)
         self.sizes = self._checked_sizes(self.mrl_dims if sizes is None else sizes)
         self.first_stage, self.hnsw_ef = first_stage, int(hnsw_ef)
@@ -346,7 +427,7 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
                     "end): copy it again with --overwrite")
             cls._refuse_other_model(location.text, meta.get("model_sha256"), model_sha256)
             index = cls.__new__(cls)
-            index._client = None
+            index._client, index._next_seq = None, 0
             try:
                 index._init_common(meta["embed_dim"], meta["mrl_dims"], meta.get("model_sha256"),
                                    {int(d): t for d, t in meta.get("thresholds", {}).items()},
@@ -509,7 +590,8 @@ class QdrantSpeakerIndex(SpeakerIndexBase):
         _, models = _qdrant()
         means = np.asarray(means, dtype=np.float64)
         norms = np.linalg.norm(means, axis=1)
-        first = time.time_ns()
+        first = max(time.time_ns(), self._next_seq)  # later calls: later, whatever the clock
+        self._next_seq = first + len(speakers)
         client = self._live_client()
         for start in range(0, len(speakers), BATCH):
             rows = range(start, min(start + BATCH, len(speakers)))
