@@ -9,7 +9,7 @@ import soundfile as sf
 from speechbrain_mrl.cli import diarize as diarize_cli
 from speechbrain_mrl.cli import options
 from speechbrain_mrl.data.conversations import read_rttm, simulate_conversation, speaker_files, write_rttm
-from speechbrain_mrl.inference.diarization import (Diarizer, cluster_windows, diarization_error,
+from speechbrain_mrl.inference.diarization import (Diarizer, SpeechDetector, cluster_windows, diarization_error,
                                                    segments_from_windows, total_error)
 
 SR = 16000
@@ -227,6 +227,17 @@ def test_bad_input_gives_a_clear_result(shared_data_or_none, model, tmp_path):
     wav, sr = sf.read(one, start=2 * SR, stop=int(2.2 * SR))
     sf.write(short, wav, sr)
     assert Diarizer(model).diarize(short).segments == []
+
+
+def test_a_last_block_shorter_than_a_vad_frame_is_read(tmp_path):
+    # a 30-s file at 16 kHz is one 30-s block (479744 samples, whole 512-sample frames) and 256 samples
+    # more: the last block holds no whole frame
+    detector = SpeechDetector(block_seconds=1.0)
+    path = tmp_path / "a.wav"
+    sf.write(path, np.zeros(detector.block + 100, dtype="float32"), SR)
+    regions, duration = detector(path)
+    assert regions == [] and duration == pytest.approx((detector.block + 100) / SR)
+    assert len(detector.probabilities(path)[0]) == detector.block // 512 + 1
 
 
 def _cli(argv):

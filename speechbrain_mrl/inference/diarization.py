@@ -150,7 +150,8 @@ class SpeechDetector:
                 total += len(x)
                 x = torch.cat([rest, x])
                 n = len(x) // VAD_FRAME * VAD_FRAME
-                probs.extend(model(chunk, VAD_RATE).item() for chunk in x[:n].split(VAD_FRAME))
+                if n:  # an empty tensor splits into one empty chunk, which Silero refuses
+                    probs.extend(model(chunk, VAD_RATE).item() for chunk in x[:n].split(VAD_FRAME))
                 rest = x[n:]
             if len(rest):
                 probs.append(model(torch.nn.functional.pad(rest, (0, VAD_FRAME - len(rest))), VAD_RATE).item())
