@@ -85,10 +85,15 @@ def test_save_load_round_trip_and_interrupted_save(tmp_path, monkeypatch):
     def killed(src, dst):
         raise KeyboardInterrupt("killed during the save")
 
+    from speechbrain_mrl.search import folder as folder_module
+
+    real_exchange = folder_module._exchange
     monkeypatch.setattr(os, "replace", killed)
+    monkeypatch.setattr(folder_module, "_exchange", killed)  # the one-step swap, where there is one
     with pytest.raises(KeyboardInterrupt):
         loaded.save(folder)
     monkeypatch.setattr(os, "replace", real_replace)
+    monkeypatch.setattr(folder_module, "_exchange", real_exchange)
     again = SpeakerIndex.load(folder)
     assert again.speakers == index.speakers
     # no staging folder left; the lock file stays (an flock ends with its process)

@@ -20,10 +20,16 @@ one of:
 IDs are unique and stable: the same source gives the same IDs, and two files
 never share one (a path given twice is an error).
 
+File names must be UTF-8 (IDs, speakers and every output are UTF-8 text): a
+source holding a name that is not (e.g. a Latin-1 ``é``, the byte 0xE9, which
+Python keeps as a surrogate escape) is refused before any audio is read,
+naming the file by its bytes.
+
 Authors
 -------
  * speechbrain-mrl developers
 """
+import os
 import pathlib
 
 from speechbrain_mrl.data.audio import AUDIO_EXTENSIONS, AudioError, audio_info
@@ -81,8 +87,29 @@ def _list_paths(file_list):
     path = pathlib.Path(file_list)
     if not path.is_file():
         raise FileNotFoundError(f"file list not found: {file_list}")
-    return [line.strip() for line in path.read_text().splitlines()
+    text = path.read_text(encoding="utf-8", errors="surrogateescape")  # names as the disk has them
+    return [line.strip() for line in text.splitlines()
             if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _not_utf8(text):
+    """Whether ``text`` holds surrogate escapes: bytes of a name that are not UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _refuse_names_not_utf8(rows, source):
+    """Refuses rows whose ID, file or speaker is not UTF-8, naming the first file's bytes."""
+    bad = [row["wav"] for uid, row in rows.items()
+           if any(_not_utf8(str(v)) for v in (uid, row["wav"], row.get("spk_id", "")))]
+    if bad:
+        shown = os.fsencode(source).decode("utf-8", "backslashreplace")
+        raise ValueError(f"{shown}: {len(bad)} of {len(rows)} audio file names are not UTF-8, "
+                         f"e.g. {os.fsencode(bad[0])!r}: rename them to UTF-8 (e.g. convmv -f "
+                         "latin1 -t utf-8); nothing was embedded")
 
 
 def read_sources(csv=None, folder=None, files=None, file_list=None, data_folder=None,
@@ -115,8 +142,8 @@ def read_sources(csv=None, folder=None, files=None, file_list=None, data_folder=
     Raises
     ------
     ValueError
-        Not exactly one source, no audio, an ID given twice, or a missing
-        speaker with ``need_speakers``.
+        Not exactly one source, no audio, an ID given twice, a file name
+        that is not UTF-8, or a missing speaker with ``need_speakers``.
     FileNotFoundError
         A missing manifest, folder or file list.
 
@@ -152,6 +179,7 @@ def read_sources(csv=None, folder=None, files=None, file_list=None, data_folder=
     source = next(iter(given.values()))
     if not rows:
         raise ValueError(f"no audio in {source}")
+    _refuse_names_not_utf8(rows, "--files" if files else source)
     if need_speakers:
         missing = [uid for uid, row in rows.items() if not row.get("spk_id")]
         if missing:

@@ -16,9 +16,16 @@ A save writes a hidden folder ``.<name>.<8 characters>`` (with the permissions
 the umask gives a new folder) that replaces the old one only once complete,
 under an exclusive lock (``fcntl.flock`` on ``.<name>.lock`` beside the folder,
 see :meth:`SpeakerIndex.writing`); the next save removes such folders left by
-killed writers. A save refuses a path that is a file, and refuses to overwrite
-an index that another writer saved after this one was loaded
-(:class:`IndexChangedError`).
+killed writers. Where the system swaps two folders in one step (Linux
+``renameat2(RENAME_EXCHANGE)``) the folder never stops existing; elsewhere the
+previous one waits at ``.<name>.speechbrain-mrl-old`` between two renames. A
+save refuses a path that is a file, and refuses to overwrite an index that
+another writer saved after this one was loaded (:class:`IndexChangedError`).
+
+A load reads one saved generation, never files of two: it compares the
+folder and its ``generation`` before and after reading, reads again when a save
+replaced the folder meanwhile, and after a few such tries waits for the writers
+(a shared ``flock`` on the lock file, where there is one) and reads once more.
 
 :class:`IndexFolder` holds :meth:`~IndexFolder.save`, :meth:`~IndexFolder.load`
 and :meth:`~IndexFolder.writing`; :class:`speechbrain_mrl.search.index.SpeakerIndex`
@@ -31,11 +38,15 @@ Authors
 """
 import collections
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import pathlib
 import random
 import shutil
+import stat
+import sys
 import threading
 import time
 import uuid
@@ -44,7 +55,8 @@ import warnings
 import numpy as np
 
 from speechbrain_mrl.search.cosine import _normalised
-from speechbrain_mrl.utils.files import aside_folder, remove_stale_staging, staging_folder, swap_folder
+from speechbrain_mrl.utils.files import (_mark, _unmark, aside_folder, is_staging,
+                                         remove_stale_staging, staging_folder, swap_folder)
 from speechbrain_mrl.model.sizes import is_int
 from speechbrain_mrl.utils.errors import hinted
 
@@ -57,6 +69,12 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # 1: no stage files, no generation
 
 _FAISS_CLASSES = {"flat": "IndexFlatIP", "hnsw": "IndexHNSWFlat", "ivf": "IndexIVFFlat"}
+
+#: Reads of a folder that saves keep replacing before a load waits for the writers' lock.
+_FREE_READS = 5
+#: Reads under the shared lock before a load gives up (only writers that take no lock, or
+#: threads of this process writing, can still replace the folder then).
+_LOCKED_READS = 50
 
 
 class IndexLockedError(RuntimeError):
@@ -84,6 +102,82 @@ def _aside(folder):
 
 def _lock_file(folder):
     return folder.parent / f".{folder.name}.lock"
+
+
+def _generation_mark(folder):
+    """What tells one saved generation of ``folder`` from another: the folder's device and
+    inode, the stat of its ``index.json`` and the generation that records (None: no folder)."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    try:
+        meta = json.loads((folder / "index.json").read_text())
+        generation = meta.get("generation") if isinstance(meta, dict) else None
+    except (OSError, ValueError):
+        generation = None
+    return st.st_dev, st.st_ino, _stat_token(folder / "index.json"), generation
+
+
+def _live_folder(target):
+    """The folder a load reads: ``target``, or the previous index waiting at ``_aside``
+    while a save without an atomic swap moves them (or after a writer killed in between)."""
+    return target if target.exists() or not _aside(target).is_dir() else _aside(target)
+
+
+_RENAME_EXCHANGE, _AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+_RENAMEAT2 = []  # the libc function, looked up once ([None]: there is none)
+
+
+def _exchange(first, second):
+    """Swaps two folders in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``).
+
+    Returns
+    -------
+    bool
+        False where the system or the file system cannot (nothing was moved).
+    """
+    if not _RENAMEAT2:
+        function = None
+        if sys.platform.startswith("linux"):
+            with contextlib.suppress(OSError, AttributeError):
+                function = ctypes.CDLL(None, use_errno=True).renameat2
+                function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int,
+                                     ctypes.c_char_p, ctypes.c_uint]
+                function.restype = ctypes.c_int
+        _RENAMEAT2.append(function)
+    function = _RENAMEAT2[0]
+    if function is None:
+        return False
+    if function(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second),
+                _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, f"{second} could not be swapped with {first}: {os.strerror(code)}")
+
+
+def _swap_in(staging, target):
+    """Puts the complete folder ``staging`` in place of the index folder ``target``.
+
+    Where :func:`_exchange` can, ``target`` never stops existing (a reader always finds a
+    complete index there) and the previous index, now at ``staging``, is removed; it carries
+    the staging marker from just before the swap, so a writer killed before removing it
+    leaves a folder the next save removes. Elsewhere :func:`swap_folder` moves them.
+    """
+    if target.is_dir() and not target.is_symlink():
+        _mark(target)
+        try:
+            swapped = _exchange(staging, target)
+        finally:
+            _unmark(target)  # after the swap: the new index (which came with the marker)
+        if swapped:
+            shutil.rmtree(staging, ignore_errors=True)
+            if is_staging(_aside(target)):  # the previous folder of a killed swap_folder
+                shutil.rmtree(_aside(target), ignore_errors=True)
+            return target
+    return swap_folder(staging, target, _aside(target))
 
 
 def _stat_token(path):
@@ -181,6 +275,38 @@ def _write_lock(folder, timeout):
                 os.close(fd)
     finally:
         turn.release()
+
+
+@contextlib.contextmanager
+def _read_lock(folder, timeout):
+    """A shared ``flock`` on the index's lock file: no writer that locks replaces the folder
+    until the block ends. Nothing is locked where this process writes the folder already (a
+    second flock of the process would wait for its own), or where there is no lock file to
+    open for reading (none was ever taken: the caller's reads check the generation anyway)."""
+    import fcntl
+
+    lock = _lock_file(folder)
+    if str(folder) in _HELD:
+        yield False
+        return
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        yield False
+        return
+    try:
+        deadline = None if timeout is None else time.monotonic() + max(0.0, float(timeout))
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise _locked_error(folder, lock, timeout) from None
+                time.sleep(_JITTER.uniform(0.002, 0.02))
+        yield True
+    finally:
+        os.close(fd)  # ends the flock
 
 
 class IndexFolder:
@@ -337,7 +463,7 @@ class IndexFolder:
                     "hnsw_ef": self.hnsw_ef, "speakers": len(self), "stages": stages,
                     "thresholds": {str(d): t for d, t in self.thresholds.items()},
                     "thresholds_for": self.thresholds_for}, indent=1))
-                swap_folder(staging, target, _aside(target))
+                _swap_in(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
             self._origin = (target, generation)
@@ -359,14 +485,17 @@ class IndexFolder:
         return True
 
     @classmethod
-    def load(cls, folder, model_sha256=None, mmap=True):
+    def load(cls, folder, model_sha256=None, mmap=True, lock_timeout=60.0):
         """Reads an index folder; refuses one built with another model.
 
         The vectors are memory-mapped, and so are the saved FAISS first stages
         (``mmap``); a stage file that is missing, unreadable, or does not match
         the vectors is left out with a warning and built again on first use.
-        Every other file is checked, and a bad one is named. A save by another
-        writer while this reads is noticed, and the folder read again.
+        Every other file is checked, and a bad one is named. The files read
+        are those of one save: a save by another writer while this reads is
+        noticed (the folder and its generation are compared before and after)
+        and the folder read again; when saves keep replacing it, the load waits
+        for the writers' lock (shared) and reads it once more.
 
         Arguments
         ---------
@@ -377,6 +506,9 @@ class IndexFolder:
             index's.
         mmap : bool
             Memory-map the FAISS stage files (False: read them into memory).
+        lock_timeout : float, optional
+            Seconds to wait for a writer when saves keep replacing the folder
+            (None: no limit).
 
         Returns
         -------
@@ -386,38 +518,49 @@ class IndexFolder:
         ------
         ValueError
             A missing or bad file (named), or an index of another model.
+        IndexLockedError
+            Saves kept replacing the folder and a writer held its lock for
+            ``lock_timeout`` seconds.
         """
         target = _resolved(folder)
         _check_folder(target)
-
-        def where():  # the previous index waits beside the folder while a save swaps them
-            return target if target.exists() or not _aside(target).is_dir() else _aside(target)
-
-        failure = None
-        for _ in range(10):
-            source = where()
-            before = _stat_token(source / "index.json")
-            try:
-                index = cls._read(source, model_sha256, mmap)
-            except (OSError, ValueError) as err:
-                if where() == source and _stat_token(source / "index.json") == before:
-                    raise
-                failure = err  # a writer replaced the folder while this read it
-            else:
-                if where() == source and _stat_token(source / "index.json") == before:
-                    index._origin = (target, index._origin[1])
-                    index._known = {str(target): index._origin[1]}
-                    return index
-                failure = None
-            time.sleep(0.01)
-        if failure is not None:
-            raise failure
-        raise ValueError(f"{folder} kept changing while it was read (10 tries): another process "
+        for _ in range(_FREE_READS):
+            read = cls._read_one_generation(target, model_sha256, mmap)
+            if read is not None:
+                return _accepted(target, *read)
+            time.sleep(_JITTER.uniform(0.002, 0.02))
+        with _read_lock(target, lock_timeout):  # saves keep replacing it: wait for the writers
+            for _ in range(_LOCKED_READS):
+                read = cls._read_one_generation(target, model_sha256, mmap)
+                if read is not None:
+                    return _accepted(target, *read)
+                time.sleep(_JITTER.uniform(0.002, 0.02))
+        raise ValueError(f"{target} kept being replaced while it was read "
+                         f"({_FREE_READS + _LOCKED_READS} tries): a writer that takes no lock "
                          "saves it without pause?")
 
     @classmethod
-    def _read(cls, folder, model_sha256, mmap):
-        """One reading of ``folder`` (see :meth:`load`)."""
+    def _read_one_generation(cls, target, model_sha256, mmap):
+        """``(index, stage problems)`` read from one generation of ``target``, or None when a
+        save replaced the folder during the reading. An error of a reading that no save
+        disturbed is raised."""
+        source = _live_folder(target)
+        before = _generation_mark(source)
+        problems = []
+        try:
+            index = cls._read(source, model_sha256, mmap, problems)
+        except (OSError, ValueError):
+            if _live_folder(target) == source and _generation_mark(source) == before:
+                raise
+            return None
+        if _live_folder(target) != source or _generation_mark(source) != before:
+            return None
+        return index, problems
+
+    @classmethod
+    def _read(cls, folder, model_sha256, mmap, problems):
+        """One reading of ``folder`` (see :meth:`load`); the stage files that cannot be used
+        are appended to ``problems`` (warned about once the reading is kept)."""
         meta = _read_json(folder / "index.json")
         where = folder / "index.json"
         if not isinstance(meta, dict):
@@ -488,16 +631,17 @@ class IndexFolder:
                                  "damaged; enrol those speakers again")
         index.speakers, index.counts = list(speakers), list(counts)
         index._vectors = vectors
-        index._read_stages(folder, meta.get("stages", []), mmap)
+        index._read_stages(folder, meta.get("stages", []), mmap, problems)
         return index
 
-    def _read_stages(self, folder, entries, mmap):
-        """Reads the saved first stages that match the vectors; warns about the others."""
+    def _read_stages(self, folder, entries, mmap, problems):
+        """Reads the saved first stages that match the vectors; appends why the others cannot
+        be used to ``problems``."""
         import faiss
 
         if not isinstance(entries, list):
-            warnings.warn(f"{folder / 'index.json'}: 'stages' is not a list; the first stages "
-                          "will be built again", RuntimeWarning, stacklevel=4)
+            problems.append(f"{folder / 'index.json'}: 'stages' is not a list; the first "
+                            "stages will be built again")
             return
         for entry in entries:
             problem, path = self._stage_problem(folder, entry), None
@@ -513,9 +657,8 @@ class IndexFolder:
             if problem is not None:
                 name = entry.get("file", "?") if isinstance(entry, dict) else "?"
                 shown = path or folder / str(name)
-                warnings.warn(f"{shown}: {problem}; this first stage will be built again on "
-                              "first use (and saved by the next save)", RuntimeWarning,
-                              stacklevel=4)
+                problems.append(f"{shown}: {problem}; this first stage will be built again "
+                                "on first use (and saved by the next save)")
                 continue
             key = (entry["d"], entry["kind"])
             self._stage_indexes[key] = stage
@@ -564,9 +707,23 @@ class IndexFolder:
         return None
 
 
+def _accepted(target, index, problems):
+    """The index a load keeps, known by ``target``; warns about its unusable stage files."""
+    for problem in problems:
+        warnings.warn(problem, RuntimeWarning, stacklevel=3)
+    index._origin = (target, index._origin[1])
+    index._known = {str(target): index._origin[1]}
+    return index
+
+
 def _check_folder(folder):
-    """Refuses an index path that is a file (or anything else but a folder), naming it."""
-    if folder.exists() and not folder.is_dir():
+    """Refuses an index path that is a file (or anything else but a folder), naming it (one
+    ``stat``: a folder a save replaces at that moment is not taken for a file)."""
+    try:
+        mode = os.stat(folder).st_mode
+    except OSError:
+        return
+    if not stat.S_ISDIR(mode):
         raise ValueError(f"{folder} is a file, not a speaker index folder: give a folder path "
                          "(the file is left as it is)")
 
