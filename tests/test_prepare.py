@@ -13,6 +13,7 @@ from speechbrain_mrl import cli
 from speechbrain_mrl.data import speech_commands
 from speechbrain_mrl.data import preparation as common
 from speechbrain_mrl.data import voxceleb as vp
+from speechbrain_mrl.utils.download import sha256_of
 
 
 def read_csv(path):
@@ -204,6 +205,7 @@ def test_prepare_demo_downloads_archive(tmp_path, monkeypatch, no_network):
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(raw, arcname=".")
     monkeypatch.setattr(speech_commands, "SC_URL", archive.as_uri())
+    monkeypatch.setattr(speech_commands, "SC_SHA256", sha256_of(archive))
     data = tmp_path / "data"
     out = speech_commands.prepare_demo(data, tmp_path / "prep", n_val_speakers=1, n_val_trials=10,
                                     download=True)

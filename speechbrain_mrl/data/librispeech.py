@@ -22,10 +22,13 @@ two readers, of the same sex with ``same_sex_nontarget`` (from
 fixed-length segments first. Readers of the trial splits never train (the
 official splits are speaker-disjoint; a reader found in both is left out of
 training and logged), and the validation and test lists must not share a
-reader. Unreadable, empty and too-short files are skipped and listed in
-``skipped_files.txt``; the preparation is skipped when its outputs exist and
-neither the options nor the input files (:func:`~speechbrain_mrl.data.preparation.input_fingerprint`)
-changed. ``prepared_data.png`` charts the rows per reader and the durations.
+reader. An utterance found twice (in two readers' or chapters' folders, or
+in two splits) is refused before any audio is read. Unreadable (a truncated
+FLAC too), empty and too-short files are skipped (the first ten named in
+warnings) and listed in ``skipped_files.txt``; the preparation is skipped
+when its outputs exist and neither the options nor the input files
+(:func:`~speechbrain_mrl.data.preparation.input_fingerprint`) changed.
+``prepared_data.png`` charts the rows per reader and the durations.
 
 With ``download=True``, missing splits are downloaded from OpenSLR (resource 12)
 with their SHA-256 checked, resumably, and extracted.
@@ -50,6 +53,7 @@ from speechbrain_mrl.data.preparation import (
     input_fingerprint,
     make_rows,
     make_trials,
+    repeated_id,
     report_skipped,
     save_opts,
     skip,
@@ -115,7 +119,9 @@ def read_speakers(path):
     Raises
     ------
     ValueError
-        Naming the file and line of a line that is not in that format.
+        Naming the file and line of a line that is not in that format or not
+        UTF-8 text, and of a reader listed twice with two sexes (listed twice
+        with one sex, the last line is kept).
 
     Example
     -------
@@ -127,21 +133,41 @@ def read_speakers(path):
     >>> read_speakers(path)["60"]
     {'sex': 'M', 'subset': 'train-clean-100', 'minutes': 20.18, 'name': '|CBW|Simon'}
     """
-    speakers = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip() or line.lstrip().startswith(";"):
-                continue
-            parts = [p.strip() for p in line.split("|", 4)]
-            try:
-                if len(parts) != 5 or parts[1] not in ("F", "M"):
-                    raise ValueError
-                speakers[parts[0]] = {"sex": parts[1], "subset": parts[2],
-                                      "minutes": float(parts[3]), "name": parts[4]}
-            except ValueError:
-                raise ValueError(f"{path}:{n}: expected 'ID | SEX (F or M) | SUBSET | MINUTES | "
-                                 f"NAME', got {line.strip()!r}") from None
+    speakers, first_line = {}, {}
+    for n, line in _text_lines(path):
+        if not line.strip() or line.lstrip().startswith(";"):
+            continue
+        reader, entry = _speaker_entry(path, n, line)
+        if reader in speakers and speakers[reader]["sex"] != entry["sex"]:
+            m, other = first_line[reader]
+            raise ValueError(f"{path}: reader {reader} is listed twice with two sexes, on line "
+                             f"{m} ({other!r}) and line {n} ({line.strip()!r}): keep one line")
+        speakers[reader] = entry
+        first_line.setdefault(reader, (n, line.strip()))
     return speakers
+
+
+def _text_lines(path):
+    """``(number, line)`` of a UTF-8 text file; a line that is not UTF-8 is named in a ValueError."""
+    for n, raw in enumerate(pathlib.Path(path).read_bytes().splitlines(), 1):
+        try:
+            yield n, raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path}:{n}: not UTF-8 text ({raw[err.start]:#04x}, byte "
+                             f"{err.start + 1} of the line): save the file as UTF-8") from None
+
+
+def _speaker_entry(path, n, line):
+    """``(reader, {"sex", "subset", "minutes", "name"})`` of line ``n`` of a ``SPEAKERS.TXT``."""
+    parts = [p.strip() for p in line.split("|", 4)]
+    try:
+        if len(parts) != 5 or parts[1] not in ("F", "M"):
+            raise ValueError
+        return parts[0], {"sex": parts[1], "subset": parts[2], "minutes": float(parts[3]),
+                          "name": parts[4]}
+    except ValueError:
+        raise ValueError(f"{path}:{n}: expected 'ID | SEX (F or M) | SUBSET | MINUTES | "
+                         f"NAME', got {line.strip()!r}") from None
 
 
 def scan_split(split_folder):
@@ -350,9 +376,11 @@ def prepare_librispeech(
         When a split is missing and ``download`` is False.
     ValueError
         For a segment length that is not positive, an unknown or repeated
-        split, validation and test lists sharing a reader, a
-        ``same_sex_nontarget`` list with a reader absent from ``SPEAKERS.TXT``,
-        or a list without target or non-target trials.
+        split, validation and test lists sharing a reader, an utterance found
+        twice, a ``SPEAKERS.TXT`` that is not UTF-8, malformed or gives a
+        reader two sexes (:func:`read_speakers`), a ``same_sex_nontarget``
+        list with a reader absent from ``SPEAKERS.TXT``, a list with no usable
+        utterance, or a list without target or non-target trials.
     """
     if skip_prep:
         return {}
@@ -431,6 +459,7 @@ def _prepare(root, save_folder, train_splits, valid_splits, test_splits, seg_dur
         logger.warning("%d reader(s) of the trial splits also in the training splits, left out "
                        "of training: %s", len(held_out), held_out[:10])
         train = {r: v for r, v in train.items() if r not in held_out}
+    _check_unique_utterances(root, [train, lists["valid"], lists["test"]])
     _check_subsets(info, found)
     skipped = []
     train_rows, _ = _rows(train, min_duration, seg_dur, max_files_per_speaker, skipped)
@@ -440,13 +469,18 @@ def _prepare(root, save_folder, train_splits, valid_splits, test_splits, seg_dur
                          f"reader(s) in {train_splits} ({len(skipped)} files skipped, listed in "
                          f"{save_folder / SKIPPED_FILE}): training needs at least 2 readers")
     write_manifest(save_folder / OUTPUTS["train"], train_rows)
-    for name, n_trials, list_seed in (("valid", n_valid_trials, seed),
-                                      ("test", n_test_trials, seed + 1)):
+    for name, list_splits, n_trials, list_seed in (("valid", valid_splits, n_valid_trials, seed),
+                                                   ("test", test_splits, n_test_trials, seed + 1)):
         if not lists[name]:
             if name == "valid":
                 raise ValueError(f"no utterance under the valid_splits {valid_splits}")
             continue
         rows, chapter_of = _rows(lists[name], min_duration, trial_seg_dur, None, skipped)
+        if not rows:
+            report_skipped(skipped, save_folder)
+            raise ValueError(f"no usable utterance under the {name}_splits {list_splits} "
+                             f"({len(skipped)} files skipped, listed in "
+                             f"{save_folder / SKIPPED_FILE})")
         sex_of = None
         if same_sex_nontarget:
             unknown = sorted({r[5] for r in rows} - set(info))
@@ -474,6 +508,27 @@ def _prepare(root, save_folder, train_splits, valid_splits, test_splits, seg_dur
         "train": save_folder / OUTPUTS["train"], "validation": save_folder / OUTPUTS["dev"],
         "test": [save_folder / OUTPUTS["enrol"], save_folder / OUTPUTS["test"]]})
     return len(skipped)
+
+
+def _check_unique_utterances(root, lists):
+    """Refuses an utterance found twice in ``lists`` (``{reader: [(chapter, name, path)]}``).
+
+    Its ID, the file name, would name two rows: a copy in another reader's or
+    chapter's folder, or a reader's utterance in two splits (overlapping
+    copies of the splits), is refused before any audio is read.
+    """
+    twice = repeated_id((name.rsplit(".", 1)[0], path) for speakers in lists
+                        for items in speakers.values() for _, name, path in items)
+    if not twice:
+        return
+    uid, first, second = twice
+    a, b = (pathlib.Path(p).relative_to(root).parts for p in (first, second))
+    if a[1:] == b[1:]:
+        why = (f"reader {a[1]} has it in the splits {a[0]} and {b[0]}, which must not overlap: "
+               "remove one copy")
+    else:
+        why = "an utterance belongs to one reader's chapter folder: remove the misplaced copy"
+    raise ValueError(f"utterance {uid} found twice, {first} and {second}: {why}")
 
 
 def _check_subsets(info, found):

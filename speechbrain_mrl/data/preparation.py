@@ -319,17 +319,70 @@ def make_rows(spk_id, rel, path, min_duration, seg_dur=None, skipped=None):
 
 
 def _check_file(path, min_duration):
-    """``(reason, frames, sample_rate)``; ``reason`` is None for a usable file."""
+    """``(reason, frames, sample_rate)``; ``reason`` is None for a usable file.
+
+    A file whose header reads but whose samples do not decode (a truncated
+    FLAC) is unreadable too.
+    """
     try:
         frames, sr = audio_info(path)
+        if frames <= 0:
+            return "empty", frames, sr
+        if frames / sr < min_duration:
+            return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
+        return signal_problem(load_audio(path)[0].mean(dim=1)), frames, sr
     except AudioError as err:
         cause = err.__cause__ or err
         return f"unreadable ({type(cause).__name__}: {cause})", 0, 0
-    if frames <= 0:
-        return "empty", frames, sr
-    if frames / sr < min_duration:
-        return f"too short ({frames / sr:.3f} s < {min_duration} s)", frames, sr
-    return signal_problem(load_audio(path)[0].mean(dim=1)), frames, sr
+
+
+def repeated_id(pairs):
+    """The first ID given twice among ``(ID, path)`` pairs: ``(ID, first path, second path)``.
+
+    Arguments
+    ---------
+    pairs : iterable of (str, str or os.PathLike)
+        Row IDs (or utterance IDs) and the files they name.
+
+    Returns
+    -------
+    tuple or None
+        None when every ID is given once.
+
+    Example
+    -------
+    >>> repeated_id([("a", "x/a.wav"), ("b", "x/b.wav"), ("a", "y/a.flac")])
+    ('a', 'x/a.wav', 'y/a.flac')
+    """
+    first = {}
+    for uid, path in pairs:
+        if uid in first:
+            return uid, first[uid], path
+        first[uid] = path
+    return None
+
+
+def check_unique_ids(rows, data):
+    """Refuses manifest rows of which two share an ID (a one-line :class:`ValueError`).
+
+    Arguments
+    ---------
+    rows : iterable of list
+        Manifest rows (``ID, duration, wav, ...``).
+    data : str
+        What was read, named in the error (e.g. the data folders).
+
+    Raises
+    ------
+    ValueError
+        Naming the ID and both files.
+    """
+    twice = repeated_id((row[0], row[2]) for row in rows)
+    if twice:
+        uid, first, second = twice
+        raise ValueError(f"utterance ID {uid!r} is given to two files under {data}, {first} and "
+                         f"{second} (a folder given twice, a file copied into two folders or "
+                         "one recording in two formats): remove one of them")
 
 
 def speaker_of(rel):

@@ -10,16 +10,18 @@ are held out of training for a long-utterance validation list.
 With a local copy holding ``speech_commands/splits/`` the fixed speaker split
 (``train_speakers.txt``/``test_speakers.txt``) and trial list
 (``trials_test.txt``) are used. Without a local copy (``download=True``) the
-official archive ``speech_commands_test_set_v0.02.tar.gz`` is downloaded,
-regrouped by speaker, and -- as the fixed split and trials are not part of the
-archive -- a seeded speaker split (75 % train / 25 % test, seed ``seed``) and a
-balanced 20,000-trial list are generated and written to ``splits/``, so
-numbers are not comparable with the ones obtained on the fixed split.
+official archive ``speech_commands_test_set_v0.02.tar.gz`` is downloaded
+(over HTTPS, its SHA-256 checked), regrouped by speaker, and -- as the fixed
+split and trials are not part of the archive -- a seeded speaker split (75 %
+train / 25 % test, seed ``seed``) and a balanced 20,000-trial list are
+generated and written to ``splits/``, so numbers are not comparable with the
+ones obtained on the fixed split.
 
 Outputs in ``save_folder``: ``train.csv`` (train speakers minus the
 validation speakers, plus LibriSpeech segments), ``dev.csv`` (all clips of
-``n_val_speakers`` held-out train speakers) with ``val_trials.txt`` (a seeded
-trial list among them, used for validation EER and threshold calibration),
+``n_val_speakers`` held-out train speakers, at most half of them and at least
+two: fewer than four train speakers are refused) with ``val_trials.txt`` (a
+seeded trial list among them, used for validation EER and threshold calibration),
 ``enrol.csv``/``test.csv`` and ``trials_test.txt`` (the test trial list with
 absolute-path-free IDs as in the local copy).
 
@@ -44,12 +46,14 @@ import pathlib
 import random
 import shutil
 
-from speechbrain_mrl.utils.download import download
+from speechbrain_mrl.utils.download import ChecksumError, download, sha256_of
 from speechbrain_mrl.utils.files import (aside_folder, remove_stale_staging, staging_folder,
                                          swap_folder, write_text_atomic)
 from speechbrain_mrl.data.manifests import read_trials, write_manifest, write_trials
 from speechbrain_mrl.data.preparation import (
     AUDIO_EXTENSIONS,
+    SKIPPED_FILE,
+    check_unique_ids,
     extract_tar,
     input_fingerprint,
     make_rows,
@@ -66,7 +70,13 @@ from speechbrain_mrl.data.preparation import (
 
 logger = logging.getLogger(__name__)
 
-SC_URL = "http://download.tensorflow.org/data/speech_commands_test_set_v0.02.tar.gz"
+#: The official test set archive, over HTTPS from the Google Cloud Storage bucket that
+#: ``download.tensorflow.org`` serves.
+SC_URL = ("https://storage.googleapis.com/download.tensorflow.org/data/"
+          "speech_commands_test_set_v0.02.tar.gz")
+#: SHA-256 of ``speech_commands_test_set_v0.02.tar.gz`` (112,563,277 bytes), as listed in
+#: TensorFlow Datasets' ``tensorflow_datasets/url_checksums/speech_commands.txt``.
+SC_SHA256 = "cc2a00c1147c2254e9be3fa0f779d8c17421dc349b86366567a8edfa9acd51df"
 SC_DIR = "speech_commands"
 LIBRI_DIR = "librispeech_train_clean_100"
 
@@ -76,7 +86,9 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     """Downloads the Speech Commands test set and regroups it by speaker.
 
     The archive (``url``, default :data:`SC_URL`; downloaded once, kept in
-    ``data_folder``) holds ``<word>/<speaker>_nohash_<n>.wav``; the result is
+    ``data_folder``; its SHA-256 checked against :data:`SC_SHA256`, also when
+    it was put there by hand; a redirect to another host refused) holds
+    ``<word>/<speaker>_nohash_<n>.wav``; the result is
     ``<data_folder>/speech_commands/<speaker>/<word>_<n>.wav`` plus a seeded
     ``splits/`` folder (see the module docstring).
 
@@ -95,20 +107,35 @@ def download_speech_commands(data_folder, seed=17, n_trials=20000, url=None):
     -------
     pathlib.Path
         ``<data_folder>/speech_commands``.
+
+    Raises
+    ------
+    OSError
+        When the download fails, is redirected to another host
+        (:class:`~speechbrain_mrl.utils.download.RedirectError`) or its
+        checksum differs (:class:`~speechbrain_mrl.utils.download.ChecksumError`).
     """
     url = url or SC_URL
     data_folder = pathlib.Path(data_folder)
     data_folder.mkdir(parents=True, exist_ok=True)
-    archive = data_folder / os.path.basename(url)
-    if not archive.is_file():
-        logger.info("downloading %s", url)
-        download(url, archive, hint=f"or put the archive at {archive} yourself")
     raw = data_folder / "speech_commands_raw"
     if not raw.is_dir():
-        _extract(archive, raw)
+        _extract(_fetch_archive(url, data_folder / os.path.basename(url)), raw)
     regroup_speech_commands(raw, data_folder / SC_DIR)
     make_splits(data_folder / SC_DIR, seed=seed, n_trials=n_trials)
     return data_folder / SC_DIR
+
+
+def _fetch_archive(url, archive):
+    """``archive``, downloaded from ``url`` unless there; its SHA-256 checked either way."""
+    if archive.is_file():  # downloaded before or put there by the user: checked as a download is
+        if sha256_of(archive) != SC_SHA256:
+            raise ChecksumError(f"{archive}: its SHA-256 is not that of the official "
+                                f"speech_commands_test_set_v0.02.tar.gz ({SC_SHA256}); remove it")
+        return archive
+    logger.info("downloading %s", url)
+    return download(url, archive, sha256=SC_SHA256, resume=True, same_host=True,
+                    hint=f"or put the archive at {archive} yourself")
 
 
 def _extract(archive, folder):
@@ -260,6 +287,16 @@ def _train_dev_rows(sc, libri, train_spks, val_spks, test_spks, min_duration, li
     return train_rows, dev_rows
 
 
+def _validation_speakers(train_spks, n_val_speakers, seed, listed):
+    """The seeded validation speakers: ``n_val_speakers``, at most half of ``train_spks``, at
+    least 2; refuses fewer than 4 training speakers (one line, naming ``listed``)."""
+    if len(train_spks) < 4:
+        raise ValueError(f"{listed}: {len(train_spks)} training speaker(s) found besides the test "
+                         "speakers, at least 4 needed (2 for the validation list, 2 to train)")
+    n_val = max(2, min(n_val_speakers, len(train_spks) // 2))
+    return set(random.Random(seed).sample(sorted(train_spks), n_val))
+
+
 def _write_test(sc, trials, out, skipped):
     """Writes enrol/test manifests and the test trials with manifest IDs; returns the trials kept."""
     found = set()
@@ -303,7 +340,8 @@ def prepare_demo(
     libri_seg_dur : float
         Segment length (s) the LibriSpeech utterances are cut into.
     n_val_speakers : int
-        Train speakers held out for validation (EER, threshold calibration).
+        Train speakers held out for validation (EER, threshold calibration):
+        at most half of them, and at least 2 (non-target trials pair two).
     n_val_trials : int
         Size of the validation trial list.
     n_long_val_readers : int
@@ -334,6 +372,10 @@ def prepare_demo(
     ------
     FileNotFoundError
         Without a local copy of the split and ``download=False``.
+    ValueError
+        With fewer than 4 training speakers (2 validate, 2 train), a
+        validation list of fewer than 2 speakers with usable clips, or two
+        files with one ID (:func:`~speechbrain_mrl.data.preparation.check_unique_ids`).
     """
     data_folder = pathlib.Path(data_folder)
     save_folder = pathlib.Path(save_folder)
@@ -381,8 +423,7 @@ def prepare_demo(
     trials = read_trials(sc / "splits" / "trials_test.txt")
     test_spks = {speaker_of(p) for _, a, b in trials for p in (a, b)}
     train_spks = [s for s in _read_list(sc / "splits" / "train_speakers.txt") if s not in test_spks]
-    rng = random.Random(seed)
-    val_spks = set(rng.sample(sorted(train_spks), min(n_val_speakers, len(train_spks) // 2)))
+    val_spks = _validation_speakers(train_spks, n_val_speakers, seed, splits / "train_speakers.txt")
     skipped, held_out = [], set(test_spks)
     if long_val:
         long_rows = long_val_rows(libri, n_long_val_readers, long_val_segment_dur, seed)
@@ -391,6 +432,12 @@ def prepare_demo(
         write_trials(out["val_long_trials"], make_trials(long_rows, n_long_val_trials, seed=seed))
     train_rows, dev_rows = _train_dev_rows(sc, libri if use_libri else None, train_spks, val_spks,
                                            held_out, min_duration, libri_seg_dur, skipped)
+    check_unique_ids(train_rows + dev_rows, data_folder)
+    if len({r[5] for r in dev_rows}) < 2:
+        report_skipped(skipped, save_folder)
+        raise ValueError(f"the validation list has usable clips of {len({r[5] for r in dev_rows})} "
+                         f"speaker(s), at least 2 needed ({len(skipped)} files skipped, listed in "
+                         f"{save_folder / SKIPPED_FILE})")
     write_manifest(out["train"], train_rows)
     write_manifest(out["dev"], dev_rows)
     write_trials(out["val_trials"], make_trials(dev_rows, n_val_trials, seed=seed))

@@ -36,6 +36,7 @@ from speechbrain_mrl.data.preparation import (
     AUDIO_EXTENSIONS,
     SKIPPED_FILE,
     audio_root,
+    check_unique_ids,
     scan_speakers,
     make_rows,
     speaker_of,
@@ -220,7 +221,8 @@ def prepare_voxceleb(
     ValueError
         For a bad ``dev_split``, a ``test`` split without
         ``verification_pairs_file``, ``valid_trials`` without ``dev`` split, a
-        malformed trial list, or fewer than 2 training speakers.
+        malformed trial list, fewer than 2 training speakers, or two files
+        with one ID (:func:`~speechbrain_mrl.data.preparation.check_unique_ids`).
     """
     if skip_prep:
         if valid_trials is not None:  # the manifests are the user's; the list may still be missing
@@ -289,6 +291,7 @@ def _prepare(save_folder, data_folder, verification_pairs_file, splits, split_ra
                              "validation need at least 2 speakers; give more speaker folders")
         train_rows, dev_rows = _train_dev_rows(speakers, split_ratio, dev_split, seg_dur, min_duration,
                                                max_files_per_speaker, seed, skipped)
+        check_unique_ids(train_rows + dev_rows, data_folder)
         for split, rows in (("train", train_rows), ("dev", dev_rows)):
             if split in splits and not rows:
                 report_skipped(skipped, save_folder)

@@ -12,11 +12,12 @@ import os
 import pathlib
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from speechbrain_mrl.utils.files import atomic_output
 
-__all__ = ["ChecksumError", "download", "sha256_of"]
+__all__ = ["ChecksumError", "RedirectError", "download", "sha256_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +26,32 @@ class ChecksumError(OSError):
     """A downloaded file whose SHA-256 is not the expected one (never retried)."""
 
 
+class RedirectError(OSError):
+    """A redirect to another host, or from HTTPS to HTTP, refused (never retried)."""
+
+
+class _SameHostRedirects(urllib.request.HTTPRedirectHandler):
+    """Follows redirects to the same host and port only, never from HTTPS to HTTP."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        old, new = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(newurl)
+        if ((new.hostname, new.port) != (old.hostname, old.port)
+                or (old.scheme == "https" and new.scheme != "https")):
+            fp.close()
+            raise RedirectError(f"{req.full_url} redirects to {newurl}: a redirect to another "
+                                "host (or to plain HTTP) is refused")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _open(request, timeout, same_host):
+    """``urlopen(request)``; with ``same_host``, through :class:`_SameHostRedirects`."""
+    if not same_host:
+        return urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
+    return urllib.request.build_opener(_SameHostRedirects()).open(request, timeout=timeout)
+
+
 def download(url, dest, timeout=None, retries=None, backoff=2.0, hint="", total_timeout=None,
-             sha256=None, resume=False):
+             sha256=None, resume=False, same_host=False):
     """Downloads ``url`` to ``dest`` through a temporary file, with timeouts and retries.
 
     Arguments
@@ -63,6 +88,10 @@ def download(url, dest, timeout=None, retries=None, backoff=2.0, hint="", total_
         attempts and across runs) and ask the server for the rest (an HTTP
         ``Range`` request); a server that answers with the whole file
         (status 200) is read from the start. For large archives.
+    same_host : bool
+        Refuse a redirect to another host or port, or from HTTPS to HTTP
+        (:class:`RedirectError`, not retried); redirects are followed
+        anywhere otherwise.
 
     Returns
     -------
@@ -72,6 +101,8 @@ def download(url, dest, timeout=None, retries=None, backoff=2.0, hint="", total_
     ------
     ChecksumError
         When the file's SHA-256 is not ``sha256``.
+    RedirectError
+        With ``same_host``, for a redirect to another host.
     OSError
         Naming the URL and the last error once every attempt failed or the
         time was up.
@@ -88,15 +119,14 @@ def download(url, dest, timeout=None, retries=None, backoff=2.0, hint="", total_
     for attempt in range(1, retries + 1):
         try:
             if resume:
-                _fetch_resumable(url, dest, timeout, deadline, total_timeout, sha256)
+                _fetch_resumable(url, dest, timeout, deadline, total_timeout, sha256, same_host)
                 return dest
             with atomic_output(dest) as tmp:
-                with open(tmp, "wb") as out, \
-                        urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310
+                with open(tmp, "wb") as out, _open(url, timeout, same_host) as resp:
                     _copy(resp, out, deadline, total_timeout)
                 _check_sha256(tmp, sha256, url)
             return dest
-        except ChecksumError:
+        except (ChecksumError, RedirectError):
             raise
         except (OSError, http.client.HTTPException) as err:  # URLError, timeouts, cut short
             error = err
@@ -170,7 +200,7 @@ def _check_sha256(path, expected, url):
                             "it was removed (a damaged or changed file: try again later)")
 
 
-def _fetch_resumable(url, dest, timeout, deadline, total_timeout, sha256):
+def _fetch_resumable(url, dest, timeout, deadline, total_timeout, sha256, same_host):
     """One attempt of a resumable download into ``.<name>.part``, renamed to ``dest`` when done."""
     part = dest.with_name(f".{dest.name}.part")
     if part.is_symlink():
@@ -178,7 +208,7 @@ def _fetch_resumable(url, dest, timeout, deadline, total_timeout, sha256):
     offset = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={offset}-"} if offset else {})
     try:
-        resp = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310
+        resp = _open(request, timeout, same_host)
     except urllib.error.HTTPError as err:
         if err.code != 416 or not offset:  # 416: nothing left after offset (complete already?)
             raise
