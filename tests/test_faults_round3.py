@@ -552,3 +552,64 @@ def test_a_full_disk_names_the_file_and_the_space_left(tmp_path, monkeypatch):
     assert caught.value.errno == errno.ENOSPC
     assert "vectors.npy could not be written: the disk is full, 4096 bytes free" in str(caught.value)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["numpy", "faiss"])
+def test_a_full_disk_during_an_index_save_names_the_index_and_keeps_the_old_one(writer, tmp_path,
+                                                                                monkeypatch):
+    """Issue 28: outside ``atomic_output`` (an index folder's files) a full disk gave NumPy's
+    '896000 requested and 499680 written' or FAISS's fwrite RuntimeError, naming no file."""
+    import errno
+    import shutil
+
+    import faiss
+    import numpy as np
+
+    from speechbrain_mrl.search import folder as folder_module
+    from speechbrain_mrl.utils import files
+
+    _index().save(tmp_path / "index")
+    index = SpeakerIndex.load(tmp_path / "index")
+    index.enrol(["more"], np.ones((1, 16)))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+    if writer == "numpy":
+        def full(*args, **kwargs):
+            raise OSError("896000 requested and 499680 written")
+        monkeypatch.setattr(folder_module.np, "save", full)
+    else:
+        def full(*args, **kwargs):
+            raise RuntimeError("Error in faiss::FileIOWriter: fwrite failed")
+        monkeypatch.setattr(faiss, "write_index", full)
+        monkeypatch.setattr(index, "_link_stage_file", lambda *a: False)
+    with pytest.raises(OSError) as caught:
+        index.save(tmp_path / "index")
+    assert caught.value.errno == errno.ENOSPC
+    assert f"{tmp_path / 'index'} could not be written: the disk is full, 4096 bytes free" in str(
+        caught.value)
+    assert SpeakerIndex.load(tmp_path / "index").speakers == ["spk0", "spk1", "spk2"]
+
+
+def test_a_full_disk_during_a_checkpoint_save_names_the_folder(tmp_path, monkeypatch):
+    """Issue 28: a checkpoint save on a full disk named the folder but not the cause."""
+    import errno
+    import shutil
+
+    from speechbrain_mrl.utils import files
+    from speechbrain_mrl.utils.checkpoints import SafeCheckpointer
+
+    model = torch.nn.Linear(2, 2)
+    ckpt = SafeCheckpointer(tmp_path / "save", {"model": model})
+    ckpt.save_checkpoint(name="good")
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: usage._replace(free=4096))
+
+    def full(*args, **kwargs):
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(torch, "save", full)
+    with pytest.raises(OSError, match=r"disk is full, 4096 bytes free .*previous checkpoints are "
+                       r"untouched") as caught:
+        ckpt.save_checkpoint(name="next")
+    assert caught.value.errno == errno.ENOSPC
+    assert sorted(p.name for p in (tmp_path / "save").iterdir()) == ["CKPT+good"]

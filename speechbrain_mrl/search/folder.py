@@ -55,7 +55,7 @@ import warnings
 import numpy as np
 
 from speechbrain_mrl.search.cosine import _normalised
-from speechbrain_mrl.utils.files import (_mark, _unmark, aside_folder, is_staging,
+from speechbrain_mrl.utils.files import (_mark, _unmark, aside_folder, full_disk_named, is_staging,
                                          remove_stale_staging, staging_folder, swap_folder)
 from speechbrain_mrl.model.sizes import is_int
 from speechbrain_mrl.utils.errors import hinted
@@ -432,8 +432,6 @@ class IndexFolder:
         IndexLockedError
             Another writer held the lock for ``lock_timeout`` seconds.
         """
-        import faiss
-
         given = pathlib.Path(folder)
         target = _resolved(given)
         _check_folder(target)  # before the lock file is made beside it
@@ -444,25 +442,8 @@ class IndexFolder:
             generation = uuid.uuid4().hex
             staging = staging_folder(target)
             try:
-                np.save(staging / "vectors.npy", np.asarray(self._vectors))
-                (staging / "speakers.json").write_text(json.dumps(
-                    {"speakers": self.speakers, "counts": self.counts}))
-                stages = []
-                for (d, kind), stage in sorted(self._stage_indexes.items()):
-                    if stage.ntotal != len(self):
-                        continue
-                    name = f"stage_{d}_{kind}.faiss"
-                    if not self._link_stage_file((d, kind), staging / name):
-                        faiss.write_index(stage, str(staging / name))
-                    stages.append({"file": name, "d": d, "kind": kind, "ntotal": int(stage.ntotal)})
-                (staging / "index.json").write_text(json.dumps({
-                    "format_version": FORMAT_VERSION, "generation": generation,
-                    "embed_dim": self.embed_dim, "mrl_dims": self.mrl_dims,
-                    "model_sha256": self.model_sha256, "first_stage": self.first_stage,
-                    "hnsw_m": self.hnsw_m, "dtype": self.dtype, "ivf_nprobe": self.ivf_nprobe,
-                    "hnsw_ef": self.hnsw_ef, "speakers": len(self), "stages": stages,
-                    "thresholds": {str(d): t for d, t in self.thresholds.items()},
-                    "thresholds_for": self.thresholds_for}, indent=1))
+                with full_disk_named(target):
+                    stages = self._write_files(staging, generation)
                 _swap_in(staging, target)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)
@@ -472,6 +453,31 @@ class IndexFolder:
                                                        _stat_token(target / s["file"]))
                                  for s in stages}
         return given
+
+    def _write_files(self, staging, generation):
+        """Writes the index's files into the folder ``staging``; the stage files' entries."""
+        import faiss
+
+        np.save(staging / "vectors.npy", np.asarray(self._vectors))
+        (staging / "speakers.json").write_text(json.dumps(
+            {"speakers": self.speakers, "counts": self.counts}))
+        stages = []
+        for (d, kind), stage in sorted(self._stage_indexes.items()):
+            if stage.ntotal != len(self):
+                continue
+            name = f"stage_{d}_{kind}.faiss"
+            if not self._link_stage_file((d, kind), staging / name):
+                faiss.write_index(stage, str(staging / name))
+            stages.append({"file": name, "d": d, "kind": kind, "ntotal": int(stage.ntotal)})
+        (staging / "index.json").write_text(json.dumps({
+            "format_version": FORMAT_VERSION, "generation": generation,
+            "embed_dim": self.embed_dim, "mrl_dims": self.mrl_dims,
+            "model_sha256": self.model_sha256, "first_stage": self.first_stage,
+            "hnsw_m": self.hnsw_m, "dtype": self.dtype, "ivf_nprobe": self.ivf_nprobe,
+            "hnsw_ef": self.hnsw_ef, "speakers": len(self), "stages": stages,
+            "thresholds": {str(d): t for d, t in self.thresholds.items()},
+            "thresholds_for": self.thresholds_for}, indent=1))
+        return stages
 
     def _link_stage_file(self, key, dest):
         """Hard-links the unchanged file a stage was read from (no rewrite); False if it cannot."""

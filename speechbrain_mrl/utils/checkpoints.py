@@ -28,7 +28,7 @@ import yaml
 from speechbrain.utils import checkpoints as sb_checkpoints
 from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
-from speechbrain_mrl.utils.files import swap_folder
+from speechbrain_mrl.utils.files import full_disk_named, swap_folder
 
 __all__ = ["load_state_dict", "register_safe_hooks", "SafeCheckpointer"]
 
@@ -151,7 +151,8 @@ class SafeCheckpointer(sb_checkpoints.Checkpointer):
             for stale in self.checkpoints_dir.glob(f"{_STAGING}*"):  # from a killed save
                 shutil.rmtree(stale, ignore_errors=True)
         try:
-            saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
+            with full_disk_named(self.checkpoints_dir):
+                saved = super().save_checkpoint(meta, end_of_epoch, name, verbosity)
         except OSError as err:
             if if_main_process():
                 for staged in self.checkpoints_dir.glob(f"{_STAGING}*"):

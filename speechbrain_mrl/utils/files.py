@@ -23,8 +23,8 @@ import shutil
 import stat
 import tempfile
 
-__all__ = ["atomic_output", "write_text_atomic", "save_torch_atomic", "staging_folder", "remove_stale_staging",
-           "swap_folder", "current_umask"]
+__all__ = ["atomic_output", "full_disk_named", "write_text_atomic", "save_torch_atomic",
+           "staging_folder", "remove_stale_staging", "swap_folder", "current_umask"]
 
 
 def current_umask():
@@ -83,30 +83,46 @@ def atomic_output(path):
     finally:
         os.close(fd)
     try:
-        yield pathlib.Path(tmp)
-        os.replace(tmp, path)
-    except OSError as err:
-        full = _disk_full(err, path)
-        if full is None:
-            raise
-        raise full from err
+        with full_disk_named(path):
+            yield pathlib.Path(tmp)
+            os.replace(tmp, path)
     finally:
         if os.path.lexists(tmp):
             os.remove(tmp)
 
 
-def _disk_full(err, path):
-    """The error of a full disk while writing ``path``, naming the file and the space left, or
-    None for another failure (libraries report a full disk as, e.g., ``896000 requested and
-    499680 written``, naming no file)."""
+@contextlib.contextmanager
+def full_disk_named(path):
+    """Turns a full disk met while the block writes ``path`` into one ``OSError`` naming it.
+
+    Libraries report a full disk without the file (NumPy: ``896000 requested and
+    499680 written``; FAISS: a ``RuntimeError`` from ``fwrite``): an ``OSError`` with
+    ``ENOSPC``/``EDQUOT``, or an ``OSError``/``RuntimeError`` raised while less than
+    1 MiB is left beside ``path``, becomes ``OSError(ENOSPC)`` naming ``path`` (a file
+    or a folder being written) and the space left. Other errors pass unchanged.
+
+    Example
+    -------
+    >>> with full_disk_named("/tmp/x.npy"):
+    ...     raise OSError(errno.ENOSPC, "896000 requested and 499680 written")
+    Traceback (most recent call last):
+    ...
+    OSError: [Errno 28] /tmp/x.npy could not be written: the disk is full, ... bytes free (...)
+    """
     try:
-        free = shutil.disk_usage(pathlib.Path(path).parent).free
-    except OSError:
-        free = None
-    if err.errno in (errno.ENOSPC, errno.EDQUOT) or (free is not None and free < (1 << 20)):
+        yield
+    except (OSError, RuntimeError) as err:
+        path = pathlib.Path(path)
+        try:
+            free = shutil.disk_usage(path if path.is_dir() else path.parent).free
+        except OSError:
+            free = None
+        errno_full = isinstance(err, OSError) and err.errno in (errno.ENOSPC, errno.EDQUOT)
+        if not errno_full and (free is None or free >= (1 << 20)):
+            raise
         left = "" if free is None else f", {free} bytes free"
-        return OSError(errno.ENOSPC, f"{path} could not be written: the disk is full{left} ({err})")
-    return None
+        raise OSError(errno.ENOSPC, f"{path} could not be written: the disk is full{left} "
+                                    f"({str(err).splitlines()[0] if str(err) else type(err).__name__})") from err
 
 
 def write_text_atomic(path, text):
