@@ -9,6 +9,14 @@ from speechbrain_mrl.export.onnx import (PerSizeOutputs, _example, calibration_w
 from speechbrain_mrl.cli.options import Command, OptionError, positive_int
 
 
+def _fingerprint(source):
+    """The model folder's fingerprint, recorded in the files; None for a hub id (no local folder)."""
+    from speechbrain_mrl.model.folder import model_fingerprint, resolve_model_source
+
+    folder = pathlib.Path(resolve_model_source(source))
+    return model_fingerprint(folder) if folder.is_dir() else None
+
+
 def run_export(args):
     """The ``speechbrain-mrl export`` job: any of TorchScript, ONNX, int8 ONNX and OpenVINO.
 
@@ -29,7 +37,7 @@ def run_export(args):
         return written
     with tempfile.TemporaryDirectory(prefix="mrl-export-") as tmp:
         out = export_onnx(enc, args.onnx or pathlib.Path(tmp) / "model.onnx",
-                          opset_version=args.opset)
+                          opset_version=args.opset, model_sha256=_fingerprint(args.model_folder))
         if args.onnx:
             written["onnx"] = str(out)
             print(f"ONNX model: {out} (outputs {PerSizeOutputs(enc).output_names})")

@@ -35,6 +35,16 @@ figures.
 Every file is written to a temporary file in its folder and renamed into
 place when complete: a failed export leaves the previous file as it was.
 
+Which model a file embeds with: the ONNX file records the model folder's
+fingerprint (:func:`~speechbrain_mrl.model.folder.model_fingerprint`) in its
+``metadata_props`` (``speechbrain_mrl.model_sha256``, with
+``speechbrain_mrl.export_format``), and every exported file gets an export
+record beside it, ``<file>.json``, saying the same. :class:`OnnxEncoder` and
+:class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder` check the two agree
+when they open a file (:func:`check_record`): another model's file put in its
+place is refused. A file of an older export, which records nothing, opens with
+a warning.
+
 Command line::
 
     speechbrain-mrl export --model_folder results/mrl_b2/1986/model --onnx mrl_b2.onnx \\
@@ -47,14 +57,16 @@ Authors
 import contextlib
 import importlib
 import io
+import json
 import logging
 import pathlib
+import re
 import warnings
 
 import torch
 from torch import nn
 
-from speechbrain_mrl.utils.files import atomic_output
+from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +79,15 @@ __all__ = [
     "onnx_parity",
     "OnnxEncoder",
     "inference_session",
+    "check_io",
+    "check_record",
+    "record_path",
 ]
+
+#: Prefix of the keys the export records in an ONNX file's ``metadata_props``.
+METADATA_PREFIX = "speechbrain_mrl."
+#: Version of what the export records (a file recording none is from an older export).
+EXPORT_FORMAT = "1"
 
 
 class PerSizeOutputs(nn.Module):
@@ -199,7 +219,7 @@ def export_torchscript(encoder, path, example=None):
 
 
 def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
-                sample_rate=16000, opset_version=20, optimize=True):
+                sample_rate=16000, opset_version=20, optimize=True, model_sha256=None):
     """Exports the encoder to ONNX with dynamic batch and time axes.
 
     Arguments
@@ -219,6 +239,9 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
         Sample rate of the model.
     opset_version : int
         ONNX opset.
+    model_sha256 : str, optional
+        The model folder's fingerprint, recorded in the file's ``metadata_props``
+        and in its export record ``<path>.json`` (:func:`check_record`).
 
     Returns
     -------
@@ -237,9 +260,14 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
             dynamic_shapes={"wavs": {0: batch, 1: time}, "wav_lens": {0: batch}},
             opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
         )
+    recorded = {"export_format": EXPORT_FORMAT}
+    if model_sha256 is not None:
+        recorded["model_sha256"] = str(model_sha256)
+    program.model.metadata_props.update({METADATA_PREFIX + k: v for k, v in recorded.items()})
     path = pathlib.Path(path)
     with atomic_output(path) as tmp:
         program.save(str(tmp), external_data=False)
+    write_record(path, recorded)
     return path
 
 
@@ -287,7 +315,10 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
     from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
                                           quantize_dynamic, quantize_static)
 
-    front_end = _front_end_nodes(onnx.load(str(onnx_path)).graph)
+    source = onnx.load(str(onnx_path))
+    front_end = _front_end_nodes(source.graph)
+    # the quantised file keeps the source's metadata_props: the same model
+    recorded = recorded_metadata({p.key: p.value for p in source.metadata_props})
 
     class Waveforms(CalibrationDataReader):
         def __init__(self):
@@ -310,6 +341,7 @@ def quantize_onnx(onnx_path, out_path, calibration=None, op_types=("MatMul", "Ge
                             per_channel=True, activation_type=QuantType.QUInt8,
                             weight_type=QuantType.QInt8, op_types_to_quantize=list(op_types),
                             nodes_to_exclude=front_end)
+    write_record(out_path, recorded)
     return out_path
 
 
@@ -368,6 +400,125 @@ def calibration_waveforms(manifest, n_clips=64, sample_rate=16000):
     return clips
 
 
+def record_path(path):
+    """The export record beside an exported file: ``<file>.json``.
+
+    Example
+    -------
+    >>> record_path("out/mrl_b2.onnx").name
+    'mrl_b2.onnx.json'
+    """
+    path = pathlib.Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_record(path, recorded):
+    """Writes the export record of ``path``: the model fingerprint the file records (or null)."""
+    record = {"file": pathlib.Path(path).name, "export_format": EXPORT_FORMAT,
+              "model_sha256": recorded.get("model_sha256")}
+    return write_text_atomic(record_path(path), json.dumps(record, indent=1) + "\n")
+
+
+def recorded_metadata(props):
+    """What the export recorded, ``{key: value}``, of a file's metadata ``{name: value}``.
+
+    Example
+    -------
+    >>> recorded_metadata({"speechbrain_mrl.model_sha256": "ab12", "onnx.infer": "x"})
+    {'model_sha256': 'ab12'}
+    """
+    return {k[len(METADATA_PREFIX):]: v for k, v in props.items() if k.startswith(METADATA_PREFIX)}
+
+
+def _read_record(path):
+    """The export record at ``path`` as a dict (ValueError naming it when unreadable)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path}: unreadable export record ({err}); export again") from err
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: an export record must be a JSON object; export again")
+    return record
+
+
+def check_record(path, recorded, model_sha256=None, required=("export_format",)):
+    """Refuses an exported file whose model fingerprint is not the one expected of it.
+
+    Expected: the fingerprint in the export record beside the file
+    (:func:`record_path`, when there is one) and ``model_sha256`` (when given).
+    A file recording nothing (an older export, or another program's) is refused when
+    something is expected of it; otherwise it opens with a warning.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The file opened.
+    recorded : dict
+        What it records (:func:`recorded_metadata`).
+    model_sha256 : str, optional
+        The model folder fingerprint it must record.
+    required : sequence of str
+        The keys an export of this version records.
+
+    Raises
+    ------
+    ValueError
+        Another fingerprint than expected, naming the file and both fingerprints.
+    """
+    path = pathlib.Path(path)
+    expected = []
+    if record_path(path).is_file():
+        expected.append((f"{record_path(path).name} beside it",
+                         _read_record(record_path(path)).get("model_sha256")))
+    if model_sha256 is not None:
+        expected.append(("the model_sha256 asked for", model_sha256))
+    if any(key not in recorded for key in required):
+        if expected:
+            where, sha = expected[0]
+            raise ValueError(f"{path} records no export metadata, but {where} says model "
+                             f"{sha or '(none recorded)'}: not the file exported; export it again")
+        warnings.warn(f"{path} records no model fingerprint (exported by an older speechbrain-mrl "
+                      "or by another program): which model it embeds with is not checked; export "
+                      "it again to record it")
+        return
+    got = recorded.get("model_sha256")
+    for where, sha in expected:
+        if got != sha:
+            raise ValueError(f"{path} is an export of model {got or '(none recorded)'}, but "
+                             f"{where} says model {sha or '(none recorded)'}: a swapped or stale "
+                             "file; export it again")
+
+
+def check_io(path, inputs, outputs):
+    """Refuses a model without the inputs and outputs of :func:`export_onnx`, naming the file.
+
+    Arguments
+    ---------
+    path : str or os.PathLike
+        The model file (named in the error).
+    inputs, outputs : list of tuple
+        ``(name, rank)`` of the model's inputs and outputs (rank None: unknown).
+
+    Example
+    -------
+    >>> check_io("m.onnx", [("wavs", 2), ("wav_lens", 1)], [("embedding_64", 2)])
+    >>> check_io("m.onnx", [("x", 3)], [("y", 3)])
+    Traceback (most recent call last):
+    ...
+    ValueError: m.onnx is not a speechbrain-mrl export: inputs x (rank 3), outputs y (rank 3); \
+expected inputs wavs [batch, time] and wav_lens [batch], outputs embedding_<d> [batch, d]
+    """
+    def listed(ports):
+        return ", ".join(f"{n} (rank {'?' if r is None else r})" for n, r in ports) or "none"
+
+    good_outputs = outputs and all(re.fullmatch(r"embedding_\d+", n) and r == 2
+                                   for n, r in outputs)
+    if list(inputs) != [("wavs", 2), ("wav_lens", 1)] or not good_outputs:
+        raise ValueError(f"{path} is not a speechbrain-mrl export: inputs {listed(inputs)}, "
+                         f"outputs {listed(outputs)}; expected inputs wavs [batch, time] and "
+                         "wav_lens [batch], outputs embedding_<d> [batch, d]")
+
+
 class OnnxEncoder:
     """An exported model run by ONNX Runtime, its inputs checked as the PyTorch interface does.
 
@@ -376,6 +527,12 @@ class OnnxEncoder:
     them first with :func:`speechbrain_mrl.data.audio.check_waveforms` (the check of
     ``MRLEncoderClassifier``), so bad input raises
     :class:`~speechbrain_mrl.data.audio.AudioError` naming the utterance.
+
+    When opened, the file must have the export's inputs and outputs
+    (:func:`check_io`) and record the model fingerprint its export record
+    ``<file>.json`` and ``model_sha256`` say (:func:`check_record`); else
+    ``ValueError`` naming the file. ``model_sha256`` (attribute): the fingerprint
+    it records, None if none.
 
     Arguments
     ---------
@@ -393,6 +550,9 @@ class OnnxEncoder:
         Let idle threads spin after a call (lower latency when nothing else
         runs; off by default, as spinning threads slow whatever the process
         does between calls, e.g. decoding audio or a PyTorch model).
+    model_sha256 : str, optional
+        The model folder's fingerprint the file must record
+        (:func:`~speechbrain_mrl.model.folder.model_fingerprint`).
 
     Example
     -------
@@ -402,9 +562,15 @@ class OnnxEncoder:
     """
 
     def __init__(self, onnx_path, sample_rate=16000, min_samples=257,
-                 providers=("CPUExecutionProvider",), threads=None, spinning=False):
+                 providers=("CPUExecutionProvider",), threads=None, spinning=False,
+                 model_sha256=None):
         require_export_extra("onnxruntime")
         self.session = inference_session(onnx_path, threads, spinning, providers)
+        check_io(onnx_path, *([(p.name, None if p.shape is None else len(p.shape)) for p in ports]
+                              for ports in (self.session.get_inputs(), self.session.get_outputs())))
+        recorded = recorded_metadata(self.session.get_modelmeta().custom_metadata_map)
+        check_record(onnx_path, recorded, model_sha256)
+        self.model_sha256 = recorded.get("model_sha256")
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
 

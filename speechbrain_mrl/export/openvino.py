@@ -21,6 +21,13 @@ statistics come from the first part, they are merged by frame count
 (:func:`~speechbrain_mrl.model.encoder.merge_window_stats`) and the head (second
 part) embeds them. Time and memory grow linearly with the duration.
 
+Which model a file embeds with: the IR records the model fingerprint of the
+ONNX file it was converted from and the SHA-256 of its ``.bin`` in its
+``rt_info`` (``speechbrain_mrl`` section). :class:`OpenVinoEncoder` checks the
+``.bin`` against it and the fingerprint against the export record beside the
+file (:func:`~speechbrain_mrl.export.onnx.check_record`) when it opens a model,
+and refuses a file without the export's inputs and outputs, naming it.
+
 Needs the ``openvino`` extra: ``pip install -e ".[openvino]"``.
 
 Authors
@@ -28,15 +35,18 @@ Authors
  * speechbrain-mrl developers
 """
 import collections
+import hashlib
 import importlib
 import logging
 import math
 import pathlib
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import torch
 
 from speechbrain_mrl.data.audio import check_waveforms
+from speechbrain_mrl.export.onnx import check_io, check_record, recorded_metadata, write_record
 from speechbrain_mrl.model.encoder import merge_window_stats, window_bounds
 from speechbrain_mrl.utils.files import atomic_output
 
@@ -58,8 +68,65 @@ def _openvino():
                                   name="openvino") from err
 
 
+def _sha256(path):
+    """Hex SHA-256 of a file's bytes."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _read_model(core, path):
+    """``core.read_model(path)``; OpenVINO's failure as one line naming the file."""
+    try:
+        return core.read_model(str(path))
+    except RuntimeError as err:
+        lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+        raise ValueError(f"{path}: OpenVINO cannot read it ({lines[-1] if lines else err})") from err
+
+
+def _onnx_record(model):
+    """What the export recorded in the ONNX file ``model`` was read from (its metadata_props)."""
+    if not model.has_rt_info(["framework"]):
+        return {}
+    props = model.get_rt_info(["framework"]).astype(dict)
+    return recorded_metadata({k: v.astype(str) for k, v in props.items()})
+
+
+def _ir_record(xml_path):
+    """What :func:`export_openvino` recorded in an IR ``.xml`` (read without its ``.bin``)."""
+    try:
+        section = ET.parse(xml_path).getroot().find("rt_info/speechbrain_mrl")
+    except (OSError, ET.ParseError) as err:
+        raise ValueError(f"{xml_path}: not readable OpenVINO IR ({err})") from err
+    return {} if section is None else {c.tag: c.get("value") for c in section}
+
+
+def _check_weights(xml_path, recorded):
+    """Refuses a ``.bin`` other than the one the ``.xml`` records the SHA-256 of."""
+    if "weights_sha256" not in recorded:
+        return  # an older export: check_record warns
+    bin_path = pathlib.Path(xml_path).with_suffix(".bin")
+    got = _sha256(bin_path)
+    if got != recorded["weights_sha256"]:
+        raise ValueError(f"{bin_path} is not the weights {pathlib.Path(xml_path).name} was exported "
+                         f"with (SHA-256 {got}, the .xml records {recorded['weights_sha256']}): "
+                         "another model's .bin under this .xml; export it again")
+
+
+def _ports(ports):
+    """``(name, rank)`` of OpenVINO inputs or outputs (rank None: dynamic)."""
+    def rank(port):
+        r = port.get_partial_shape().rank
+        return r.get_length() if r.is_static else None
+
+    return [(next(iter(sorted(p.get_names())), "?"), rank(p)) for p in ports]
+
+
 def export_openvino(onnx_path, xml_path):
     """Converts an ONNX export to OpenVINO IR (``.xml`` + ``.bin``, weights kept fp32).
+
+    The ``.xml`` records in its ``rt_info`` (``speechbrain_mrl`` section) what the
+    ONNX file records (the model fingerprint) and the SHA-256 of the ``.bin``;
+    the export record ``<xml_path>.json`` is written beside it.
 
     Arguments
     ---------
@@ -77,11 +144,25 @@ def export_openvino(onnx_path, xml_path):
     xml_path = pathlib.Path(xml_path)
     if xml_path.suffix != ".xml":
         raise ValueError(f"OpenVINO IR path must end in .xml, got {xml_path}")
-    model = ov.Core().read_model(str(onnx_path))
+    model = _read_model(ov.Core(), onnx_path)
+    recorded = _onnx_record(model)
     with atomic_output(xml_path.with_suffix(".bin")) as tmp_bin, atomic_output(xml_path) as tmp_xml:
-        ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
-        # save_model writes the weights beside its .xml, under the same stem
-        tmp_xml.with_suffix(".bin").replace(tmp_bin)
+        # save_model writes the weights beside its .xml, under the same stem; saved once for
+        # the SHA-256 of the weights, again with it in the .xml (the weights are the same bytes)
+        saved_bin = tmp_xml.with_suffix(".bin")
+        try:
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            recorded["weights_sha256"] = _sha256(saved_bin)
+            for key, value in recorded.items():
+                model.set_rt_info(value, ["speechbrain_mrl", key])
+            ov.save_model(model, str(tmp_xml), compress_to_fp16=False)
+            if _sha256(saved_bin) != recorded["weights_sha256"]:
+                raise RuntimeError(f"{xml_path}: OpenVINO wrote other weights the second time; "
+                                   "their SHA-256 cannot be recorded")
+            saved_bin.replace(tmp_bin)
+        finally:
+            saved_bin.unlink(missing_ok=True)
+    write_record(xml_path, recorded)
     return xml_path
 
 
@@ -123,6 +204,14 @@ class OpenVinoEncoder:
     utterance (:func:`~speechbrain_mrl.data.audio.check_waveforms`, the check of
     ``MRLEncoderClassifier`` and :class:`~speechbrain_mrl.export.onnx.OnnxEncoder`).
 
+    When opened, an IR's ``.bin`` must be the one its ``.xml`` records the SHA-256
+    of, the model must have the export's inputs and outputs
+    (:func:`~speechbrain_mrl.export.onnx.check_io`) and record the model
+    fingerprint its export record and ``model_sha256`` say
+    (:func:`~speechbrain_mrl.export.onnx.check_record`); else ``ValueError``
+    naming the file. ``model_sha256`` (attribute): the fingerprint it records,
+    None if none.
+
     Arguments
     ---------
     model_path : str or os.PathLike
@@ -149,6 +238,9 @@ class OpenVinoEncoder:
         Windows run together (bounds the memory).
     cache_size : int
         Compiled shapes kept (least recently used dropped first).
+    model_sha256 : str, optional
+        The model folder's fingerprint the file must record
+        (:func:`~speechbrain_mrl.model.folder.model_fingerprint`).
 
     Example
     -------
@@ -159,7 +251,7 @@ class OpenVinoEncoder:
 
     def __init__(self, model_path, precision="bf16", threads=None, sample_rate=16000,
                  min_samples=257, hop_length=160, bucket_samples=4000, long_seconds=60.0, window_seconds=30.0,
-                 window_batch=1, cache_size=16):
+                 window_batch=1, cache_size=16, model_sha256=None):
         ov = _openvino()
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
@@ -179,7 +271,7 @@ class OpenVinoEncoder:
             raise RuntimeError("this CPU has no native bf16 (AVX-512 BF16 or AMX): use "
                                "precision='fp32'")
         self.model_path = str(model_path)
-        self.models = {"whole": self.core.read_model(self.model_path)}
+        self.models = {"whole": self._open(pathlib.Path(model_path), model_sha256)}
         self.output_names = [o.get_any_name() for o in self.models["whole"].outputs]
         self.config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision],
                        "PERFORMANCE_HINT": "LATENCY"}
@@ -193,6 +285,21 @@ class OpenVinoEncoder:
         self.window_batch = int(window_batch)
         self.cache_size = int(cache_size)
         self._compiled = collections.OrderedDict()
+
+    def _open(self, path, model_sha256):
+        """The model at ``path``, checked (the ``.bin`` of an IR before OpenVINO reads it)."""
+        is_ir = path.suffix == ".xml"
+        recorded = _ir_record(path) if is_ir else None
+        if is_ir:
+            _check_weights(path, recorded)
+        model = _read_model(self.core, path)
+        check_io(path, _ports(model.inputs), _ports(model.outputs))
+        if not is_ir:
+            recorded = _onnx_record(model)
+        check_record(path, recorded, model_sha256,
+                     required=("export_format", "weights_sha256") if is_ir else ("export_format",))
+        self.model_sha256 = recorded.get("model_sha256")
+        return model
 
     def _request(self, part, shapes):
         """The infer request of model ``part`` compiled for inputs of ``shapes``."""
