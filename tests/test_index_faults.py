@@ -254,3 +254,50 @@ def test_extract_refuses_names_not_utf8_before_embedding(model_and_voices, latin
                       "--output_folder", str(out)])
         _refused(err, bad)
     assert not out.exists()
+
+
+def _embedding_forbidden(monkeypatch):
+    from speechbrain_mrl.cli import search as cli_search
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("audio was embedded before the check")
+
+    monkeypatch.setattr(cli_search, "embed", embedded)
+
+
+def test_enrol_refuses_float16_on_qdrant_before_embedding(model_and_voices, tmp_path, monkeypatch):
+    """Issue 28: ``--dtype float16`` into a Qdrant collection failed only after all audio was embedded."""
+    pytest.importorskip("qdrant_client", reason="needs the qdrant extra: pip install -e '.[qdrant]'")
+    root, model = model_and_voices
+    speakers = root / "speakers"
+    _embedding_forbidden(monkeypatch)
+    with pytest.raises(ValueError, match="--dtype float16 needs an index folder"):
+        cli.main(["enrol", "--model_folder", str(model), "--folder", str(speakers), "--index",
+              f"qdrant+local:{tmp_path / 'qd'}/coll", "--dtype", "float16"])
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes read-only files; the lock-symlink case covers it")
+def test_enrol_refuses_a_read_only_lock_before_embedding(model_and_voices, tmp_path, monkeypatch):
+    """Issue 28: a read-only ``.idx.lock`` failed only after all audio was embedded."""
+    root, model = model_and_voices
+    speakers = root / "speakers"
+    lock = tmp_path / ".idx.lock"
+    lock.write_text("")
+    lock.chmod(0o444)
+    _embedding_forbidden(monkeypatch)
+    with pytest.raises(OSError, match=r"idx cannot be saved: .*\.idx\.lock is not writable"):
+        cli.main(["enrol", "--model_folder", str(model), "--folder", str(speakers), "--index",
+              str(tmp_path / "idx")])
+
+
+def test_enrol_refuses_a_lock_it_cannot_open_before_embedding(model_and_voices, tmp_path, monkeypatch):
+    """Issue 28: an index whose lock cannot be opened (here a dangling symlink, refused; as
+    any user, a read-only lock) failed only after all audio was embedded."""
+    root, model = model_and_voices
+    speakers = root / "speakers"
+    (tmp_path / ".idx.lock").symlink_to(tmp_path / "elsewhere")
+    _embedding_forbidden(monkeypatch)
+    with pytest.raises(OSError, match=r"idx cannot be saved: .*\.idx\.lock is not writable"):
+        cli.main(["enrol", "--model_folder", str(model), "--folder", str(speakers), "--index",
+              str(tmp_path / "idx")])
+    assert not (tmp_path / "elsewhere").exists()

@@ -25,8 +25,8 @@ import numpy as np
 
 from speechbrain_mrl.data.manifests import check_audio_files, read_trial_list
 from speechbrain_mrl.inference.embeddings import embed_manifest
-from speechbrain_mrl.search.locations import (copy_index, index_exists, index_for_model, open_index,
-                                     writing_index)
+from speechbrain_mrl.search.locations import (check_writable, copy_index, index_exists,
+                                              index_for_model, open_index, writing_index)
 from speechbrain_mrl.cli.options import (Command, add_sources, check_option, cosine, index_location,
                                          index_options, load_model, model_options, non_negative,
                                          positive_int, rate, size_list, threshold_or_index)
@@ -74,7 +74,8 @@ def enrol(args):
     """Embeds the audio and enrols its speakers (``spk_id`` column or sub-folder names)."""
     rows = _audio_rows(args, need_speakers=True)
     sha = fingerprint(args)
-    if index_exists(args.index):  # checked before any audio is embedded
+    exists = index_exists(args.index)
+    if exists:  # checked before any audio is embedded
         with open_index(args.index, sha) as index:
             if not args.rebuild:
                 index.check_settings(first_stage=args.first_stage, dtype=args.dtype)
@@ -82,6 +83,7 @@ def enrol(args):
         if known and not args.replace:
             raise ValueError(f"speakers already enrolled in {args.index}: {known[:5]} (--replace "
                              "re-enrols them)")
+    check_writable(args.index, dtype=None if exists else args.dtype)
     model = load_model(args)
     ids, emb = embed(model, rows, args, desc="enrol")
     settings = {k: v for k, v in (("first_stage", args.first_stage), ("dtype", args.dtype)) if v}
@@ -120,6 +122,7 @@ def calibrate(args):
     sha = fingerprint(args)
     with _existing_index(args, sha) as index:
         mrl_dims = index.mrl_dims
+    check_writable(args.index)
     model = load_model(args)
     manifests = args.csv if args.csv else read_sources(folder=args.folder)
     enrol_emb, test_emb, labels = _trial_embeddings(args, model, manifests, args.trials)

@@ -317,6 +317,27 @@ class IndexFolder:
     first stages and ``_ensure_default_stage`` (build the default stage).
     """
 
+    @staticmethod
+    def check_writable(folder):
+        """Raises ``OSError`` naming the file when an index cannot be saved at ``folder``.
+
+        Opens (creating it if needed) the lock file a save takes and checks that the
+        folder beside it takes new entries; meant to run before audio is embedded.
+        """
+        target = _resolved(folder)
+        _check_folder(target)
+        lock = _lock_file(target)
+        try:
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
+                             | getattr(os, "O_CLOEXEC", 0), 0o666))
+            if not os.access(lock.parent, os.W_OK | os.X_OK):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+        except OSError as err:
+            what = lock if lock.exists() or lock.is_symlink() else lock.parent
+            raise OSError(err.errno, f"the speaker index {target} cannot be saved: {what} is not "
+                          f"writable ({err.strerror or err})") from None
+
     @classmethod
     def writing(cls, folder, timeout=60.0):
         """Context manager: this process alone writes the index ``folder`` until it ends.

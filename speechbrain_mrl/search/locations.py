@@ -22,8 +22,8 @@ from tqdm import tqdm
 from speechbrain_mrl.search.qdrant import BATCH, parse_qdrant_location
 from speechbrain_mrl.search.index import SpeakerIndex
 
-__all__ = ["index_location", "open_index", "index_exists", "index_for_model", "writing_index",
-           "copy_index"]
+__all__ = ["index_location", "open_index", "index_exists", "index_for_model", "check_writable",
+           "writing_index", "copy_index"]
 
 #: The settings of an index folder that a Qdrant copy keeps, so that a copy back restores them.
 FAISS_SETTINGS = ("first_stage", "dtype", "hnsw_m", "ivf_nprobe", "hnsw_ef")
@@ -138,10 +138,27 @@ def index_for_model(location, model, model_sha256=None, **settings):
     if qdrant is None:
         return SpeakerIndex.for_model(model, model_sha256=model_sha256, **settings)
     settings = dict(settings)
-    if settings.pop("dtype", None) not in (None, "float32"):
+    _check_qdrant_dtype(location, settings.pop("dtype", None))
+    return _qdrant_index().for_model(model, model_sha256=model_sha256, location=qdrant, **settings)
+
+
+def _check_qdrant_dtype(location, dtype):
+    if dtype not in (None, "float32"):
         raise ValueError(f"{location} would store float32 vectors: --dtype float16 needs an "
                          "index folder")
-    return _qdrant_index().for_model(model, model_sha256=model_sha256, location=qdrant, **settings)
+
+
+def check_writable(location, dtype=None):
+    """Raises before any audio is embedded when a new index could not be written at ``location``.
+
+    An index folder: its lock file must open and its parent folder take new entries
+    (``OSError`` naming the file); a Qdrant collection stores float32 vectors only
+    (``ValueError`` for ``dtype="float16"``).
+    """
+    if parse_qdrant_location(location) is not None:
+        _check_qdrant_dtype(location, dtype)
+    else:
+        SpeakerIndex.check_writable(location)
 
 
 @contextlib.contextmanager
