@@ -165,6 +165,31 @@ def test_clustering_edge_cases_and_prefix_first():
     assert segments_from_windows([(0.0, 1.0)], ["a"]) == [(0.0, 1.0, "a")]
 
 
+def test_a_long_recording_is_clustered_in_blocks_whose_speakers_are_linked(monkeypatch):
+    """Issue 29: the clustering's windows x windows matrices grew with the recording (+615 MB for an
+    hour); above ``block_windows`` it clusters blocks of consecutive windows and links their speakers."""
+    from speechbrain_mrl.inference import diarization
+
+    rng = np.random.default_rng(1)
+    centres = rng.standard_normal((4, 64))
+    truth = np.repeat([0, 1, 2, 0, 3, 1, 2, 3, 0, 1] * 3, 14)  # 420 windows, each speaker in every block
+    emb = centres[truth] + 0.35 * rng.standard_normal((len(truth), 64))
+    windows = [(0.75 * i, 0.75 * i + 1.5) for i in range(len(truth))]
+    largest = []
+    real_spectral = diarization._spectral
+    monkeypatch.setattr(diarization, "_spectral", lambda x, *a: largest.append(len(x)) or real_spectral(x, *a))
+    for method in ("spectral", "ahc"):
+        labels, _ = cluster_windows(emb, windows, coarse_dim=16, method=method, block_windows=150)
+        assert labels.tolist() == diarization._relabel(truth).tolist(), method
+        labels, _ = cluster_windows(emb, windows, num_speakers=4, method=method, block_windows=150)
+        assert labels.tolist() == diarization._relabel(truth).tolist(), method
+    assert largest and max(largest) == 140  # three blocks of 140 windows, never all 420 at once
+    whole, _ = cluster_windows(emb, windows, coarse_dim=16, block_windows=0)
+    assert whole.tolist() == diarization._relabel(truth).tolist() and max(largest) == 420
+    with pytest.raises(ValueError, match="block_windows"):
+        cluster_windows(emb, block_windows=-1)
+
+
 # ------------------------------------------------------------------ real speech
 @pytest.fixture(scope="module")
 def model():

@@ -23,11 +23,12 @@ import pathlib
 import re
 
 from speechbrain_mrl.cli.options import (Command, OptionError, add_sources, check_option, cosine, load_model,
-                                         model_options, non_negative, positive_int, positive_seconds,
-                                         rate, size_or_zero)
+                                         model_options, non_negative, non_negative_int, positive_int,
+                                         positive_seconds, rate, size_or_zero)
 from speechbrain_mrl.data.conversations import read_rttm
 from speechbrain_mrl.data.manifests import check_audio_files
 from speechbrain_mrl.data.sources import read_sources
+from speechbrain_mrl.inference.diarization import BLOCK_WINDOWS
 from speechbrain_mrl.utils.files import write_text_atomic
 
 __all__ = ["COMMANDS", "diarize", "score", "read_references", "recording_name"]
@@ -130,7 +131,8 @@ def diarize(args):
         coarse_dim=args.coarse_dim, window=args.window, hop=args.hop, vad_threshold=args.vad_threshold,
         vad_min_speech=args.vad_min_speech, vad_min_silence=args.vad_min_silence, vad_pad=args.vad_pad,
         method=args.method, merge_threshold=args.merge_threshold, margin=args.margin, min_gap=args.min_gap,
-        batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision)
+        batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
+        block_windows=args.block_windows)
     out = pathlib.Path(args.output_folder)
     out.mkdir(parents=True, exist_ok=True)
     recordings, errors = [], []
@@ -249,6 +251,10 @@ def _diarize_arguments(parser):
     parser.add_argument("--merge_threshold", type=cosine, default=0.7,
                         help="speakers whose full-size centroids have at least this cosine are merged "
                              "(without --num_speakers)")
+    parser.add_argument("--block_windows", type=non_negative_int, default=BLOCK_WINDOWS,
+                        help="longer recordings are clustered in blocks of this many windows whose "
+                             "speakers are then linked, so memory does not grow with the length "
+                             "(0: one block)")
     parser.add_argument("--min_gap", type=non_negative, default=0.3,
                         help="shorter pauses (seconds) within one speaker's turn are filled")
     parser.add_argument("--reference", default=None,

@@ -87,6 +87,17 @@ def positive_int(text):
     return value
 
 
+def non_negative_int(text):
+    """An integer of at least 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
+    return value
+
+
 def cosine(text):
     """A cosine threshold: a number in [-1, 1]."""
     value = finite_float(text)

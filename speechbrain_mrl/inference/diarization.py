@@ -336,9 +336,14 @@ def _reassign(full, x, labels, windows, hop, margin, min_cluster, keep_at_least=
     return np.unique(labels, return_inverse=True)[1], int(uncertain.sum())
 
 
+#: Windows clustered together at most (15 minutes of speech at the default hop): a longer
+#: recording is clustered in blocks of consecutive windows, whose speakers are then linked.
+BLOCK_WINDOWS = 1200
+
+
 def cluster_windows(embeddings, windows=None, coarse_dim=32, num_speakers=None, min_speakers=1, max_speakers=10,
                     method="spectral", pval=None, merge_threshold=0.7, ahc_threshold=0.45, margin=0.05,
-                    min_cluster=0.06, hop=0.75, seed=1234):
+                    min_cluster=0.06, hop=0.75, seed=1234, block_windows=BLOCK_WINDOWS):
     """Speaker labels of window embeddings: prefix-first clustering, uncertain windows re-scored at full size.
 
     Arguments
@@ -374,6 +379,12 @@ def cluster_windows(embeddings, windows=None, coarse_dim=32, num_speakers=None, 
         Windows less than this apart (seconds) are neighbours.
     seed : int
         Seed of k-means.
+    block_windows : int
+        More windows than this are clustered in blocks of consecutive windows (each
+        as above, with at most ``max_speakers``), whose clusters are then linked by
+        their full-size centroids, the same merging as within a recording: memory
+        stays that of one block (the clustering holds windows x windows matrices)
+        however long the recording. 0: one block.
 
     Returns
     -------
@@ -403,11 +414,25 @@ def cluster_windows(embeddings, windows=None, coarse_dim=32, num_speakers=None, 
         raise ValueError(f"method must be 'spectral' or 'ahc', got {method!r}")
     if coarse_dim < 0:
         raise ValueError(f"coarse_dim must be 0 (full size) or a prefix size, got {coarse_dim}")
-    prefix = 0 < coarse_dim < dim
-    x = _normalise(full[:, :coarse_dim]) if prefix else full
+    if block_windows < 0:
+        raise ValueError(f"block_windows must be 0 (one block) or a number of windows, got {block_windows}")
     k = None if num_speakers is None else min(int(num_speakers), n)
     if k == 1 or n == 1:
         return np.zeros(n, dtype=int), 0
+    if block_windows and n > block_windows:
+        blocks = -(-n // block_windows)
+        size = -(-n // blocks)  # blocks of even size
+        labels, rescored = [], 0
+        for start in range(0, n, size):
+            part, part_rescored = cluster_windows(
+                full[start:start + size], None if windows is None else windows[start:start + size],
+                coarse_dim, None, 1, k or max_speakers, method, pval, merge_threshold, ahc_threshold, margin,
+                min_cluster, hop, seed, block_windows=0)
+            labels.append(part + (labels[-1].max() + 1 if labels else 0))
+            rescored += part_rescored
+        return _merged(full, np.concatenate(labels), k, min_speakers, max_speakers, merge_threshold), rescored
+    prefix = 0 < coarse_dim < dim
+    x = _normalise(full[:, :coarse_dim]) if prefix else full
     few = n < 2 * max(2, min_speakers, k or 0) + 2  # too few windows for spectral clustering
     if method == "spectral" and not few:
         labels = _spectral(x, k, min_speakers, max_speakers, pval, seed)
@@ -418,13 +443,19 @@ def cluster_windows(embeddings, windows=None, coarse_dim=32, num_speakers=None, 
     labels = np.unique(np.asarray(labels), return_inverse=True)[1]
     labels, rescored = _reassign(full, x, labels, windows, hop, margin, min_cluster,
                                  keep_at_least=k or min_speakers)
+    return _merged(full, labels, k, min_speakers, max_speakers, merge_threshold), rescored
+
+
+def _merged(full, labels, k, min_speakers, max_speakers, merge_threshold):
+    """Clusters merged by their full-size centroids: down to ``k`` speakers when known, else while
+    two are as close as ``merge_threshold`` (not below ``min_speakers``), then down to ``max_speakers``."""
     if k is not None:
         labels = _merge_close(full, labels, -np.inf, k)
     else:
         labels = _merge_close(full, labels, merge_threshold if merge_threshold is not None else np.inf,
                               min_speakers)
         labels = _merge_close(full, labels, -np.inf, max_speakers)
-    return _relabel(labels), rescored
+    return _relabel(labels)
 
 
 def segments_from_windows(windows, labels, rec_id="rec", min_gap=0.0):
@@ -582,6 +613,9 @@ class Diarizer:
         ``fp32``, ``fp16`` or ``bf16``.
     progress : bool
         Show a progress bar while embedding.
+    block_windows : int
+        Longer recordings are clustered in blocks of this many windows, then linked
+        (:func:`cluster_windows`; 0: one block).
 
     Example
     -------
@@ -595,7 +629,8 @@ class Diarizer:
     def __init__(self, model, num_speakers=None, min_speakers=1, max_speakers=10, coarse_dim=32, window=1.5,
                  hop=0.75, vad_threshold=0.5, vad_min_speech=0.25, vad_min_silence=0.1, vad_pad=0.03,
                  method="spectral", pval=None, merge_threshold=0.7, ahc_threshold=None, margin=0.05,
-                 min_cluster=0.06, min_gap=0.3, batch_size=32, num_workers=0, precision="fp32", progress=False):
+                 min_cluster=0.06, min_gap=0.3, batch_size=32, num_workers=0, precision="fp32", progress=False,
+                 block_windows=BLOCK_WINDOWS):
         embed_dim = int(model.embed_dim)
         if num_speakers is not None and num_speakers < 1:
             raise ValueError(f"num_speakers must be at least 1, got {num_speakers}")
@@ -619,7 +654,8 @@ class Diarizer:
         self.cluster_options = dict(
             coarse_dim=int(coarse_dim), num_speakers=num_speakers, min_speakers=int(min_speakers),
             max_speakers=int(max_speakers), method=method, pval=pval, merge_threshold=merge_threshold,
-            ahc_threshold=float(ahc_threshold), margin=float(margin), min_cluster=float(min_cluster), hop=self.hop)
+            ahc_threshold=float(ahc_threshold), margin=float(margin), min_cluster=float(min_cluster), hop=self.hop,
+            block_windows=int(block_windows))
         self.batch_size, self.num_workers, self.precision = int(batch_size), int(num_workers), precision
         self.progress = progress
 
