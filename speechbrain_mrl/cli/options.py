@@ -76,26 +76,25 @@ def rate(low_open=True, high_open=True):
     return parse
 
 
-def positive_int(text):
-    """An integer of at least 1."""
+def _integer(text, low, meaning=None):
+    """``text`` as an integer of at least ``low`` (``meaning``: what the error says it must be)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text!r}")
+    if value < low:
+        raise argparse.ArgumentTypeError(f"must be {meaning or f'at least {low}'}, got {text!r}")
     return value
+
+
+def positive_int(text):
+    """An integer of at least 1."""
+    return _integer(text, 1)
 
 
 def non_negative_int(text):
     """An integer of at least 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text!r}")
-    return value
+    return _integer(text, 0)
 
 
 def cosine(text):
@@ -124,13 +123,7 @@ def positive_seconds(text):
 
 def size_or_zero(text):
     """An embedding size, or 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (full size) or a prefix size, got {text!r}")
-    return value
+    return _integer(text, 0, "0 (full size) or a prefix size")
 
 
 def threshold_or_index(text):
