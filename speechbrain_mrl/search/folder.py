@@ -104,6 +104,13 @@ def _lock_file(folder):
     return folder.parent / f".{folder.name}.lock"
 
 
+def _open_lock_file(lock):
+    """A writable descriptor of the lock file ``lock``, created (with its folder) if needed,
+    never through a symlink."""
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    return os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
 def _generation_mark(folder):
     """What tells one saved generation of ``folder`` from another: the folder's device and
     inode, the stat of its ``index.json`` and the generation that records (None: no folder)."""
@@ -239,10 +246,8 @@ def _write_lock(folder, timeout):
         if key in _HELD:  # this thread holds it already (writing() around save())
             _HELD[key][1] += 1
         else:
-            lock.parent.mkdir(parents=True, exist_ok=True)
             try:
-                fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                             | getattr(os, "O_CLOEXEC", 0), 0o666)
+                fd = _open_lock_file(lock)
             except OSError:
                 if lock.is_symlink():
                     raise OSError(f"the lock file {lock} of the speaker index {folder} is a "
@@ -328,9 +333,7 @@ class IndexFolder:
         _check_folder(target)
         lock = _lock_file(target)
         try:
-            lock.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
-                             | getattr(os, "O_CLOEXEC", 0), 0o666))
+            os.close(_open_lock_file(lock))
             if not os.access(lock.parent, os.W_OK | os.X_OK):
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         except OSError as err:
