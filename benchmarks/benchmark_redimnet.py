@@ -5,18 +5,18 @@ Prints utterances per second, the real-time factor (wall seconds per second
 of audio) and the CPU real-time factor (CPU seconds of all threads per second
 of audio; steadier on a busy machine) for each preset, batch size and
 utterance duration.  With
-``--official-repo PATH`` (your own checkout of https://github.com/IDRnD/ReDimNet)
+``--official_repo PATH`` (your own checkout of https://github.com/IDRnD/ReDimNet)
 the official model is built from the same config, loaded with identical
 weights, checked to give the same embeddings, and timed side by side. ReDimNet2
 presets (``r2-b0`` .. ``r2-b6``) are timed against the official ReDimNet2 code with
-``--official-repo2 PATH`` (a folder holding the ``redimnet2`` package of
+``--official_repo2 PATH`` (a folder holding the ``redimnet2`` package of
 https://github.com/PalabraAI/redimnet2). ``--flops`` prints the multiply-accumulates of
 one 3-s utterance for each variant (``torch.utils.flop_counter``; no timing).
 
-With ``--onnx-dir`` the ONNX Runtime fp32 export and its static int8
+With ``--onnx_dir`` the ONNX Runtime fp32 export and its static int8
 quantisation, and OpenVINO on the same file in fp32 and bf16, are timed beside
 them (same weights; each through its package wrapper, input checks included).
-``--model-folder`` adds a trained model folder (row name ``model``).
+``--model_folder`` adds a trained model folder (row name ``model``).
 
 Reproducibility: every measurement is ``--rounds`` rounds of interleaved
 calls; each path's figure is the median over the rounds of its median call,
@@ -28,8 +28,8 @@ about 0.55x.
 
 Example::
 
-    python benchmarks/benchmark_redimnet.py --variants b0 b2 b6 M --batch-sizes 1 16 \\
-        --durations 3 10 --threads 2 --official-repo /path/to/ReDimNet --onnx-dir onnx/ \\
+    python benchmarks/benchmark_redimnet.py --variants b0 b2 b6 M --batch_sizes 1 16 \\
+        --durations 3 10 --threads 2 --official_repo /path/to/ReDimNet --onnx_dir onnx/ \\
         --output speed.json
 """
 import argparse
@@ -167,36 +167,44 @@ def onnx_paths(encoder, variant, folder, calibration, threads, openvino=True):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--variants", nargs="+", default=["b0", "b2", "b6"])
-    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
-    parser.add_argument("--durations", nargs="+", type=float, default=[3.0, 10.0])
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--min-time", type=float, default=2.0,
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--variants", nargs="+", default=["b0", "b2", "b6"],
+                        help="ReDimNet presets to time (random weights), e.g. b0 b2 M, or r2-b0 .. "
+                             "r2-b6 for ReDimNet2")
+    parser.add_argument("--batch_sizes", nargs="+", type=int, default=[1, 16],
+                        help="utterances per call")
+    parser.add_argument("--durations", nargs="+", type=float, default=[3.0, 10.0],
+                        help="seconds of audio per utterance")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch (and ONNX Runtime / OpenVINO) threads")
+    parser.add_argument("--min_time", type=float, default=2.0,
                         help="minimum seconds of timed calls per measurement")
-    parser.add_argument("--min-reps", type=int, default=3,
+    parser.add_argument("--min_reps", type=int, default=3,
                         help="minimum number of timed calls per measurement")
-    parser.add_argument("--max-time", type=float, default=60.0,
+    parser.add_argument("--max_time", type=float, default=60.0,
                         help="stop repeating after this many seconds (at least one call)")
-    parser.add_argument("--official-repo2", default=None,
+    parser.add_argument("--official_repo2", default=None,
                         help="folder holding the official redimnet2 package (for r2-* variants)")
     parser.add_argument("--flops", action="store_true",
                         help="only count the multiply-accumulates of a 3-s utterance per variant")
-    parser.add_argument("--official-repo", default=None,
+    parser.add_argument("--official_repo", default=None,
                         help="path of a checkout of IDRnD/ReDimNet to compare with")
-    parser.add_argument("--onnx-dir", default=None,
+    parser.add_argument("--onnx_dir", default=None,
                         help="also time ONNX Runtime fp32 and static int8 exports (written here) "
                              "and OpenVINO fp32/bf16 on the fp32 export")
-    parser.add_argument("--no-openvino", action="store_true",
-                        help="with --onnx-dir, leave OpenVINO out")
+    parser.add_argument("--no_openvino", action="store_true",
+                        help="with --onnx_dir, leave OpenVINO out")
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of interleaved calls per measurement (spread reported)")
-    parser.add_argument("--model-folder", default=None,
+    parser.add_argument("--model_folder", default=None,
                         help="also time this trained model folder (row name 'model'; no "
                              "official counterpart)")
-    parser.add_argument("--calibration-csv", default=None,
-                        help="real speech for the static int8 scales (default: noise)")
-    parser.add_argument("--output", default=None, help="JSON report, rewritten after each row")
+    parser.add_argument("--calibration_csv", default=None,
+                        help="manifest of real speech for the static int8 scales (unset: random "
+                             "noise)")
+    parser.add_argument("--output", default=None,
+                        help="JSON report, rewritten after each row (unset: print only)")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
     torch.set_num_threads(args.threads)

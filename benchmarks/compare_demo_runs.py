@@ -87,9 +87,10 @@ def parse_run(text):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("runs", nargs="+", type=parse_run, help="GROUP=FOLDER of a finished demo run")
-    p.add_argument("--output", default=None, help="JSON file to write (default: print only)")
+    p.add_argument("--output", default=None, help="JSON file to write (unset: print only)")
     args = p.parse_args(argv)
     groups = {}
     for group, folder in args.runs:

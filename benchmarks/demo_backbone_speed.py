@@ -56,7 +56,8 @@ def step(modules, optimizer, wavs, labels):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbones", nargs="+", default=sorted(DEMO_BACKBONES), choices=sorted(DEMO_BACKBONES),
                    help="backbones to time; ratios are to the first")
     p.add_argument("--batch_size", type=int, default=32, help="crops per step (the demo's batch)")

@@ -510,7 +510,8 @@ def warm_up(model, embedders, work):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_folder", required=True,
                    help="folder with librispeech_train_clean_100/ and speech_commands/")
     p.add_argument("--model_folder", default="speechbrain-mrl/demo-sc", help="model folder or shipped name")
@@ -523,7 +524,7 @@ def parse_args(argv):
     p.add_argument("--duration_range", type=float, nargs=2, metavar=("LOW", "HIGH"),
                    help="seconds per conversation drawn uniformly from this range (instead of --duration)")
     p.add_argument("--overlap_prob", type=float, default=0.1, help="probability that a turn overlaps")
-    p.add_argument("--noise_snr", type=float, default=None, help="background noise SNR in dB (default none)")
+    p.add_argument("--noise_snr", type=float, default=None, help="background noise SNR in dB (unset: no noise)")
     p.add_argument("--dims", type=int, nargs="+", default=[16, 32, 64], help="prefix sizes clustered first")
     p.add_argument("--methods", nargs="+", default=["spectral", "ahc"], choices=["spectral", "ahc"],
                    help="clusterings to run (each at full size and at every --dims prefix)")
@@ -537,8 +538,8 @@ def parse_args(argv):
                                            "instead of the model: speed only, no DER")
     p.add_argument("--repeats", type=int, default=3, help="clustering timings per configuration (fastest kept)")
     p.add_argument("--scaling", type=int, nargs="*", default=[], help="also time clustering on N windows")
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    p.add_argument("--work_folder", default=None, help="where the conversations go (default: a temporary one)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (unset: torch's default)")
+    p.add_argument("--work_folder", default=None, help="where the conversations go (unset: a temporary one)")
     p.add_argument("--output", required=True, help="JSON file to write")
     args = p.parse_args(argv)
     if args.duration_range and not 0 < args.duration_range[0] <= args.duration_range[1]:

@@ -131,18 +131,20 @@ def run_child(args, wav, method, warm, tracing=False):
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--data_folder", required=True, help="folder with librispeech_train_clean_100/")
     p.add_argument("--model_folder", default="speechbrain-mrl/demo-sc", help="model folder or shipped name")
     p.add_argument("--minutes", type=float, nargs="+", default=[10, 30, 60], help="recording lengths")
     p.add_argument("--conversation_seconds", type=float, default=300.0, help="length of each conversation joined")
-    p.add_argument("--methods", nargs="+", default=["spectral", "ahc"], choices=["spectral", "ahc"])
+    p.add_argument("--methods", nargs="+", default=["spectral", "ahc"], choices=["spectral", "ahc"],
+                   help="clusterings to run, each in its own process per recording")
     p.add_argument("--coarse_dim", type=int, default=32, help="prefix clustered first (0: full size)")
     p.add_argument("--random_preset", help="a randomly initialised ReDimNet of this preset (e.g. b2) instead "
                                            "of the model: speed and memory only")
     p.add_argument("--tracemalloc", action="store_true", help="also measure each under tracemalloc")
     p.add_argument("--threads", type=int, default=2, help="torch threads")
-    p.add_argument("--work_folder", default=None, help="where the recordings go (default: a temporary one)")
+    p.add_argument("--work_folder", default=None, help="where the recordings go (unset: a temporary one)")
     p.add_argument("--output", required=True, help="JSON file to write")
     p.add_argument("--measure", nargs=3, metavar=("WAV", "METHOD", "WARM_UP"), help=argparse.SUPPRESS)
     return p.parse_args(argv)

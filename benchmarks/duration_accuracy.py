@@ -40,12 +40,15 @@ def central(rows, seconds, sample_rate):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_folder", required=True)
-    p.add_argument("--manifests", nargs="+", required=True)
-    p.add_argument("--trials", required=True)
-    p.add_argument("--durations", type=float, nargs="+", required=True)
-    p.add_argument("--output", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_folder", required=True, help="trained model folder")
+    p.add_argument("--manifests", nargs="+", required=True,
+                   help="manifests holding the trial list's utterances")
+    p.add_argument("--trials", required=True, help="trial list scored at every size")
+    p.add_argument("--durations", type=float, nargs="+", required=True,
+                   help="seconds each utterance is cut to (its centre; shorter ones kept whole)")
+    p.add_argument("--output", required=True, help="JSON file to write")
     a = p.parse_args(argv)
     torch.set_num_threads(2)
     model = MRLEncoderClassifier.from_hparams(source=a.model_folder, run_opts={"device": "cpu"})

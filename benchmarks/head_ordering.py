@@ -75,13 +75,18 @@ def total_over_within_rotation(x, labels, shrinkage):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--backbone", required=True, help="official-format ReDimNet checkpoint")
     p.add_argument("--prep_folder", required=True, help="the demo's data folder (manifests, trials)")
     p.add_argument("--output", required=True, help="JSON results (the stats cache goes beside it)")
     p.add_argument("--crop", type=float, default=1.0, help="crop of the training items (s)")
-    p.add_argument("--window_durations", type=float, nargs="*", default=[4.0, 8.0, 0.0])
-    p.add_argument("--shrinkages", type=float, nargs="*", default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0])
+    p.add_argument("--window_durations", type=float, nargs="*", default=[4.0, 8.0, 0.0],
+                   help="windows (s) the training readers' audio is cut into for the long fits "
+                        "(0: whole utterance)")
+    p.add_argument("--shrinkages", type=float, nargs="*", default=[0.1, 0.3, 0.5, 0.7, 0.9, 1.0],
+                   help="shrinkages of the within-speaker scatter (towards identity) tried for the "
+                        "disc and tot orderings")
     a = p.parse_args(argv)
     prep, out = pathlib.Path(a.prep_folder), pathlib.Path(a.output)
     torch.set_num_threads(2)

@@ -57,7 +57,8 @@ def fresh_process_query(folder, env):
 def main(argv=None):
     from speechbrain_mrl.search.index import SpeakerIndex
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--speakers", type=int, default=1_000_000, help="enrolled speakers")
     p.add_argument("--folder", required=True, help="where the index is written")
     p.add_argument("--output", required=True, help="JSON report")

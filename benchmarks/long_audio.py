@@ -98,17 +98,23 @@ def cosine(a, b):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_folder", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_folder", required=True, help="trained model folder")
     p.add_argument("--librispeech", required=True, help="folder of LibriSpeech .flac files")
-    p.add_argument("--manifests", nargs="*", default=[])
-    p.add_argument("--trials")
-    p.add_argument("--output", required=True)
-    p.add_argument("--durations", type=float, nargs="+", default=[60, 300, 600, 3600])
-    p.add_argument("--max_one_pass", type=float, default=600)
-    p.add_argument("--window", type=float, default=30.0)
-    p.add_argument("--short_windows", type=float, nargs="+", default=[1.0, 2.0, 4.0])
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--manifests", nargs="*", default=[],
+                   help="manifests holding the --trials list's utterances")
+    p.add_argument("--trials", help="trial list scored in one pass and with --short_windows "
+                                    "(unset: no EER)")
+    p.add_argument("--output", required=True, help="JSON report, rewritten as rows come")
+    p.add_argument("--durations", type=float, nargs="+", default=[60, 300, 600, 3600],
+                   help="recording lengths (s) timed")
+    p.add_argument("--max_one_pass", type=float, default=600,
+                   help="longest recording (s) also embedded in one pass")
+    p.add_argument("--window", type=float, default=30.0, help="window (s) of the long recordings")
+    p.add_argument("--short_windows", type=float, nargs="+", default=[1.0, 2.0, 4.0],
+                   help="windows (s) compared with one pass on the utterances and the trial list")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
     p.add_argument("--preset", help="time and memory only, of this ReDimNet preset (random "
                                     "weights, e.g. b2) instead of the model folder")
     p.add_argument("--openvino_model", help="time and memory only, of this export run by "

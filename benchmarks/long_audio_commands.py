@@ -114,7 +114,8 @@ def measure(model_folder, librispeech, seconds, work, env, repeats=1):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model_folder", required=True, help="model folder")
     p.add_argument("--librispeech", required=True, help="folder of 16 kHz LibriSpeech .flac files")
     p.add_argument("--durations", type=float, nargs="+", default=[600, 3600],

@@ -9,11 +9,11 @@ batched with their lengths), and times batches of ``--seconds`` of audio
 machine's state. ONNX Runtime and OpenVINO run through the package's wrappers
 (:class:`~speechbrain_mrl.export.onnx.OnnxEncoder`,
 :class:`~speechbrain_mrl.export.openvino.OpenVinoEncoder`; OpenVINO on the
-fp32 ONNX file, ``--no-openvino`` leaves it out). Writes a JSON report.
+fp32 ONNX file, ``--no_openvino`` leaves it out). Writes a JSON report.
 
     python benchmarks/onnx_int8.py --model_folder results/demo/mrl/model \\
         --manifests results/demo/data/enrol.csv results/demo/data/test.csv \\
-        --trials results/demo/data/trials_test.txt --calibration_csv results/demo/data/train.csv \
+        --trials results/demo/data/trials_test.txt --calibration_csv results/demo/data/train.csv \\
         --output results/demo/onnx_int8.json
 
 Authors
@@ -49,18 +49,21 @@ def batches(rows, batch_size, sample_rate):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_folder", required=True)
-    p.add_argument("--manifests", nargs="+", required=True)
-    p.add_argument("--trials", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_folder", required=True, help="trained model folder to export")
+    p.add_argument("--manifests", nargs="+", required=True,
+                   help="manifests holding the trial list's utterances")
+    p.add_argument("--trials", required=True, help="trial list scored at every size")
     p.add_argument("--calibration_csv", required=True,
                    help="real speech for the static int8 scales (not the trial list's)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seconds", type=float, default=3.0)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--repeats", type=int, default=10)
-    p.add_argument("--no-openvino", action="store_true")
+    p.add_argument("--output", required=True,
+                   help="JSON report (the ONNX files are written beside it)")
+    p.add_argument("--threads", type=int, default=2, help="torch, ONNX Runtime and OpenVINO threads")
+    p.add_argument("--seconds", type=float, default=3.0, help="utterance length of the timed batches")
+    p.add_argument("--batch", type=int, default=16, help="the larger timed batch (batch 1 is timed too)")
+    p.add_argument("--repeats", type=int, default=10, help="timed calls per path and batch (median kept)")
+    p.add_argument("--no_openvino", action="store_true", help="leave the OpenVINO paths out")
     a = p.parse_args(argv)
 
     torch.set_num_threads(a.threads)

@@ -77,18 +77,19 @@ def edge_engine(vectors, names, stage, root):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=256)
-    p.add_argument("--stage", type=int, default=64)
-    p.add_argument("--shortlist", type=int, default=100)
-    p.add_argument("--k", type=int, default=5)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--n", type=int, default=100_000, help="enrolled speakers (random unit vectors)")
+    p.add_argument("--dim", type=int, default=256, help="full vector size")
+    p.add_argument("--stage", type=int, default=64, help="first-stage (prefetch) prefix size")
+    p.add_argument("--shortlist", type=int, default=100, help="candidates the first stage keeps")
+    p.add_argument("--k", type=int, default=5, help="answers per query")
     p.add_argument("--queries", type=int, default=200, help="queries compared with FAISS")
     p.add_argument("--repeats", type=int, default=20, help="queries timed per engine")
     p.add_argument("--local_mode", action="store_true",
                    help="also qdrant-client local mode (slow: about 0.6 s a query at 100k)")
-    p.add_argument("--output", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", required=True, help="JSON report, rewritten after each engine")
+    p.add_argument("--seed", type=int, default=0, help="seed of the vectors and queries")
     a = p.parse_args(argv)
     rng = np.random.default_rng(a.seed)
     vectors = unit(rng.standard_normal((a.n, a.dim))).astype(np.float32)

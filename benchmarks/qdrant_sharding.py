@@ -167,25 +167,31 @@ MRL_DIMS = None
 
 def main(argv=None):
     global MRL_DIMS
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_folder", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_folder", required=True, help="trained model folder (with model_info.json)")
     p.add_argument("--manifests", nargs="+", required=True, help="real speakers (spk_id column)")
     p.add_argument("--fit_manifest", required=True,
                    help="speakers whose means the distractor Gaussian is fitted to")
     p.add_argument("--output", required=True, help="JSON report")
     p.add_argument("--cache_folder", required=True, help="where the embeddings are cached")
-    p.add_argument("--scales", type=int, nargs="+", default=[100_000, 1_000_000])
-    p.add_argument("--shards", type=int, nargs="+", default=[1, 4, 16])
+    p.add_argument("--scales", type=int, nargs="+", default=[100_000, 1_000_000],
+                   help="enrolled speakers (real ones plus simulated distractors)")
+    p.add_argument("--shards", type=int, nargs="+", default=[1, 4, 16],
+                   help="shard counts S; speakers go to shards at random")
     p.add_argument("--stage", type=int, default=64, help="first-stage prefix size")
     p.add_argument("--shortlist", type=int, default=100, help="shortlist of the single index")
     p.add_argument("--shard_shortlists", type=int, nargs="+", default=[100, 50, 20, 10, 5, 2],
                    help="per-shard shortlists tried")
-    p.add_argument("--n_enrol", type=int, default=3)
+    p.add_argument("--n_enrol", type=int, default=3,
+                   help="enrolment utterances per real speaker (at most half of its own)")
     p.add_argument("--qdrant_scale", type=int, default=10_000,
                    help="enrolment of the cross-check against local Qdrant collections (0: none)")
-    p.add_argument("--qdrant_queries", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--qdrant_queries", type=int, default=200,
+                   help="real queries of the cross-check against local Qdrant collections")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the distractors, the shards and the cross-check's queries")
+    p.add_argument("--threads", type=int, default=2, help="FAISS threads")
     a = p.parse_args(argv)
     import faiss
 

@@ -115,23 +115,27 @@ def plot(report, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model_folder", required=True)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model_folder", required=True, help="trained model folder (with model_info.json)")
     p.add_argument("--manifests", nargs="+", required=True, help="real speakers (spk_id column)")
     p.add_argument("--fit_manifest", required=True,
                    help="speakers whose means the distractor Gaussian is fitted to")
     p.add_argument("--output", required=True, help="JSON report (the plot goes beside it)")
-    p.add_argument("--scales", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
-    p.add_argument("--n_enrol", type=int, default=3)
+    p.add_argument("--scales", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                   help="enrolled speakers (real ones plus simulated distractors)")
+    p.add_argument("--n_enrol", type=int, default=3,
+                   help="enrolment utterances per real speaker (at most half of its own)")
     p.add_argument("--funnels", nargs="+", default=["64", "32", "32,128"],
                    help="exact-first-stage funnels, e.g. 64 32,128")
     p.add_argument("--approximate", nargs="+", default=["64:hnsw:256", "64:ivf:32"],
                    help="approximate first stages SIZE:KIND:SETTING (HNSW efSearch, IVF nprobe)")
-    p.add_argument("--shortlist", type=int, default=100)
-    p.add_argument("--batch", type=int, default=1000)
-    p.add_argument("--single_queries", type=int, default=100)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shortlist", type=int, default=100, help="candidates each first stage keeps")
+    p.add_argument("--batch", type=int, default=1000, help="queries per batch of the batched timing")
+    p.add_argument("--single_queries", type=int, default=100,
+                   help="queries timed one at a time (batch 1)")
+    p.add_argument("--threads", type=int, default=2, help="FAISS threads")
+    p.add_argument("--seed", type=int, default=0, help="seed of the distractors and the batched queries")
     a = p.parse_args(argv)
     import faiss
 

@@ -17,7 +17,8 @@ from speechbrain_mrl import MatryoshkaProjection, MRLEncoder
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--variant", default="b2", help="ReDimNet preset")
     p.add_argument("--batch", type=int, default=1, help="utterances per call")
     p.add_argument("--seconds", type=float, default=3.0, help="utterance length")

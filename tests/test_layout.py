@@ -126,6 +126,22 @@ def test_every_option_of_the_recipe_scripts_has_help():
                 assert any(k.arg == "help" for k in node.keywords), f"{path.name}:{node.lineno}"
 
 
+def test_every_option_of_the_benchmark_scripts_has_help_and_a_snake_case_name():
+    """A flag means the same thing everywhere: benchmarks/*.py spell theirs ``--snake_case``
+    (as the package and the recipes do), and every option says what it does."""
+    scripts = sorted((ROOT / "benchmarks").glob("*.py"))
+    assert scripts
+    for path in scripts:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "add_argument"):
+                where = f"{path.name}:{node.lineno}"
+                assert any(k.arg == "help" for k in node.keywords), where
+                for arg in node.args:
+                    if isinstance(arg, ast.Constant) and str(arg.value).startswith("--"):
+                        assert "-" not in arg.value[2:], f"{where}: {arg.value}"
+
+
 def test_api_page_is_generated_from_the_package():
     """docs/api.md is what docs/make_api.py writes from the package, never kept by hand."""
     import subprocess
