@@ -307,3 +307,75 @@ def test_release_download_failure_leaves_nothing(release_server, tmp_path, monke
     with pytest.raises(OSError, match="could not download .*b1-vox2-ptn.pt.*pass its path"):
         load_official_redimnet2("b1-vox2-ptn", savedir=tmp_path / "c", base_url=base)
     assert not list((tmp_path / "c").glob("*"))
+
+
+# ------------------------------------------------------------------ options beyond the reference
+#: Tiny layouts of the official options the 10 reference layouts leave unused, with the
+#: official model's outputs (tests/data/redimnet2_options, written by its make_references.py).
+OPTIONS_DIR = rf.DATA.parent / "redimnet2_options"
+OPTION_LAYOUTS = ["o_1d_fc", "o_1d_conv", "o_2d_convnext_relu", "o_2d_resnet_fwse",
+                  "o_2d_multi_kernel", "o_2d_output_no_head", "o_tf_plain", "o_pt_norm_signal"]
+
+
+def _option_record(name):
+    return json.loads((OPTIONS_DIR / f"{name}.json").read_text())
+
+
+def _used_options(cfg):
+    """The options of a ``model_config`` that the option layouts are there to cover."""
+    spec = cfg.get("spec_params") or {}
+    used = {("block_1d_type", cfg["block_1d_type"]), ("block_2d_type", cfg["block_2d_type"]),
+            ("feat_type, norm_signal", cfg["feat_type"], bool(spec.get("norm_signal", False))),
+            ("return_2d_output, no out_channels", bool(cfg.get("return_2d_output", False)),
+             cfg.get("out_channels") is None)}
+    if any(len(stage[3]) > 1 for stage in cfg["stages_setup"]):
+        used.add(("several 2-D kernels", cfg["block_2d_type"]))
+    return used
+
+
+def test_option_layouts_cover_what_the_reference_layouts_do_not():
+    reference = set().union(*(_used_options(LAYOUTS["configs"][name]) for name in rf.NAMES))
+    records = {name: _option_record(name) for name in OPTION_LAYOUTS}
+    assert sorted(p.stem for p in OPTIONS_DIR.glob("*.json")) == sorted(OPTION_LAYOUTS)
+    wanted = {("block_1d_type", "fc"), ("block_1d_type", "conv"),
+              ("block_2d_type", "convnext_like_relu"), ("block_2d_type", "basic_resnet_fwse"),
+              ("several 2-D kernels", "convnext_like"),
+              ("return_2d_output, no out_channels", True, True),
+              ("feat_type, norm_signal", "tf", False), ("feat_type, norm_signal", "pt", True)}
+    assert wanted.isdisjoint(reference)
+    for name, record in records.items():
+        assert record["name"] == name and name not in rf.NAMES
+        assert record["model_config"] not in LAYOUTS["configs"].values()
+        assert _used_options(record["model_config"]) - reference, name  # something new
+    assert wanted <= set().union(*(_used_options(r["model_config"]) for r in records.values()))
+
+
+@pytest.mark.parametrize("name", OPTION_LAYOUTS)
+def test_parity_with_official_outputs_of_other_options(name, tmp_path):
+    record = _option_record(name)
+    config = record["model_config"]
+    recipe = record["input"]
+    assert recipe["source"] == "tests/data/redimnet2/reference_outputs.pt" and recipe["key"] == "wav"
+    wav = REFERENCE["wav"] * recipe["scale"]
+    assert list(wav.shape) == recipe["shape"]
+    assert wav.double().sum().item() == pytest.approx(recipe["sum"], rel=1e-9, abs=1e-9)
+    assert wav.double().abs().sum().item() == pytest.approx(recipe["abs_sum"], rel=1e-9)
+    # the official file: fill-rule weights, and the front end's buffers as a front end built
+    # from the config alone holds them (the official ones: their statistics are recorded)
+    ours = official2_state_dict(redimnet2_encoder(config))
+    for key, stats in record["spec_stats"].items():
+        value = ours[key].double()
+        assert list(value.shape) == stats["shape"], key
+        assert value.sum().item() == pytest.approx(stats["sum"], rel=1e-6, abs=1e-4), key
+        assert value.abs().sum().item() == pytest.approx(stats["abs_sum"], rel=1e-6, abs=1e-4), key
+    state = {key: ours[key].clone() if key.startswith("spec.") else rf.fill_tensor(key, shape)
+             for key, shape in record["manifest"]}
+    torch.save({"model_config": config, "state_dict": state}, tmp_path / f"{name}.pt")
+    enc = load_official_redimnet2(tmp_path / f"{name}.pt")
+    assert not enc.training and enc.mrl_head is None
+    assert sum(p.numel() for p in enc.embedding_model.parameters()) == record["params"]
+    with torch.inference_mode():
+        out = enc(wav)
+    expected = torch.tensor(record["output"])
+    assert out.shape == expected.shape == (2, config["embed_dim"])
+    assert (out - expected).abs().max().item() < 2e-5
