@@ -211,6 +211,7 @@ def test_upload_sends_exactly_the_packaged_files(hub, monkeypatch, tmp_path, cap
     assert calls[1] == ("create_repo", {"repo_id": "someone/mrl-tiny", "repo_type": "model",
                                         "private": True, "exist_ok": True})
     assert calls[2][0] == "create_commit" and calls[2][1]["repo_id"] == "someone/mrl-tiny"
+    assert calls[2][1]["commit_message"] == "Upload Matryoshka ReDimNet model"  # its family
     sent = [op.path_in_repo for op in calls[2][1]["operations"]]
     assert sent == files == listed == pkg.hub_files()
     assert f"uploaded {len(sent)} files" in capsys.readouterr().out
@@ -349,3 +350,94 @@ def test_pyannote_takes_our_model_as_its_speaker_embedding(hub):
     ref = reference_embedding(lobe, head, wavs[1:2, 0, :11000])[0].numpy()
     assert got.shape == (3, max(MRL_DIMS)) and np.isfinite(got).all()
     assert float(got[1] @ ref / np.linalg.norm(got[1]) / np.linalg.norm(ref)) > 0.9999
+
+
+# ---------------------------------------------------------------- the card names the backbone family
+#: A tiny ReDimNet2 (as in tests/test_redimnet2_paths.py): time stride 2, an attention block.
+TINY_R2 = dict(F=16, C=4, stages_setup=[[[1, 1], 1, 2, [[3, 3]], 4], [[2, 2], 1, 1, [[3, 3]], None]],
+               embed_dim=12, out_channels=24)
+
+
+def _packaged_card(root, family, backbone):
+    """README.md of a packaged tiny ``family`` model folder whose training recorded ``backbone``
+    (with scores of the official embedding beside it)."""
+    from mrl_testutils import TINY_CONFIG
+    from speechbrain_mrl.model.encoder import MRLEncoder
+    from speechbrain_mrl.model.folder import write_model_folder
+    from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
+    from speechbrain_mrl.model.redimnet2 import redimnet2_config
+
+    torch.manual_seed(0)
+    encoder = MRLEncoder.from_config(redimnet2_config(TINY_R2) if family == "ReDimNet2" else TINY_CONFIG)
+    encoder.mrl_head = MatryoshkaProjection(encoder.pool_dim, embed_dim=16, mrl_dims=MRL_DIMS)
+    model = write_model_folder(root / "model", encoder.eval(), thresholds=THRESHOLDS,
+                               extra_info={"backbone": backbone, "frozen_backbone": True})
+    assert json.loads((model / "model_info.json").read_text())["model"].startswith(family + " ")
+    scores, official = root / "scores", root / "official_scores"
+    for folder, dims in ((scores, MRL_DIMS), (official, [12])):
+        folder.mkdir()
+        (folder / "results.json").write_text(json.dumps(_fake_results(dims, norms=False)))
+    (scores / "scoring_info.json").write_text(json.dumps(
+        {"trials": "trials.txt", "n_trials": 36, "model_sha256": model_fingerprint(model)}))
+    pkg.build_hub_folder(model, scores, root / "hub", repo_id="someone/mrl-tiny",
+                         official_scores=official)
+    return (root / "hub" / "README.md").read_text()
+
+
+def _sections(card):
+    """(card before its citation, citation section, license section)."""
+    before, after = card.split("## Citation")
+    citation, license_text = after.split("## License")
+    return before, citation, license_text
+
+
+def test_model_card_of_a_redimnet2_names_redimnet2_throughout(tmp_path):
+    """Regression: a ReDimNet2 model's card called it ReDimNet, credited IDR&D's ReDimNet release
+    for its architecture and weights and cited only the ReDimNet paper."""
+    import re
+
+    card = _packaged_card(tmp_path, "ReDimNet2", {"release": "b2-vox2-ptn"})
+    before, citation, license_text = _sections(card)
+    assert "# Matryoshka ReDimNet2 speaker embeddings" in card
+    assert "A ReDimNet2 speaker-embedding model" in card
+    assert "- redimnet2\n" in card.split("---\n")[1]  # hub tag
+    assert "| official ReDimNet2 | 12 |" in card
+    assert "- Backbone: the official ReDimNet2 release `b2-vox2-ptn`, frozen" in card
+    # the architecture and the weights: PalabraAI's repository, MIT
+    assert "PalabraAI" in license_text and "https://github.com/PalabraAI/redimnet2" in license_text
+    assert "MIT license" in license_text and "`b2-vox2-ptn`" in license_text
+    assert "weights" in license_text and "IDR&D" not in card and "IDRnD" not in card
+    # the ReDimNet2 paper, as its official README gives it
+    assert "@inproceedings{redimnet2_2026" in citation
+    assert ("ReDimNet2: Scaling Speaker Verification via Time-Pooled Dimension Reshaping"
+            in citation) and "Interspeech 2026" in citation
+    # no plain "ReDimNet" outside the citations (ReDimNet2 extends the ReDimNet paper)
+    assert not re.search(r"ReDimNet(?!2)", before + license_text), re.findall(
+        r".{0,40}ReDimNet(?!2).{0,40}", before + license_text)
+    assert not re.search(r"ReDimNet release|official ReDimNet(?!2)", card)
+
+
+def test_model_card_of_a_redimnet_keeps_its_claims(tmp_path):
+    card = _packaged_card(tmp_path, "ReDimNet", {"release": "b2-vox2-ptn"})
+    _, citation, license_text = _sections(card)
+    assert "# Matryoshka ReDimNet speaker embeddings" in card
+    assert "A ReDimNet speaker-embedding model" in card
+    assert "- redimnet\n" in card.split("---\n")[1]
+    assert "| official ReDimNet | 12 |" in card
+    assert "- Backbone: the official ReDimNet release `b2-vox2-ptn`, frozen" in card
+    assert "IDR&D" in license_text and "https://github.com/IDRnD/ReDimNet" in license_text
+    assert "MIT license" in license_text and "`b2-vox2-ptn`" in license_text
+    assert "@inproceedings{yakovlev2024redimnet" in citation
+    assert "ReDimNet2" not in card and "redimnet2" not in card and "PalabraAI" not in card
+
+
+@pytest.mark.parametrize("family", ["ReDimNet", "ReDimNet2"])
+def test_model_card_of_a_model_trained_from_scratch_credits_no_weights(tmp_path, family):
+    """Regression: the card credited official weights "when the backbone was initialised from
+    them", also for a backbone trained from scratch."""
+    card = _packaged_card(tmp_path, family, {"trained_from_scratch": True})
+    _, _, license_text = _sections(card)
+    assert "- Backbone: trained from scratch" in card
+    assert f"The {family} architecture comes from" in license_text
+    assert "trained from scratch" in license_text and "release" not in license_text
+    assert "initialised from" not in license_text and "its weights" not in license_text

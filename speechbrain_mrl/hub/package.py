@@ -1,4 +1,4 @@
-"""Packages a trained Matryoshka ReDimNet as a HuggingFace Hub model and uploads it.
+"""Packages a trained Matryoshka ReDimNet or ReDimNet2 as a HuggingFace Hub model and uploads it.
 
 Takes a finished recipe output folder (its ``model/`` written by
 ``speechbrain_mrl.model.folder.write_model_folder``) and the scoring results of
@@ -6,7 +6,8 @@ Takes a finished recipe output folder (its ``model/`` written by
 folder: ``hyperparams.yaml``, the checkpoints, ``calibration.json``,
 ``model_info.json``, ``custom_interface.py``, ``results.json`` and a
 ``README.md`` model card (YAML front matter, a results table per Matryoshka
-size, usage, training recipe, citation). Then it uploads the folder with
+size, usage, training recipe, citation; the backbone family's name, repository,
+licence and paper from :data:`FAMILIES`). Then it uploads the folder with
 ``huggingface_hub`` (token from ``$HF_TOKEN``), unless ``--dry_run``.
 
 Usage::
@@ -31,6 +32,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_session
 from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
 from speechbrain_mrl.utils.json_files import read_json
 from speechbrain_mrl.model.folder import MODEL_FILES, model_fingerprint, shorten_paths
+from speechbrain_mrl.model.redimnet2 import is_redimnet2_config
 
 #: What a hub repository receives beside the model folder: the repository's hub_upload/.
 TEMPLATES = importlib.resources.files("speechbrain_mrl.templates")
@@ -38,8 +40,15 @@ INTERFACE_FILE = "custom_interface.py"
 #: The model card, a template filled by :func:`model_card`.
 CARD_TEMPLATE = "model_card.md"
 
-CITATIONS = """\
-```bibtex
+#: What the model card says of each backbone family, keyed by the lobe class a model folder
+#: records (``model_info.json``'s ``model``): ``name``; ``owner`` and ``repository`` of the official
+#: release (the architecture and, unless trained from scratch, the backbone's weights) and its
+#: ``license``; ``tag`` (hub); ``bibtex``, the papers to cite (ReDimNet2's as its official README
+#: gives it; ReDimNet2 extends ReDimNet, whose paper follows).
+FAMILIES = {
+    "ReDimNet": dict(
+        name="ReDimNet", owner="IDR&D", repository="https://github.com/IDRnD/ReDimNet",
+        license="MIT", tag="redimnet", bibtex="""\
 @inproceedings{yakovlev2024redimnet,
   title     = {Reshape Dimensions Network for Speaker Recognition},
   author    = {Yakovlev, Ivan and Makarov, Rostislav and Balykin, Andrei and Malov, Pavel
@@ -47,6 +56,22 @@ CITATIONS = """\
   booktitle = {Interspeech},
   year      = {2024}
 }
+"""),
+    "ReDimNet2": dict(
+        name="ReDimNet2", owner="PalabraAI", repository="https://github.com/PalabraAI/redimnet2",
+        license="MIT", tag="redimnet2", bibtex="""\
+@inproceedings{redimnet2_2026,
+  title={ReDimNet2: Scaling Speaker Verification via Time-Pooled Dimension Reshaping},
+  author={Anonymous},
+  booktitle={Submitted to Interspeech 2026},
+  year={2026}
+}
+"""),
+}
+FAMILIES["ReDimNet2"]["bibtex"] += FAMILIES["ReDimNet"]["bibtex"]
+
+#: Cited by every card, after the backbone family's papers.
+CITATIONS = """\
 @inproceedings{kusupati2022matryoshka,
   title     = {Matryoshka Representation Learning},
   author    = {Kusupati, Aditya and others},
@@ -60,8 +85,56 @@ CITATIONS = """\
   eprint        = {2106.04624},
   archivePrefix = {arXiv}
 }
-```
 """
+
+
+def backbone_family(model_info):
+    """The :data:`FAMILIES` entry of a model folder's ``model_info.json``.
+
+    The lobe class it records (``"ReDimNet2 + Matryoshka projection (speechbrain-mrl)"``),
+    else its ``model_config``.
+
+    Example
+    -------
+    >>> backbone_family({"model": "ReDimNet2 + Matryoshka projection (speechbrain-mrl)"})["owner"]
+    'PalabraAI'
+    >>> backbone_family({"model_config": {"F": 72, "causal": "none"}})["name"]
+    'ReDimNet2'
+    >>> backbone_family({})["name"]
+    'ReDimNet'
+    """
+    lobe = str(model_info.get("model") or "").split(" ")[0]
+    if lobe not in FAMILIES:
+        lobe = "ReDimNet2" if is_redimnet2_config(model_info.get("model_config") or {}) else "ReDimNet"
+    return FAMILIES[lobe]
+
+
+def upstream_credit(family, backbone):
+    """The model card's credit of the official release: the architecture always, the weights
+    only where the recipe recorded (``extra_info["backbone"]``) that the backbone started from
+    them, none for a backbone trained from scratch.
+
+    Example
+    -------
+    >>> upstream_credit(FAMILIES["ReDimNet2"], {"trained_from_scratch": True})
+    "The ReDimNet2 architecture comes from PalabraAI's official ReDimNet2 repository, https://github.com/PalabraAI/redimnet2 (MIT license); the backbone was trained from scratch (no official weights)."
+    """
+    name = family["name"]
+    source = (f"{family['owner']}'s official {name} repository, {family['repository']} "
+              f"({family['license']} license)")
+    backbone = backbone or {}
+    if backbone.get("trained_from_scratch"):
+        return (f"The {name} architecture comes from {source}; the backbone was trained from "
+                "scratch (no official weights).")
+    if "release" in backbone:
+        return (f"The {name} architecture and the backbone's initial weights (the official release "
+                f"`{backbone['release']}`) come from {source}; see its license as well.")
+    if "file" in backbone:
+        return (f"The {name} architecture comes from {source}; the backbone was initialised from "
+                f"the checkpoint `{backbone['file']}`: where it holds official {name} weights, "
+                "their license applies as well.")
+    return (f"The {name} architecture (and, when the backbone was initialised from them, its "
+            f"weights) come from {source}; see its license as well.")
 
 
 def find_model_folder(recipe_output):
@@ -121,8 +194,8 @@ def _fmt(x, nd):
     return "-" if x is None else f"{x:.{nd}f}"
 
 
-def results_table(results, official=None):
-    """Markdown table: one row per Matryoshka size (plus the official embedding)."""
+def results_table(results, official=None, family="ReDimNet"):
+    """Markdown table: one row per Matryoshka size (plus the official ``family`` embedding)."""
     kinds = ["cosine"] + [k for k in ("s-norm", "as-norm") if k in next(iter(results.values()))]
     head = "| model | size |" + "".join(
         f" EER % ({k}) | minDCF@0.01 ({k}) | minDCF@0.05 ({k}) |" for k in kinds)
@@ -140,7 +213,7 @@ def results_table(results, official=None):
         lines.append(row("Matryoshka", dim, results[dim]))
     if official:
         for dim in sorted(official, key=int):
-            lines.append(row("official ReDimNet", dim, official[dim]))
+            lines.append(row(f"official {family}", dim, official[dim]))
     return "\n".join(lines)
 
 
@@ -224,7 +297,9 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
 
     The training data, backbone and command are those the recipe recorded in
     ``model_info.json``; data names (``datasets``, or those recorded) are
-    stated only when given.
+    stated only when given. The backbone family (:func:`backbone_family`) names
+    the model, the official comparison row, the hub tag, the papers cited and the
+    official release credited (:func:`upstream_credit`).
     """
     dims = model_info["mrl_dims"]
     cfg = model_info.get("model_config", {})
@@ -233,9 +308,10 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
     datasets = list(datasets or recorded or [])
     command = extra.pop("command", None)
     command = None if command is None else shorten_paths(command)
-    provenance = provenance_lines(extra.pop("backbone", None), extra.pop("training_data", None),
-                                  extra.get("frozen_backbone"),
-                                  str(model_info.get("model") or "ReDimNet").split(" ")[0])
+    family = backbone_family(model_info)
+    backbone = extra.pop("backbone", None)
+    provenance = provenance_lines(backbone, extra.pop("training_data", None),
+                                  extra.get("frozen_backbone"), family["name"])
     trained_on = f"Trained on {', '.join(datasets)} with" if datasets else "Trained with"
     front = [
         "---",
@@ -244,7 +320,7 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
         "library_name: speechbrain",
         "tags:",
         *[f"- {t}" for t in ("speechbrain", "speaker-verification", "speaker-recognition",
-                             "speaker-embedding", "matryoshka", "redimnet", "pytorch")],
+                             "speaker-embedding", "matryoshka", family["tag"], "pytorch")],
         *(["datasets:"] + [f"- {d}" for d in datasets] if datasets else []),
         "metrics:",
         "- eer",
@@ -262,15 +338,18 @@ def model_card(model_info, calibration, results, scoring_info, repo_id, official
     if "s-norm" in next(iter(results.values())):
         norms = f" with s-norm / adaptive s-norm (top-{scoring_info.get('cohort_topk')} cohort)"
     return (TEMPLATES / CARD_TEMPLATE).read_text().format(
-        front_matter="\n".join(front) + "\n", F=cfg.get("F"), C=cfg.get("C"),
+        front_matter="\n".join(front) + "\n", backbone=family["name"], F=cfg.get("F"),
+        C=cfg.get("C"),
         embed_dim=model_info["embed_dim"], dims=dims,
         trials=pathlib.Path(str(scoring_info.get("trials", "the evaluation trial list"))).name,
         n_trials=scoring_info.get("n_trials", "?"), norms=norms,
-        results_table=results_table(results, official), thresholds=thr_line or "none",
+        results_table=results_table(results, official, family["name"]),
+        thresholds=thr_line or "none",
         validation=validation_section(model_info), repo=repo_id or "<this folder>",
         mid_dim=dims[len(dims) // 2], small_dim=dims[0], trained_on=trained_on,
         command=command or "# the training command was not recorded", details=details,
-        citations=CITATIONS, license_id=license_id)
+        citations=f"```bibtex\n{family['bibtex']}{CITATIONS}```\n", license_id=license_id,
+        upstream=upstream_credit(family, backbone))
 
 
 def hub_files():
@@ -360,11 +439,16 @@ def upload(folder, repo_id, files, private=False, token=None, commit_message=Non
     Every request of huggingface_hub's HTTP client (connect, each read and write:
     repository creation, commit) waits at most ``timeout`` seconds, so a stalled
     endpoint ends in an error instead of a hang; file contents sent through
-    ``hf_xet`` follow that library's own limits.
+    ``hf_xet`` follow that library's own limits. The default commit message names the
+    backbone family of the folder's ``model_info.json``.
     """
     token = token if token is not None else os.environ.get("HF_TOKEN")
     if not token:
         raise RuntimeError("no HuggingFace token: set HF_TOKEN (a write token) to upload")
+    if not commit_message:
+        info = pathlib.Path(folder) / "model_info.json"
+        name = backbone_family(read_json(info))["name"] if info.is_file() else "speaker-embedding"
+        commit_message = f"Upload Matryoshka {name} model"
     session = get_session()
     previous = session.timeout
     session.timeout = timeout
@@ -374,6 +458,6 @@ def upload(folder, repo_id, files, private=False, token=None, commit_message=Non
         operations = [CommitOperationAdd(path_in_repo=f, path_or_fileobj=str(pathlib.Path(folder) / f))
                       for f in files]
         return api.create_commit(repo_id=repo_id, repo_type="model", operations=operations,
-                                 commit_message=commit_message or "Upload Matryoshka ReDimNet model")
+                                 commit_message=commit_message)
     finally:
         session.timeout = previous
