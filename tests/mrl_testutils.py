@@ -1,7 +1,7 @@
 """Helpers shared by the scoring / inference / hub / export tests (developer D).
 
-A tiny Matryoshka ReDimNet (small F/C, one or two stages) with non-trivial
-BatchNorm statistics, written to disk with ``write_model_folder``, and
+A tiny Matryoshka ReDimNet (small F/C, one or two stages) or ReDimNet2 with
+non-trivial BatchNorm statistics, written to disk with ``write_model_folder``, and
 generated speech-like audio (voiced harmonics with a per-speaker pitch and
 formants, syllable envelopes, a little noise).
 """
@@ -17,6 +17,7 @@ from speechbrain_mrl.model.features import ReDimNetFbank
 from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
 from speechbrain_mrl.model.folder import write_model_folder
 from speechbrain_mrl.model.redimnet import ReDimNet
+from speechbrain_mrl.model.redimnet2 import redimnet2_config
 
 TINY_CONFIG = dict(
     F=16, C=4, block_1d_type="conv+att", block_2d_type="convnext_like",
@@ -26,6 +27,13 @@ TINY_CONFIG = dict(
     spec_params=dict(do_spec_aug=False, freq_mask_width=[0, 6], time_mask_width=[0, 8]),
     tf_optimized_arch=False,
 )
+#: A tiny ReDimNet2 (full official ``model_config``): time stride 4 as in every ``r2-*``
+#: preset, so its shortest input is set by the lobe (4 frames, 480 samples), not by the
+#: front end (257 samples); an attention block and a final projection.
+TINY_R2_CONFIG = redimnet2_config(dict(
+    F=16, C=4, stages_setup=[[[1, 1], 1, 2, [[3, 3]], 4], [[2, 2], 1, 1, [[3, 3]], None],
+                             [[1, 2], 1, 1, [[3, 3]], None]],
+    embed_dim=12, out_channels=24))
 EMBED_DIM = 16
 MRL_DIMS = [4, 8, 16]
 THRESHOLDS = {4: 0.31, 8: 0.42, 16: 0.53}
@@ -94,14 +102,41 @@ def tiny_encoder(lobe, head):
     return MRLEncoder(fbank, lobe, head).eval()
 
 
+def tiny_encoder_of(config, seed=0):
+    """A tiny ``MRLEncoder`` of ``config`` (either family, its own front end) with a Matryoshka
+    head (``EMBED_DIM``, ``MRL_DIMS``) and set BatchNorm statistics, in eval mode."""
+    torch.manual_seed(seed)
+    encoder = MRLEncoder.from_config(config)
+    encoder.mrl_head = MatryoshkaProjection(encoder.pool_dim, embed_dim=EMBED_DIM, mrl_dims=MRL_DIMS)
+    for m in encoder.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.momentum = None  # cumulative average
+    encoder.train()
+    with torch.no_grad():
+        for i in range(3):
+            encoder(torch.stack([speaker_voice(s, i, 0.6) for s in range(4)]))
+    return encoder.eval()
+
+
 #: Validation EERs the tiny model records: the mean over both lists is lowest at size 8.
 VALIDATION = {"valid": {4: 9.0, 8: 7.5, 16: 8.0}, "valid_long": {4: 3.0, 8: 1.0, 16: 0.9}}
 
 
-def write_tiny_model(folder, seed=0, thresholds=THRESHOLDS):
-    """Writes the tiny model with ``write_model_folder``; returns (folder, lobe, head)."""
-    lobe, head = tiny_modules(seed)
-    folder = write_model_folder(folder, tiny_encoder(lobe, head), thresholds=thresholds,
+def write_tiny_model(folder, seed=0, thresholds=THRESHOLDS, family="redimnet"):
+    """Writes the tiny model with ``write_model_folder``; returns (folder, lobe, head).
+
+    ``family``: ``"redimnet"`` (:data:`TINY_CONFIG`) or ``"redimnet2"`` (:data:`TINY_R2_CONFIG`,
+    :func:`tiny_encoder_of`).
+    """
+    if family == "redimnet":
+        lobe, head = tiny_modules(seed)
+        encoder = tiny_encoder(lobe, head)
+    elif family == "redimnet2":
+        encoder = tiny_encoder_of(TINY_R2_CONFIG, seed)
+        lobe, head = encoder.embedding_model, encoder.mrl_head
+    else:
+        raise ValueError(f"family must be 'redimnet' or 'redimnet2', got {family!r}")
+    folder = write_model_folder(folder, encoder, thresholds=thresholds,
                                 validation=VALIDATION,
                                 extra_info={"note": "tiny test model", "datasets": ["synthetic"],
                                             "command": "python train.py hparams/demo_mrl.yaml "

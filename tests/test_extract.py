@@ -37,6 +37,34 @@ def corpus(tmp_path_factory):
     return root, folder, audio, info
 
 
+def test_extraction_on_a_redimnet2_model_folder(tmp_path):
+    """The extract command on a tiny ReDimNet2 folder (time stride 4): shards, a clip too short
+    for its lobe (300 samples: enough for the front end, 2 of the 4 frames it needs) skipped
+    and listed, embeddings equal to the model's, loadable into a speaker index."""
+    folder, lobe, _ = write_tiny_model(tmp_path / "model", family="redimnet2")
+    assert type(lobe).__name__ == "ReDimNet2" and lobe.time_stride == 4
+    audio = tmp_path / "audio"
+    write_voice_corpus(audio, n_spk=3, n_utt=2)
+    (audio / "id90000").mkdir()
+    sf.write(str(audio / "id90000" / "short.wav"), 0.1 * np.sin(np.arange(300) / 3.0), 16000)
+    out = tmp_path / "out"
+    info = _extract(["--model_folder", str(folder), "--folder", str(audio), "--output_folder",
+                     str(out), "--shard_size", "4", "--batch_size", "3", "--num_workers", "0"])
+    assert info["n_embedded"] == 6 and info["n_skipped"] == 1 and info["n_shards"] == 2
+    with open(out / "skipped.csv", newline="") as f:
+        reasons = {r["ID"]: r["reason"] for r in csv.DictReader(f)}
+    assert reasons == {"id90000/short.wav": "too short (0.019 s < minimum 0.030 s)"}
+    ids, emb, rows = ex.load_embeddings(out)
+    assert len(ids) == len(set(ids)) == 6 and emb.shape == (6, info["embed_dim"])
+    model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    assert type(model.encoder.embedding_model).__name__ == "ReDimNet2"
+    for uid, e in zip(ids, emb):
+        np.testing.assert_allclose(e, model.encode_file(rows[uid]["wav"])[0, 0].numpy(), atol=1e-4)
+    index = SpeakerIndex(info["embed_dim"], info["mrl_dims"], info["model_sha256"])
+    index.enrol([rows[u]["spk_id"] for u in ids], emb)
+    assert len(index) == 3 and index.counts == [2, 2, 2]
+
+
 def _index(out):
     with open(out / "index.csv", newline="") as f:
         return list(csv.DictReader(f))

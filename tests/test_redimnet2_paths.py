@@ -6,20 +6,25 @@ round trip, SpeechBrain's own classes, ONNX / ONNX Runtime / OpenVINO parity (lo
 windowed through the graph cut at the pooled statistics), the hub folder. Then the
 recipe: the Matryoshka head trained on a frozen local official-format ReDimNet2
 (``mrl_r2_b2.yaml``), and a ReDimNet2 trained from scratch and exported in its format.
+And the shortest input of each (``MRLEncoder.min_samples``, which a ReDimNet2's time
+stride can set): it embeds, one sample less is refused as bad audio, and extraction skips it.
 """
+import csv
 import importlib.util
 import json
+import warnings
 
 import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
-from mrl_testutils import TINY_CONFIG, speaker_voice
+from mrl_testutils import TINY_CONFIG, TINY_R2_CONFIG, speaker_voice, tiny_encoder_of
 from recipe_data import RECIPE, make_flat_speakers
+from speechbrain_mrl.data.audio import AudioError, ShortAudioWarning
 from speechbrain_mrl.inference.interface import MRLEncoderClassifier
 from speechbrain_mrl.model.encoder import MRLEncoder
 from speechbrain_mrl.model.folder import model_fingerprint, write_model_folder
-from speechbrain_mrl.model.matryoshka import MatryoshkaProjection
 from speechbrain_mrl.model.redimnet import plain_config
 from speechbrain_mrl.model.redimnet2 import redimnet2_config
 
@@ -46,21 +51,16 @@ CLASSES = {
 }
 MRL_DIMS = [4, 8, 16]
 THRESHOLDS = {4: 0.31, 8: 0.42, 16: 0.53}
+#: ``MRLEncoder.min_samples`` of each tiny model: the front end's 257 samples (ReDimNetFbank:
+#: 2 frames, what ReDimNet and a time stride of 2 need) unless the lobe needs more frames
+#: than those give: 400 samples for the 2 frames of the TF front end, 480 for the 4 frames
+#: of a time stride of 4 (``TINY_R2_CONFIG``, as every ``r2-*`` preset).
+MIN_SAMPLES = {"redimnet": 257, "redimnet2": 257, "redimnet2-tf": 400, "redimnet2-stride4": 480}
 
 
 def tiny_encoder(family, seed=0):
     """A tiny encoder of ``family`` with a Matryoshka head and set BatchNorm statistics (eval)."""
-    torch.manual_seed(seed)
-    encoder = MRLEncoder.from_config(CONFIGS[family])
-    encoder.mrl_head = MatryoshkaProjection(encoder.pool_dim, embed_dim=16, mrl_dims=MRL_DIMS)
-    for m in encoder.modules():
-        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-            m.momentum = None  # cumulative average
-    encoder.train()
-    with torch.no_grad():
-        for i in range(3):
-            encoder(torch.stack([speaker_voice(s, i, 0.6) for s in range(4)]))
-    return encoder.eval()
+    return tiny_encoder_of(dict(CONFIGS, **{"redimnet2-stride4": TINY_R2_CONFIG})[family], seed)
 
 
 def mixed(clips):
@@ -197,6 +197,110 @@ def test_hub_folder(model, tmp_path, no_network):
                                    atol=1e-5, rtol=0)
 
 
+# ---------------------------------------------------------------- the shortest input
+def _shortest_is_exact(encoder):
+    """``min_samples`` gives the lobe its frames, and one sample less would not (or is below
+    the front end's own ``n_fft // 2 + 1``)."""
+    features, need = encoder.compute_features, encoder.embedding_model.min_frames
+    n = encoder.min_samples
+    return (n >= features.n_fft // 2 + 1 and features.num_frames(n) >= need
+            and (n - 1 < features.n_fft // 2 + 1 or features.num_frames(n - 1) < need))
+
+
+def test_min_samples_counts_the_frames_the_lobe_needs():
+    """ReDimNet2 pools over time inside the network: it needs its time stride in frames
+    (4 for every r2-* preset: 480 samples at hop 160, 720 with the TF front end's
+    uncentred frames); ReDimNet keeps the front end's 257 samples."""
+    presets = {"b0": ("b0", 2, 257), "r2-b0": ("r2-b0", 4, 480),
+               "r2-b0-tf": (redimnet2_config("r2-b0", feat_type="tf"), 4, 720)}
+    for name, (config, frames, samples) in presets.items():
+        encoder = MRLEncoder.from_config(config).eval()
+        assert (encoder.embedding_model.min_frames, encoder.min_samples) == (frames, samples), name
+        assert _shortest_is_exact(encoder), name
+        wav = speaker_voice(0, 0, 0.5)[4000:4000 + samples]
+        with torch.no_grad():
+            assert torch.isfinite(encoder(wav[None])).all(), name
+            if frames > 2:  # one sample less: too few frames for the lobe itself
+                with pytest.raises(ValueError, match="frames are too few"):
+                    encoder(wav[None, :-1])
+    for family, samples in MIN_SAMPLES.items():
+        encoder = tiny_encoder(family)
+        assert encoder.min_samples == samples and _shortest_is_exact(encoder), family
+
+
+@pytest.fixture(scope="module", params=list(MIN_SAMPLES))
+def short_model(request, tmp_path_factory):
+    """``(family, model folder, encoder)``: a tiny model of each family, time strides 2 and 4."""
+    family = request.param
+    encoder = tiny_encoder(family)
+    folder = write_model_folder(tmp_path_factory.mktemp("short-" + family) / "model", encoder,
+                                thresholds=THRESHOLDS)
+    return family, folder, encoder
+
+
+def test_the_shortest_input_embeds_and_one_sample_less_is_refused(short_model, no_network):
+    """min_samples samples embed, alone and in a padded batch; min_samples - 1 is an
+    AudioError naming the minimum, never the lobe's own ValueError (issue: 300 samples
+    to an r2-b0 model folder raised "2 frames are too few" from pool_features)."""
+    family, folder, encoder = short_model
+    n = MIN_SAMPLES[family]
+    m = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    clip = speaker_voice(1, 0, 0.5)[4000:4000 + n]
+    with pytest.warns(ShortAudioWarning):  # under the model's short_duration: warned, embedded
+        emb = m.encode_batch(clip[None])
+    with torch.no_grad():
+        ref = encoder.embed(clip[None])
+    assert emb.shape == (1, 1, 16) and torch.isfinite(emb).all()
+    torch.testing.assert_close(emb[:, 0], ref, atol=1e-5, rtol=0)
+    wavs, lens = mixed([speaker_voice(2, 1, 0.6), clip])
+    with pytest.warns(ShortAudioWarning):
+        batch = m.encode_batch(wavs, lens)
+    assert torch.nn.functional.cosine_similarity(batch[1, 0], emb[0, 0], dim=0) > 0.9999
+    too_short = (rf"audio too short \({(n - 1) / 16000:.3f} s < minimum {n / 16000:.3f} s\)")
+    with pytest.raises(AudioError, match="utterance 0: " + too_short):
+        m.encode_batch(clip[None, :n - 1])
+    wavs, lens = mixed([speaker_voice(2, 1, 0.6), clip[:n - 1]])
+    with pytest.raises(AudioError, match="utterance 1: " + too_short):
+        m.encode_batch(wavs, lens)
+    assert m.encoder.min_samples == encoder.min_samples == n
+
+
+def test_extraction_skips_and_names_a_clip_below_the_minimum(short_model, tmp_path, no_network):
+    """speechbrain-mrl extract over a manifest with a clip of min_samples - 1: it is skipped
+    and listed with the minimum; the rest, the min_samples clip included, are embedded."""
+    from speechbrain_mrl import cli
+    from speechbrain_mrl.inference import extract as ex
+
+    family, folder, _ = short_model
+    n = MIN_SAMPLES[family]
+    clips = {"a": speaker_voice(0, 0, 0.7), "b": speaker_voice(1, 0, 0.5),
+             "shortest": speaker_voice(2, 0, 0.5)[4000:4000 + n],
+             "too_short": speaker_voice(3, 0, 0.5)[4000:4000 + n - 1]}
+    with open(tmp_path / "clips.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["ID", "wav"])
+        for name, wav in clips.items():
+            sf.write(str(tmp_path / f"{name}.wav"), wav.numpy(), 16000, subtype="FLOAT")
+            writer.writerow([name, str(tmp_path / f"{name}.wav")])
+    out = tmp_path / "out"
+    with pytest.warns(ShortAudioWarning):  # the min_samples clip, under the short_duration
+        info = cli.main(["extract", "--model_folder", str(folder), "--csv",
+                         str(tmp_path / "clips.csv"), "--output_folder", str(out),
+                         "--batch_size", "4", "--num_workers", "0"])
+    assert info["n_embedded"] == 3 and info["n_skipped"] == 1
+    with open(out / "skipped.csv", newline="") as f:
+        skipped = {r["ID"]: r["reason"] for r in csv.DictReader(f)}
+    assert skipped == {"too_short": f"too short ({(n - 1) / 16000:.3f} s < minimum "
+                                    f"{n / 16000:.3f} s)"}
+    ids, emb, rows = ex.load_embeddings(out)
+    assert sorted(ids) == ["a", "b", "shortest"]
+    m = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    for uid, e in zip(ids, emb):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ShortAudioWarning)
+            np.testing.assert_allclose(e, m.encode_file(rows[uid]["wav"])[0, 0].numpy(), atol=1e-4)
+
+
 # ---------------------------------------------------------------- export
 @pytest.fixture(scope="module", params=["redimnet", "redimnet2", "redimnet2-tf"])
 def exported(request, tmp_path_factory):
@@ -226,6 +330,14 @@ def test_onnx_export_check_and_runtime_wrapper(exported):
         ref = encoder.all_dims(wavs, lens)
     for d, g in zip(MRL_DIMS, got.values()):
         np.testing.assert_allclose(g, ref[d].numpy(), atol=1e-4)
+    # the shortest input runs through the graph; one sample less is refused before it
+    n = encoder.min_samples
+    clip = speaker_voice(1, 0, 0.5)[4000:4000 + n]
+    with torch.no_grad():
+        np.testing.assert_allclose(runtime(clip[None])["embedding_16"], encoder(clip[None]).numpy(),
+                                   atol=1e-4)
+    with pytest.raises(AudioError, match=f"minimum {n / 16000:.3f} s"):
+        runtime(clip[None, :n - 1])
 
 
 @pytest.mark.skipif(not HAVE_OPENVINO, reason="openvino not installed")

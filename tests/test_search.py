@@ -339,6 +339,37 @@ def test_enrol_and_search_from_audio_in_the_library(tmp_path):
         other.embed_audio(model, files[:1])
 
 
+def test_enrol_and_identify_with_a_redimnet2_model_folder(tmp_path):
+    """enrol / identify through FAISS with a tiny ReDimNet2 model folder: every enrolled
+    speaker's own audio finds that speaker first, exactly and through a funnel, as the
+    library search over the same model's embeddings does."""
+    from mrl_testutils import write_tiny_model, write_voice_corpus
+    from speechbrain_mrl import cli
+    from speechbrain_mrl.inference.interface import MRLEncoderClassifier
+    from speechbrain_mrl.model.folder import model_fingerprint
+
+    folder, lobe, _ = write_tiny_model(tmp_path / "model", family="redimnet2")
+    assert type(lobe).__name__ == "ReDimNet2"
+    corpus = write_voice_corpus(tmp_path / "speakers", n_spk=4, n_utt=2)
+    index_dir = tmp_path / "index"
+    cli.main(["enrol", "--model_folder", str(folder), "--folder", str(tmp_path / "speakers"),
+              "--index", str(index_dir)])
+    index = SpeakerIndex.load(index_dir, model_sha256=model_fingerprint(folder))
+    spks = sorted({spk for spk, _ in corpus.values()})
+    assert index.speakers == spks and index.counts == [2] * 4
+    files = {str(p): spk for spk, p in corpus.values()}
+    out = {}
+    for stages in ([], ["4"]):
+        out[len(stages)] = cli.main(["identify", "--model_folder", str(folder), "--index",
+                                     str(index_dir), "--files", *files, "--k", "2", "--stages",
+                                     *stages])
+        assert {f: m[0]["speaker"] for f, m in out[len(stages)].items()} == files, stages
+    model = MRLEncoderClassifier.from_hparams(source=str(folder), run_opts={"device": "cpu"})
+    found, scores = index.search_audio(model, list(files), k=2)
+    assert [f[0] for f in found] == list(files.values())
+    np.testing.assert_allclose(scores[:, 0], [out[0][f][0]["score"] for f in files], atol=1e-5)
+
+
 def test_open_set_rates_against_a_count():
     from speechbrain_mrl.search.index import open_set_rates
 

@@ -188,8 +188,38 @@ class MRLEncoder(nn.Module):
 
     @property
     def min_samples(self):
-        """Shortest waveform the front end takes (its reflect padding needs ``n_fft // 2 + 1``)."""
-        return int(self.compute_features.n_fft) // 2 + 1
+        """Shortest waveform the encoder embeds: what the front end and the lobe both take.
+
+        The front end needs ``n_fft // 2 + 1`` samples (its reflect padding); the lobe
+        needs :attr:`~speechbrain_mrl.model.redimnet.PooledEmbeddingLobe.min_frames`
+        frames (a ReDimNet2 at least its time stride, which pools over time inside the
+        network), here the fewest samples the front end turns into that many frames
+        (its own ``num_frames``: hop and centring). Waveforms shorter than this are
+        refused before the model runs (``check_waveforms``, the extraction filter, the
+        ONNX and OpenVINO wrappers).
+
+        Example
+        -------
+        >>> MRLEncoder.from_config("b0").min_samples, MRLEncoder.from_config("r2-b0").min_samples
+        (257, 480)
+        """
+        features = self.compute_features
+        least = int(features.n_fft) // 2 + 1
+        frames = int(getattr(self.embedding_model, "min_frames", 1))
+        if features.num_frames(least) >= frames:
+            return least
+        # frame counts grow with the length: the first length giving enough frames
+        high = least + frames * int(features.hop_length) + int(features.n_fft)
+        while features.num_frames(high) < frames:
+            high *= 2
+        low = least  # too few frames
+        while high - low > 1:
+            mid = (low + high) // 2
+            if features.num_frames(mid) >= frames:
+                high = mid
+            else:
+                low = mid
+        return high
 
     def train(self, mode=True):
         """As ``nn.Module.train``, but a frozen backbone (and the head's input norm) stay in ``eval()``."""

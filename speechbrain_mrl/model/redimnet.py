@@ -933,6 +933,17 @@ class PooledEmbeddingLobe(nn.Module):
     """What every lobe shares after its pooling: the embedding layer (``bn``, ``linear``,
     optional ``bn2``, set by the subclass) and ``forward`` = ``embed(pool_features(...))``."""
 
+    @property
+    def min_frames(self):
+        """Fewest feature frames :meth:`pool_features` embeds.
+
+        Two when the pooling's attention sees the utterance's standard deviation
+        (``global_context_att``: an unbiased variance over one frame is NaN), else one;
+        :class:`~speechbrain_mrl.model.redimnet2.ReDimNet2` also needs its time stride.
+        ``MRLEncoder.min_samples`` turns it into samples through the front end.
+        """
+        return 2 if self.pool.global_context_att else 1
+
     def embed(self, stats):
         """Embedding layer: ``bn -> linear (-> bn2)`` on pooled statistics ``[B, pool_dim]``."""
         x = self.linear(self.bn(stats))

@@ -736,6 +736,12 @@ class ReDimNet2(PooledEmbeddingLobe):
         """Builds a preset of :data:`REDIMNET2_PRESETS` (``r2-b0``..``r2-b6``)."""
         return cls(**redimnet2_config(name, **overrides))
 
+    @property
+    def min_frames(self):
+        """Fewest feature frames :meth:`pool_features` embeds: at least its :attr:`time_stride`
+        (and the pooling's own minimum, :attr:`~speechbrain_mrl.model.redimnet.PooledEmbeddingLobe.min_frames`)."""
+        return max(int(self.time_stride), super().min_frames)
+
     def valid_frames(self, lengths, num_frames):
         """Valid frames ``[B]`` of each utterance, cut to a multiple of :attr:`time_stride`.
 
