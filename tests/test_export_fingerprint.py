@@ -92,6 +92,7 @@ def test_export_records_the_model_fingerprint_in_every_file(exports):
         props = {p.key: p.value for p in onnx.load(str(out / name)).metadata_props}
         assert props["speechbrain_mrl.model_sha256"] == sha, name
         assert props["speechbrain_mrl.export_format"] == ex.EXPORT_FORMAT, name
+        assert (props["speechbrain_mrl.min_samples"], props["speechbrain_mrl.hop_length"]) == ("257", "160")
         assert ex._read_record(ex.record_path(out / name))["model_sha256"] == sha, name
         assert ex.OnnxEncoder(out / name).model_sha256 == sha
     if HAVE_OPENVINO:
@@ -170,6 +171,7 @@ def test_an_older_export_without_fingerprint_opens_with_a_warning(exports, tmp_p
     with pytest.warns(UserWarning, match=warning):
         encoder = ex.OnnxEncoder(old)
     assert encoder.model_sha256 is None
+    assert encoder.min_samples == 257  # what every export before the record was made for
     wavs, lens = _clips()
     expected = ex.OnnxEncoder(out / "m.onnx")(wavs, lens)
     for e, g in zip(expected.values(), encoder(wavs, lens).values()):

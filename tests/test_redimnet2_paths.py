@@ -12,6 +12,7 @@ stride can set): it embeds, one sample less is refused as bad audio, and extract
 import csv
 import importlib.util
 import json
+import pathlib
 import warnings
 
 import numpy as np
@@ -302,7 +303,7 @@ def test_extraction_skips_and_names_a_clip_below_the_minimum(short_model, tmp_pa
 
 
 # ---------------------------------------------------------------- export
-@pytest.fixture(scope="module", params=["redimnet", "redimnet2", "redimnet2-tf"])
+@pytest.fixture(scope="module", params=["redimnet", "redimnet2", "redimnet2-tf", "redimnet2-stride4"])
 def exported(request, tmp_path_factory):
     """The export command (``--onnx --check`` and OpenVINO IR) on a tiny model folder."""
     if not HAVE_ONNX:
@@ -322,7 +323,11 @@ def test_onnx_export_check_and_runtime_wrapper(exported):
 
     _, encoder, written = exported
     assert written["onnx_max_abs_difference"] <= 1e-4  # the --check of the export command
-    runtime = OnnxEncoder(written["onnx"], min_samples=encoder.min_samples)
+    # the export records the shortest input and the frame shift; the wrapper takes them
+    record = json.loads(pathlib.Path(written["onnx"] + ".json").read_text())
+    assert (record["min_samples"], record["hop_length"]) == (encoder.min_samples, 160)
+    runtime = OnnxEncoder(written["onnx"])
+    assert runtime.min_samples == encoder.min_samples
     wavs, lens = clips()
     got = runtime(wavs, lens)
     assert list(got) == [f"embedding_{d}" for d in MRL_DIMS]
@@ -347,9 +352,11 @@ def test_openvino_fp32_and_long_input_windowing(exported):
     from speechbrain_mrl.export.openvino import OpenVinoEncoder
 
     _, encoder, written = exported
-    runtime = OpenVinoEncoder(written["openvino"], precision="fp32", threads=2,
-                              min_samples=encoder.min_samples, long_seconds=1.0,
+    runtime = OpenVinoEncoder(written["openvino"], precision="fp32", threads=2, long_seconds=1.0,
                               window_seconds=0.5, window_batch=2)
+    assert (runtime.min_samples, runtime.hop_length) == (encoder.min_samples, 160)  # the IR's record
+    with pytest.raises(AudioError, match=f"minimum {encoder.min_samples / 16000:.3f} s"):
+        runtime(speaker_voice(1, 0, 0.5)[None, :encoder.min_samples - 1])
     wavs, lens = clips()  # 1.7 s (windowed), 0.6 s and 1.15 s (one pass)
     got = runtime(wavs, lens)
     with torch.no_grad():

@@ -82,12 +82,33 @@ __all__ = [
     "check_io",
     "check_record",
     "record_path",
+    "recorded_size",
+    "RECORDED_SIZES",
 ]
 
 #: Prefix of the keys the export records in an ONNX file's ``metadata_props``.
 METADATA_PREFIX = "speechbrain_mrl."
 #: Version of what the export records (a file recording none is from an older export).
 EXPORT_FORMAT = "1"
+#: Input sizes an export records, with the values the wrappers assume for an export
+#: recording none (a ReDimNet's: 257 samples at least, 10-ms frames).
+RECORDED_SIZES = {"min_samples": 257, "hop_length": 160}
+
+
+def recorded_size(recorded, name, given=None):
+    """``given`` if not None, else what an export ``recorded`` of ``name`` (a key of
+    :data:`RECORDED_SIZES`), else its value for older exports.
+
+    Example
+    -------
+    >>> recorded_size({"min_samples": "480"}, "min_samples"), recorded_size({}, "min_samples")
+    (480, 257)
+    >>> recorded_size({"min_samples": "480"}, "min_samples", given=600)
+    600
+    """
+    if given is not None:
+        return given
+    return int(recorded.get(name, RECORDED_SIZES[name]))
 
 
 class PerSizeOutputs(nn.Module):
@@ -243,6 +264,9 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
         The model folder's fingerprint, recorded in the file's ``metadata_props``
         and in its export record ``<path>.json`` (:func:`check_record`).
 
+    The file also records the encoder's ``min_samples`` and its front end's ``hop_length``,
+    which :class:`OnnxEncoder` and the OpenVINO wrapper take as their defaults.
+
     Returns
     -------
     pathlib.Path
@@ -260,7 +284,8 @@ def export_onnx(encoder, path, example=None, min_seconds=0.5, max_seconds=600.0,
             dynamic_shapes={"wavs": {0: batch, 1: time}, "wav_lens": {0: batch}},
             opset_version=opset_version, external_data=False, verbose=False, optimize=optimize,
         )
-    recorded = {"export_format": EXPORT_FORMAT}
+    recorded = {"export_format": EXPORT_FORMAT, "min_samples": str(int(encoder.min_samples)),
+                "hop_length": str(int(encoder.compute_features.hop_length))}
     if model_sha256 is not None:
         recorded["model_sha256"] = str(model_sha256)
     program.model.metadata_props.update({METADATA_PREFIX + k: v for k, v in recorded.items()})
@@ -413,9 +438,11 @@ def record_path(path):
 
 
 def write_record(path, recorded):
-    """Writes the export record of ``path``: the model fingerprint the file records (or null)."""
+    """Writes the export record of ``path``: the model fingerprint the file records (or null),
+    and the input sizes it records (shortest waveform, frame shift) where it records them."""
     record = {"file": pathlib.Path(path).name, "export_format": EXPORT_FORMAT,
               "model_sha256": recorded.get("model_sha256")}
+    record.update({k: int(recorded[k]) for k in RECORDED_SIZES if k in recorded})
     return write_text_atomic(record_path(path), json.dumps(record, indent=1) + "\n")
 
 
@@ -540,8 +567,9 @@ class OnnxEncoder:
         A model written by :func:`export_onnx` (or its int8 version).
     sample_rate : int
         The model's rate.
-    min_samples : int
-        Shortest waveform the front end takes (``MRLEncoder.min_samples``).
+    min_samples : int, optional
+        Shortest waveform the model embeds (``MRLEncoder.min_samples``; default: what
+        the file records, 257 for an older export).
     providers : sequence of str
         ONNX Runtime execution providers.
     threads : int, optional
@@ -561,7 +589,7 @@ class OnnxEncoder:
     (2, 64)
     """
 
-    def __init__(self, onnx_path, sample_rate=16000, min_samples=257,
+    def __init__(self, onnx_path, sample_rate=16000, min_samples=None,
                  providers=("CPUExecutionProvider",), threads=None, spinning=False,
                  model_sha256=None):
         require_export_extra("onnxruntime")
@@ -572,7 +600,8 @@ class OnnxEncoder:
         check_record(onnx_path, recorded, model_sha256)
         self.model_sha256 = recorded.get("model_sha256")
         self.output_names = [o.name for o in self.session.get_outputs()]
-        self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
+        self.sample_rate = int(sample_rate)
+        self.min_samples = int(recorded_size(recorded, "min_samples", min_samples))
 
     def __call__(self, wavs, wav_lens=None):
         """``{output name: [B, d] array}`` of a zero-padded batch ``[B, T]`` (+ relative lengths)."""

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from speechbrain_mrl.data.audio import check_waveforms
-from speechbrain_mrl.export.onnx import check_io, check_record, recorded_metadata, write_record
+from speechbrain_mrl.export.onnx import (check_io, check_record, recorded_metadata, recorded_size,
+                                         write_record)
 from speechbrain_mrl.model.encoder import merge_window_stats, window_bounds
 from speechbrain_mrl.utils.files import atomic_output
 
@@ -223,10 +224,12 @@ class OpenVinoEncoder:
         CPU threads (default: OpenVINO's choice, all cores).
     sample_rate : int
         The model's rate.
-    min_samples : int
-        Shortest waveform the front end takes (``MRLEncoder.min_samples``).
-    hop_length : int
-        The front end's frame shift (weights windows by their frame counts).
+    min_samples : int, optional
+        Shortest waveform the model embeds (``MRLEncoder.min_samples``; default: what
+        the export records, 257 for an older export).
+    hop_length : int, optional
+        The front end's frame shift (weights windows by their frame counts; default:
+        what the export records, 160 for an older export).
     bucket_samples : int
         The time axis is zero-padded up to a multiple of this (one compiled
         model per batch size and padded length).
@@ -250,7 +253,7 @@ class OpenVinoEncoder:
     """
 
     def __init__(self, model_path, precision="bf16", threads=None, sample_rate=16000,
-                 min_samples=257, hop_length=160, bucket_samples=4000, long_seconds=60.0, window_seconds=30.0,
+                 min_samples=None, hop_length=None, bucket_samples=4000, long_seconds=60.0, window_seconds=30.0,
                  window_batch=1, cache_size=16, model_sha256=None):
         ov = _openvino()
         if precision not in PRECISIONS:
@@ -258,6 +261,8 @@ class OpenVinoEncoder:
         for name, value in (("sample_rate", sample_rate), ("min_samples", min_samples),
                             ("hop_length", hop_length), ("bucket_samples", bucket_samples),
                             ("window_batch", window_batch), ("cache_size", cache_size)):
+            if value is None and name in ("min_samples", "hop_length"):
+                continue
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
@@ -278,8 +283,10 @@ class OpenVinoEncoder:
         if threads is not None:
             self.config["INFERENCE_NUM_THREADS"] = int(threads)
         self.precision = precision
-        self.sample_rate, self.min_samples = int(sample_rate), int(min_samples)
-        self.bucket_samples, self.hop_length = int(bucket_samples), int(hop_length)
+        self.sample_rate = int(sample_rate)
+        self.min_samples = int(recorded_size(self._recorded, "min_samples", min_samples))
+        self.hop_length = int(recorded_size(self._recorded, "hop_length", hop_length))
+        self.bucket_samples = int(bucket_samples)
         self.long_samples = int(long_seconds * sample_rate)
         self.window_samples = int(window_seconds * sample_rate)
         self.window_batch = int(window_batch)
@@ -299,6 +306,7 @@ class OpenVinoEncoder:
         check_record(path, recorded, model_sha256,
                      required=("export_format", "weights_sha256") if is_ir else ("export_format",))
         self.model_sha256 = recorded.get("model_sha256")
+        self._recorded = recorded
         return model
 
     def _request(self, part, shapes):
