@@ -20,6 +20,7 @@ import json
 import torch
 
 from speechbrain_mrl.utils.files import write_text_atomic
+from trial_options import add_trial_list_options
 from speechbrain_mrl.data.manifests import read_trial_list
 from speechbrain_mrl.inference.embeddings import embed_manifest
 from speechbrain_mrl.inference.interface import MRLEncoderClassifier
@@ -42,10 +43,7 @@ def central(rows, seconds, sample_rate):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_folder", required=True, help="trained model folder")
-    p.add_argument("--manifests", nargs="+", required=True,
-                   help="manifests holding the trial list's utterances")
-    p.add_argument("--trials", required=True, help="trial list scored at every size")
+    add_trial_list_options(p)
     p.add_argument("--durations", type=float, nargs="+", required=True,
                    help="seconds each utterance is cut to (its centre; shorter ones kept whole)")
     p.add_argument("--output", required=True, help="JSON file to write")

@@ -35,6 +35,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from speechbrain_mrl.data.audio import read_row_audio
 from speechbrain_mrl.utils.files import write_text_atomic
+from trial_options import add_trial_list_options
 from speechbrain_mrl.data.manifests import read_trial_list
 from speechbrain_mrl.utils.metrics import id_metrics
 
@@ -51,10 +52,7 @@ def batches(rows, batch_size, sample_rate):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model_folder", required=True, help="trained model folder to export")
-    p.add_argument("--manifests", nargs="+", required=True,
-                   help="manifests holding the trial list's utterances")
-    p.add_argument("--trials", required=True, help="trial list scored at every size")
+    add_trial_list_options(p, model_help="trained model folder to export")
     p.add_argument("--calibration_csv", required=True,
                    help="real speech for the static int8 scales (not the trial list's)")
     p.add_argument("--output", required=True,
