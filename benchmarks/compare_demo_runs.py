@@ -7,7 +7,9 @@ the mean EER over the group's runs, its sample standard deviation and the
 range, on both demo lists (the Speech Commands test trials and the long
 validation list of held-out LibriSpeech readers), with the mean scratch-epoch
 and frozen-epoch times, as a Markdown table; ``--output`` also writes the
-numbers as JSON.
+numbers as JSON. With two groups of as many runs, it also gives the paired
+differences (second group minus first, run by run in the order given, e.g.
+seed by seed), whose spread is the one to compare a difference with.
 
     python benchmarks/compare_demo_runs.py \\
         redimnet=results/rn_s1986 redimnet=results/rn_s1987 \\
@@ -21,6 +23,8 @@ import argparse
 import json
 import pathlib
 import statistics
+
+from speechbrain_mrl.utils.files import write_text_atomic
 
 LISTS = {"table": "Speech Commands test", "long_valid_table": "long validation (LibriSpeech)"}
 
@@ -55,7 +59,21 @@ def summarise(groups):
     return out
 
 
-def markdown(summary):
+def paired_differences(groups):
+    """``{list: {size: spread}}`` of the second group's EER minus the first's, run by run
+    (None unless there are exactly two groups with as many runs)."""
+    if len(groups) != 2:
+        return None
+    first, second = groups.values()
+    if len(first) != len(second):
+        return None
+    sizes = sorted(set.intersection(*(set(r["eer"]["table"]) for r in first + second)))
+    return {name: {d: spread([b["eer"][name][d] - a["eer"][name][d]
+                              for a, b in zip(first, second)]) for d in sizes}
+            for name in LISTS}
+
+
+def markdown(summary, differences=None, names=("first", "second")):
     """One table per list: a row per group, a column per size, ``mean ± std``."""
     lines = []
     for name, title in LISTS.items():
@@ -67,6 +85,12 @@ def markdown(summary):
             cells = [f"{rows[name][d]['mean']:.2f} ± {rows[name][d]['std']:.2f}" if d in rows[name]
                      else "" for d in sizes]
             lines.append(f"| {group} | {len(rows['runs'])} | " + " | ".join(cells) + " |")
+        if differences:
+            cells = [f"{differences[name][d]['mean']:+.2f} ± {differences[name][d]['std']:.2f}"
+                     for d in sizes]
+            pairs = differences[name][sizes[0]]["n"]
+            lines.append(f"| {names[1]} - {names[0]}, paired | {pairs} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     lines.append("| backbone | scratch epoch s | frozen epoch s |")
     lines.append("|---|---:|---:|")
@@ -96,9 +120,14 @@ def main(argv=None):
     for group, folder in args.runs:
         groups.setdefault(group, []).append(read_run(folder))
     summary = summarise(groups)
-    print(markdown(summary))
+    differences = paired_differences(groups)
+    print(markdown(summary, differences, list(groups)))
+    if differences:
+        first, second = groups
+        summary[f"{second} - {first}, paired"] = differences
     if args.output:
-        pathlib.Path(args.output).write_text(json.dumps(summary, indent=1) + "\n")
+        write_text_atomic(args.output, json.dumps(summary, indent=1) + "\n")
+    return summary
 
 
 if __name__ == "__main__":
