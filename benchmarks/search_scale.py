@@ -31,7 +31,7 @@ import time
 
 import numpy as np
 
-from speechbrain_mrl.utils.files import write_text_atomic
+from speechbrain_mrl.utils.files import atomic_output, write_text_atomic
 from speechbrain_mrl.data.manifests import read_manifest
 from speechbrain_mrl.search.index import SpeakerIndex
 
@@ -111,7 +111,8 @@ def plot(report, path):
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
 
 
 def main(argv=None):

@@ -8,6 +8,8 @@ import argparse
 import ast
 import pathlib
 
+from speechbrain_mrl.utils.files import write_text_atomic
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "speechbrain_mrl"
 OUT = ROOT / "docs" / "api.md"
@@ -55,7 +57,7 @@ def main(argv=None):
         if OUT.read_text() != text:
             raise SystemExit("docs/api.md is stale: run python docs/make_api.py")
         return
-    OUT.write_text(text)
+    write_text_atomic(OUT, text)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ import json
 import math
 import pathlib
 
+from speechbrain_mrl.utils.files import atomic_output
+
 DOCS = pathlib.Path(__file__).resolve().parent
 
 # (summary key, legend label, matplotlib style); the backbone is one point at its own size
@@ -127,7 +129,8 @@ def eer_figure(summaries, out, initial_head=False, title=None, dpi=150):
                ncol=min(len(labels), 3 if len(panels) > 1 else 1), fontsize=9, frameon=False)
     what = "mean of %d runs" % len(runs) if len(runs) > 1 else "one run"
     fig.suptitle(title or f"Demo: EER against embedding size ({what})", fontsize=11)
-    fig.savefig(out, dpi=dpi)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=pathlib.Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 
@@ -195,7 +198,8 @@ def search_figure(report_path, out, latency="batch1", title=None, dpi=150):
                fontsize=8.5, frameon=False)
     fig.suptitle(title or f"Speaker search: accuracy against latency (shortlist "
                  f"{report.get('shortlist', '?')}, {report.get('threads', '?')} threads)", fontsize=11)
-    fig.savefig(out, dpi=dpi)
+    with atomic_output(out) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=pathlib.Path(out).suffix.lstrip(".") or "png")
     plt.close(fig)
     return out
 
