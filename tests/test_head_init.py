@@ -1,8 +1,9 @@
 """Tests of speechbrain_mrl.training.head_init: the closed-form head start, with long windows."""
+import pytest
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from mrl_testutils import speaker_voice, tiny_encoder, tiny_modules
+from mrl_testutils import TINY_R2_CONFIG, speaker_voice, tiny_encoder, tiny_encoder_of, tiny_modules
 from speechbrain_mrl.training.head_init import init_head_from_backbone, pooled_statistics, window_rows
 from speechbrain_mrl.training.losses import MatryoshkaAAMLoss
 from speechbrain_mrl.model.matryoshka import discriminant_rotation
@@ -14,8 +15,12 @@ def _loader(clips, batch_size=4):
     return [PaddedBatch(items[i:i + batch_size]) for i in range(0, len(items), batch_size)]
 
 
-def test_long_windows_join_the_discriminant_fit():
-    encoder = tiny_encoder(*tiny_modules(0)).eval()
+@pytest.mark.parametrize("family", ["redimnet", "redimnet2"])
+def test_long_windows_join_the_discriminant_fit(family):
+    """Both lobes: ReDimNet2 pools inside the network, the head starts from its pooled statistics
+    and embedding layer as from ReDimNet's."""
+    encoder = (tiny_encoder(*tiny_modules(0)) if family == "redimnet"
+               else tiny_encoder_of(TINY_R2_CONFIG, 0)).eval()
     crops = _loader([(s, speaker_voice(s, u, 0.5)) for s in range(4) for u in range(3)])
     windows = _loader([(s, speaker_voice(s, 10 + u, 2.0)) for s in range(4) for u in range(2)])
     loss = MatryoshkaAAMLoss(n_classes=4, embed_dim=encoder.embed_dim, mrl_dims=encoder.mrl_dims)
